@@ -1,0 +1,59 @@
+# The README's commands. Everything is installed into .venv and reused on the next run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch and torchvision must come as a matching pair; override for your platform, e.g.
+#   make lab TORCH_SPEC="torch torchvision"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Test-only peers whose metadata pins would block the resolver (torchattacks pins requests~=2.25).
+NODEPS_SPEC ?= torchattacks==3.5.1 nanogcg==0.3.0
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: lab test install fetch doctor grade release bench clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(NODEPS_SPEC)
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+fetch: install
+	$(BIN)/course-lib fetch
+
+doctor: install
+	$(BIN)/course-lib doctor
+
+## make lab: install (once), fetch the offline models (once), open JupyterLab at the course root
+lab: fetch
+	$(BIN)/jupyter lab --notebook-dir=. $(LAB_ARGS)
+
+## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip)
+test: fetch
+	$(BIN)/course-lib doctor
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make release: regenerate assignments/ from solutions/ with nbgrader (instructors)
+release: install
+	@for a in $$(ls solutions); do $(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
+
+## make grade: autograde every submission in submitted/<student>/<assignment>/ and write feedback/
+grade: install
+	@test -d submitted || { echo "Put submissions in submitted/<student>/<assignment>/ first (nbgrader collect or zip_collect)."; exit 1; }
+	@for a in $$(ls solutions); do \
+	  $(BIN)/nbgrader autograde $$a && $(BIN)/nbgrader generate_feedback $$a || exit 1; done
+	$(BIN)/nbgrader export --to grades.csv
+	@echo "Scores in grades.csv, feedback in feedback/<student>/<assignment>/."
+
+## make bench: speed of each method against its peer library (not part of make test)
+bench: fetch
+	$(BIN)/python -m pytest tests/benchmarks -s -p no:randomly $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

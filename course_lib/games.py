@@ -1,0 +1,331 @@
+"""Games: the one contract between models and perturbation methods.
+
+A *game* over ``d`` players maps a batch of boolean masks ``(M, d)`` (True = the
+feature is present) to model outputs ``(M,)`` or ``(M, K)``. LIME, KernelSHAP,
+exact Shapley values, interactions and occlusion differ only in which masks they
+ask for and how they fit the answers; none of them calls a model itself.
+
+This file is the only place in course_lib that batches and chunks model calls.
+Every call happens under ``torch.inference_mode()``, on the model's device, in
+chunks of ``batch_size`` model inputs, with an optional progress bar.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .device import model_device, require_eval, require_unit_range
+
+__all__ = [
+    "Game",
+    "image_game",
+    "tabular_game",
+    "token_game",
+    "function_game",
+    "grid_segments",
+    "default_batch_size",
+    "progress_bar",
+]
+
+_OUTPUTS = ("logit", "logprob", "prob", "raw")
+
+
+def progress_bar(iterable, *, total: int | None = None, desc: str = "", enabled: bool = True):
+    """tqdm over ``iterable``, switched off while nbgrader grades (a test cell writing to
+    stderr scores zero) and when ``enabled`` is False."""
+    if not enabled or os.environ.get("NBGRADER_EXECUTION") or os.environ.get("COURSE_LIB_NO_PROGRESS"):
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16) -> int:
+    """Model inputs per chunk so that one chunk stays near ``$COURSE_LIB_MEMORY_MB`` (default 256 MB).
+
+    ``activation_factor`` is a rough ratio of a forward pass's activation memory to its input size.
+    """
+    budget = float(os.environ.get("COURSE_LIB_MEMORY_MB", 256)) * 2**20
+    return int(max(1, min(4096, budget // max(1, bytes_per_input * activation_factor))))
+
+
+@dataclass
+class Game:
+    """A cooperative game: ``game(masks)`` with masks ``(M, n_players)`` bool -> outputs ``(M, ...)``.
+
+    ``evaluate`` maps one chunk of masks to outputs; ``chunk`` is how many masks go in one
+    chunk (already divided by any background size). Build games with :func:`image_game`,
+    :func:`tabular_game`, :func:`token_game` or :func:`function_game`.
+    """
+
+    n_players: int
+    evaluate: Callable[[torch.Tensor], torch.Tensor]
+    chunk: int
+    device: torch.device
+    player_names: list[str] | None = None
+    perturb: Callable[[torch.Tensor], object] | None = field(default=None, repr=False)
+    progress: bool = False
+    n_calls: int = field(default=0, repr=False)  # masks evaluated so far (the budget spent)
+
+    def __call__(self, masks: torch.Tensor, *, progress: bool | None = None) -> torch.Tensor:
+        masks = self._check(masks)
+        show = self.progress if progress is None else progress
+        n = masks.shape[0]
+        starts = range(0, n, self.chunk)
+        outs = []
+        with torch.inference_mode():
+            for s in progress_bar(starts, total=math.ceil(n / self.chunk), desc="game", enabled=show and n > self.chunk):
+                outs.append(self.evaluate(masks[s : s + self.chunk]))
+        self.n_calls += n
+        if not outs:
+            raise ValueError("the game was asked for zero masks")
+        return torch.cat(outs, 0)
+
+    def inputs(self, masks: torch.Tensor):
+        """The model inputs the game builds for ``masks`` (for pictures and checks)."""
+        if self.perturb is None:
+            raise NotImplementedError("this game does not expose its perturbed inputs")
+        with torch.inference_mode():
+            return self.perturb(self._check(masks))
+
+    def _check(self, masks) -> torch.Tensor:
+        masks = torch.as_tensor(masks, device=self.device)
+        if masks.dim() == 1:
+            masks = masks[None]
+        if masks.dim() != 2 or masks.shape[1] != self.n_players:
+            raise ValueError(
+                f"masks must have shape (n_masks, {self.n_players}) for a game with {self.n_players} players; "
+                f"got {tuple(masks.shape)}"
+            )
+        if masks.dtype != torch.bool:
+            if not torch.all((masks == 0) | (masks == 1)):
+                raise ValueError("masks must be boolean (True = player present) or 0/1")
+            masks = masks.bool()
+        return masks
+
+
+def _select(logits: torch.Tensor, output: str, target) -> torch.Tensor:
+    """Turn raw model outputs ``(B, K)`` into what the game reports, then pick ``target``."""
+    if output not in _OUTPUTS:
+        raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+    if output == "logprob":
+        logits = torch.log_softmax(logits, -1)
+    elif output == "prob":
+        logits = torch.softmax(logits, -1)
+    if target is None:
+        return logits
+    if logits.dim() == 1:
+        raise ValueError("target was given, but the model returns one number per input")
+    return logits[:, target]
+
+
+def grid_segments(height: int, width: int, patch: int, device=None) -> torch.Tensor:
+    """Square patches as a segment map ``(H, W)`` of labels 0..d-1 (row-major)."""
+    rows = torch.arange(height, device=device) // patch
+    cols = torch.arange(width, device=device) // patch
+    n_cols = math.ceil(width / patch)
+    return rows[:, None] * n_cols + cols[None, :]
+
+
+def _relabel(segments: torch.Tensor) -> torch.Tensor:
+    """Labels 0..d-1 in order of first appearance of the sorted unique labels."""
+    _, inverse = torch.unique(segments, return_inverse=True)
+    return inverse
+
+
+def image_game(
+    model: nn.Module,
+    x: torch.Tensor,
+    segments: torch.Tensor,
+    *,
+    baseline: float | torch.Tensor | str = 0.0,
+    target: int | None = None,
+    output: str = "logit",
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Game:
+    """Superpixels (or patches) of one image as players.
+
+    x: (C, H, W) in [0, 1]; segments: (H, W) integer labels (any values, relabelled 0..d-1
+    in sorted order); baseline: a number, a (C, H, W) image, ``"mean"`` (each superpixel
+    filled with its own mean colour, as the ``lime`` package does) or ``"blur"``.
+    A removed superpixel shows the baseline. ``output`` is ``"logit"`` (default: logits do not
+    saturate, so explanations are stable), ``"logprob"`` or ``"prob"``; ``target`` picks a class.
+    """
+    require_eval(model, "image_game")
+    device = model_device(model)
+    if x.dim() == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 3:
+        raise ValueError(f"x must be one image (C, H, W); got shape {tuple(x.shape)}")
+    require_unit_range(x)
+    x = x.to(device)
+    segments = torch.as_tensor(segments, device=device)
+    if segments.shape != x.shape[1:]:
+        raise ValueError(f"segments must have the image's spatial shape {tuple(x.shape[1:])}; got {tuple(segments.shape)}")
+    segments = _relabel(segments.long())  # (H, W)
+    d = int(segments.max()) + 1
+    base = _image_baseline(x, segments, baseline)  # (C, H, W)
+
+    def perturb(masks: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, C, H, W)
+        keep = masks[:, segments]  # (B, H, W)
+        return torch.where(keep[:, None], x, base)
+
+    def evaluate(masks: torch.Tensor) -> torch.Tensor:
+        return _select(model(perturb(masks)), output, target)
+
+    bs = batch_size or default_batch_size(x.numel() * x.element_size())
+    return Game(d, evaluate, bs, device, None, perturb, progress)
+
+
+def _image_baseline(x: torch.Tensor, segments: torch.Tensor, baseline) -> torch.Tensor:
+    if isinstance(baseline, str):
+        if baseline == "mean":
+            d = int(segments.max()) + 1
+            flat = segments.flatten()
+            sums = torch.zeros(x.shape[0], d, device=x.device).index_add_(1, flat, x.flatten(1))
+            counts = torch.bincount(flat, minlength=d).clamp_min(1)
+            return (sums / counts)[:, segments]
+        if baseline == "blur":
+            from torchvision.transforms.functional import gaussian_blur
+
+            k = max(3, (min(x.shape[1:]) // 8) | 1)
+            return gaussian_blur(x[None], [k, k], [k / 3.0, k / 3.0])[0]
+        raise ValueError(f"baseline must be a number, an image, 'mean' or 'blur'; got {baseline!r}")
+    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    if base.dim() == 0:
+        return base.expand_as(x)
+    if base.shape != x.shape:
+        raise ValueError(f"a baseline image must have the shape of x {tuple(x.shape)}; got {tuple(base.shape)}")
+    return base
+
+
+def tabular_game(
+    model: nn.Module | Callable,
+    x: torch.Tensor,
+    background: torch.Tensor,
+    *,
+    target: int | None = None,
+    output: str = "raw",
+    feature_names: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Game:
+    """Features of one row as players, missing features drawn from a background set.
+
+    x: (d,); background: (N, d) or (d,). The value of a coalition S is the mean over the
+    background rows b of f(x_S, b_{-S}) (the *interventional* value function of SHAP).
+    ``output="raw"`` reports what the model returns; for classifiers use ``"logit"``.
+    """
+    if isinstance(model, nn.Module):
+        require_eval(model, "tabular_game")
+        device = model_device(model)
+    else:
+        device = x.device
+    x = torch.as_tensor(x, dtype=torch.float32, device=device)
+    if x.dim() == 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 1:
+        raise ValueError(f"x must be one row (d,); got shape {tuple(x.shape)}")
+    bg = torch.as_tensor(background, dtype=x.dtype, device=device)
+    if bg.dim() == 1:
+        bg = bg[None]
+    if bg.dim() != 2 or bg.shape[1] != x.shape[0]:
+        raise ValueError(f"background must have shape (N, {x.shape[0]}); got {tuple(bg.shape)}")
+    d, n_bg = x.shape[0], bg.shape[0]
+    if feature_names is not None and len(feature_names) != d:
+        raise ValueError(f"{len(feature_names)} feature names for {d} features")
+
+    def perturb(masks: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, N, d)
+        return torch.where(masks[:, None, :], x, bg)
+
+    def evaluate(masks: torch.Tensor) -> torch.Tensor:
+        rows = perturb(masks)  # (B, N, d)
+        out = model(rows.reshape(-1, d))  # (B*N, ...)
+        out = out.reshape(masks.shape[0], n_bg, *out.shape[1:]).float()
+        if out.dim() == 3 or target is not None or output != "raw":
+            out = _select(out.reshape(-1, out.shape[-1]), output, target).reshape(masks.shape[0], n_bg, -1).squeeze(-1)
+        return out.mean(1)
+
+    bs = batch_size or default_batch_size(d * 4, activation_factor=64)
+    chunk = max(1, bs // n_bg)
+    names = list(feature_names) if feature_names is not None else None
+    return Game(d, evaluate, chunk, device, names, perturb, progress)
+
+
+def token_game(
+    score_fn: Callable[[list[str]], torch.Tensor],
+    words: Sequence[str],
+    *,
+    mode: str = "remove",
+    replacement: str = "___",
+    joiner: str = " ",
+    batch_size: int = 16,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> Game:
+    """Words of a text as players.
+
+    ``score_fn`` takes a list of texts and returns a tensor ``(B,)`` or ``(B, K)`` (e.g. a
+    language model's log-odds of " positive" vs " negative"); it is called on chunks of at most
+    ``batch_size`` texts. A removed word is dropped (``mode="remove"``) or replaced by
+    ``replacement`` (``mode="replace"``, which keeps positions).
+    """
+    if mode not in ("remove", "replace"):
+        raise ValueError(f"mode must be 'remove' or 'replace'; got {mode!r}")
+    words = list(words)
+    if not words:
+        raise ValueError("token_game needs at least one word")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+
+    def perturb(masks: torch.Tensor) -> list[str]:
+        texts = []
+        for row in masks.tolist():
+            if mode == "remove":
+                kept = [w for w, on in zip(words, row) if on]
+            else:
+                kept = [w if on else replacement for w, on in zip(words, row)]
+            texts.append(joiner.join(kept))
+        return texts
+
+    def evaluate(masks: torch.Tensor) -> torch.Tensor:
+        out = torch.as_tensor(score_fn(perturb(masks)))
+        return out.to(dev).float()
+
+    return Game(len(words), evaluate, batch_size, dev, words, perturb, progress)
+
+
+def function_game(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    n_players: int,
+    *,
+    player_names: Sequence[str] | None = None,
+    batch_size: int = 4096,
+    device: torch.device | str | None = None,
+) -> Game:
+    """A game from a function of the 0/1 mask itself: ``fn(masks.float()) -> (B,)`` or ``(B, K)``.
+
+    For toy games whose value is known exactly (the fever/cough rules, random games in tests).
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+
+    def evaluate(masks: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(fn(masks.float())).to(dev)
+
+    names = list(player_names) if player_names is not None else None
+    return Game(n_players, evaluate, batch_size, dev, names, lambda m: m.float(), False)
+
+
+def segment_map(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """Paint one value per segment back onto the pixels: values (d,), segments (H, W) -> (H, W).
+
+    ``segments`` is relabelled exactly as :func:`image_game` does, so ``values[i]`` belongs
+    to the i-th player of that game.
+    """
+    segments = _relabel(torch.as_tensor(segments, device=values.device).long())
+    return values[segments]

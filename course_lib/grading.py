@@ -1,0 +1,62 @@
+"""Checks for nbgrader test cells, with messages a student can act on.
+
+Every check raises ``AssertionError`` with a sentence that says what was expected and what
+came back; none of them prints or warns (a test cell that writes to stderr scores zero).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def check(condition: bool, message: str) -> None:
+    """Fail with ``message`` unless ``condition`` holds."""
+    if not bool(condition):
+        raise AssertionError(message)
+
+
+def check_type(value: Any, types, name: str) -> None:
+    if not isinstance(value, types):
+        names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        raise AssertionError(f"{name} should be a {names}, but it is a {type(value).__name__}.")
+
+
+def check_shape(value, shape: tuple, name: str) -> None:
+    got = tuple(value.shape) if hasattr(value, "shape") else None
+    if got != tuple(shape):
+        raise AssertionError(f"{name} should have shape {tuple(shape)}, but it has shape {got}.")
+
+
+def check_close(actual, expected, name: str, *, atol: float = 1e-6, rtol: float = 1e-5, hint: str = "") -> None:
+    """``actual`` equals ``expected`` within tolerances; the message shows the worst entry."""
+    a, e = _np(actual), _np(expected)
+    if a.shape != e.shape:
+        raise AssertionError(f"{name} should have shape {e.shape}, but it has shape {a.shape}. {hint}".strip())
+    if not np.all(np.isfinite(a)):
+        raise AssertionError(f"{name} contains NaN or infinite values. {hint}".strip())
+    bad = np.abs(a - e) > atol + rtol * np.abs(e)
+    if bad.any():
+        i = np.unravel_index(np.argmax(np.abs(a - e)), a.shape) if a.ndim else ()
+        where = f" at index {tuple(int(k) for k in i)}" if a.ndim else ""
+        raise AssertionError(
+            f"{name} is off{where}: expected {e[i] if a.ndim else e.item():.6g}, got {a[i] if a.ndim else a.item():.6g} "
+            f"({int(bad.sum())} of {bad.size} entries outside tolerance). {hint}".strip()
+        )
+
+
+def check_raises(fn: Callable, exc: type[BaseException], name: str, hint: str = "") -> None:
+    try:
+        fn()
+    except exc:
+        return
+    except Exception as err:  # noqa: BLE001
+        raise AssertionError(f"{name} should raise {exc.__name__}, but raised {type(err).__name__}: {err}. {hint}".strip())
+    raise AssertionError(f"{name} should raise {exc.__name__}, but it returned normally. {hint}".strip())

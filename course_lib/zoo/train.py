@@ -1,0 +1,43 @@
+"""``course-lib train-zoo``: retrain the shipped models and rewrite their weights and checksums."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .cache import sha256
+from .scenes import make_scenes
+from .tabular import train_diabetes_mlp
+from .vision import accuracy, train_scene_cnn
+
+SPURIOUS_RATE = 1.0
+
+
+def train_zoo(out: Path, *, only: list[str] | None = None, log=print) -> dict:
+    """Train the shipped models into ``out`` and update ``out/manifest.json``; returns the manifest."""
+    from safetensors.torch import save_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    mpath = out / "manifest.json"
+    manifest = json.loads(mpath.read_text()) if mpath.is_file() else {}
+    test = make_scenes(1000, split="test", seed=1)
+    jobs = {
+        "scenes-cnn": lambda: train_scene_cnn(cue=None, log=log),
+        "scenes-cnn-spurious": lambda: train_scene_cnn(cue=SPURIOUS_RATE, log=log),
+        "diabetes-mlp": lambda: train_diabetes_mlp(log=log),
+    }
+    for name, job in jobs.items():
+        if only and name not in only:
+            continue
+        t0 = time.time()
+        log(f"training {name}...")
+        model = job()
+        path = out / f"{name}.safetensors"
+        save_model(model, str(path), metadata={"format": "pt"})
+        info = {"sha256": sha256(path), "train_seconds": round(time.time() - t0, 1)}
+        if name.startswith("scenes"):
+            info["test_accuracy"] = accuracy(model, test.images, test.labels)
+        manifest[name] = info
+        log(f"{name}: {info}")
+    mpath.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,27 @@
+"""nbgrader settings for the course (instructors). Run nbgrader from the repository root."""
+import os
+
+c = get_config()  # noqa: F821  (provided by nbgrader)
+
+c.CourseDirectory.course_id = "interpretability"
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "assignments"
+c.CourseDirectory.submitted_directory = "submitted"
+c.CourseDirectory.autograded_directory = "autograded"
+c.CourseDirectory.feedback_directory = "feedback"
+c.CourseDirectory.db_url = "sqlite:///" + os.path.join(c.CourseDirectory.root, "gradebook.db")
+
+# Each cell may run this long before it is interrupted and marked as an error; the rest of
+# the notebook is still graded. The assignments need a few seconds a cell on 2 CPU cores;
+# 120 s leaves room for a slow hub without letting an infinite loop stall a whole class.
+c.Execute.timeout = 120
+c.Execute.interrupt_on_timeout = True
+c.Execute.allow_errors = True
+
+# While grading, nbgrader sets NBGRADER_EXECUTION=autograde in the kernel. course_lib reads
+# it on import: progress bars are off and warnings are silenced, because a test cell that
+# writes anything to stderr scores zero even when its asserts pass.
+
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"

@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# nbgrader runs `alembic` from PATH, so the venv must be on it
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 # torch and torchvision must come as a matching pair; override for your platform, e.g.
 #   make lab TORCH_SPEC="torch torchvision"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
@@ -53,7 +55,7 @@ grade: install
 
 ## make bench: speed of each method against its peer library (not part of make test)
 bench: fetch
-	$(BIN)/python -m pytest tests/benchmarks -s -p no:randomly $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/benchmarks -s -o python_files='bench_*.py' $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,7 +16,7 @@ class DiabetesMLP(nn.Module):
     The affine maps in and out are buffers, so the model takes ``load_diabetes().data`` as is.
     """
 
-    def __init__(self, hidden: int = 64):
+    def __init__(self, hidden: int = 32):
         super().__init__()
         self.register_buffer("x_mean", torch.zeros(10))
         self.register_buffer("x_std", torch.ones(10))
@@ -43,8 +43,12 @@ def diabetes_data():
     return X, y, list(d.feature_names), perm[:n_train], perm[n_train:]
 
 
-def train_diabetes_mlp(*, epochs: int = 600, seed: int = 0, log=print) -> DiabetesMLP:
-    """Full-batch Adam with weight decay on the fixed training split (a few seconds)."""
+def train_diabetes_mlp(*, epochs: int = 800, l2: float = 0.03, seed: int = 0, log=print) -> DiabetesMLP:
+    """Full-batch Adam with an L2 penalty on the weights, on the fixed training split (a few seconds).
+
+    442 rows are few: without the penalty the MLP memorises the training rows (test R^2 < 0).
+    With it, test R^2 is about 0.37, a little above linear regression's 0.35 on this split.
+    """
     torch.manual_seed(seed)
     X, y, _, tr, te = diabetes_data()
     model = DiabetesMLP()
@@ -52,9 +56,10 @@ def train_diabetes_mlp(*, epochs: int = 600, seed: int = 0, log=print) -> Diabet
     model.x_std.copy_(X[tr].std(0))
     model.y_mean.copy_(y[tr].mean())
     model.y_std.copy_(y[tr].std())
-    opt = torch.optim.Adam(model.net.parameters(), lr=3e-3, weight_decay=1e-3)
+    opt = torch.optim.Adam(model.net.parameters(), lr=3e-3)
+    weights = [p for n, p in model.net.named_parameters() if n.endswith("weight")]
     for _ in range(epochs):
-        loss = ((model(X[tr]) - y[tr]) / model.y_std).pow(2).mean()
+        loss = ((model(X[tr]) - y[tr]) / model.y_std).pow(2).mean() + l2 * sum((w**2).sum() for w in weights)
         opt.zero_grad()
         loss.backward()
         opt.step()

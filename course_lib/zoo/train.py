@@ -34,6 +34,7 @@ def train_zoo(out: Path, *, only: list[str] | None = None, log=print) -> dict:
         model = job()
         path = out / f"{name}.safetensors"
         save_model(model, str(path), metadata={"format": "pt"})
+        path.chmod(0o644)
         info = {"sha256": sha256(path), "train_seconds": round(time.time() - t0, 1)}
         if name.startswith("scenes"):
             info["test_accuracy"] = accuracy(model, test.images, test.labels)

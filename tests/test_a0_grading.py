@@ -1,0 +1,61 @@
+"""a0_setup's graded tests: a correct solution written differently passes, plausible wrong ones lose points."""
+from pathlib import Path
+
+import pytest
+
+from gradeutil import run_graded, score
+
+NB = Path(__file__).resolve().parents[1] / "solutions" / "a0_setup" / "a0_setup.ipynb"
+
+DIFFERENT_BUT_RIGHT = """
+def class_probabilities(model, images):
+    model_device = next(iter(model.parameters())).device
+    with torch.no_grad():
+        z = model(images.to(model_device)).double()
+    z = z - z.max(dim=-1, keepdim=True).values
+    e = z.exp()
+    return (e / e.sum(-1, keepdim=True)).float().to("cpu")
+"""
+
+WRONG = {
+    "softmax over the batch": """
+def class_probabilities(model, images):
+    with torch.no_grad():
+        return torch.softmax(model(images), dim=0)
+""",
+    "returns logits": """
+def class_probabilities(model, images):
+    with torch.no_grad():
+        return model(images)
+""",
+    "sigmoid instead of softmax": """
+def class_probabilities(model, images):
+    with torch.no_grad():
+        return torch.sigmoid(model(images))
+""",
+    "keeps the gradient graph": """
+def class_probabilities(model, images):
+    x = images.clone().requires_grad_(True)
+    return torch.softmax(model(x), dim=1)
+""",
+}
+
+
+def test_reference_solution_gets_full_marks():
+    got, full = score(run_graded(NB))
+    assert got == full > 0
+
+
+def test_a_different_correct_solution_gets_full_marks():
+    res = run_graded(NB, {"class_probabilities": DIFFERENT_BUT_RIGHT})
+    got, full = score(res)
+    assert got == full, {k: r.error for k, r in res.items() if not r.passed}
+
+
+@pytest.mark.parametrize("mistake", list(WRONG))
+def test_plausible_mistakes_lose_points(mistake):
+    res = run_graded(NB, {"class_probabilities": WRONG[mistake]})
+    got, full = score(res)
+    assert got < full, f"the mistake '{mistake}' still got full marks"
+    failed = [r for r in res.values() if not r.passed]
+    assert all(r.error.startswith("AssertionError") for r in failed), [r.error for r in failed]

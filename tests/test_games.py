@@ -1,0 +1,138 @@
+"""The games engine: equal to a naive one-mask-at-a-time loop, independent of batch size."""
+import pytest
+import torch
+from torch import nn
+
+from course_lib.games import function_game, grid_segments, image_game, segment_map, tabular_game, token_game
+
+
+def _random_masks(n, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, d, generator=g) < 0.5
+
+
+def test_image_game_matches_naive_loop(scenes_cnn, scenes_test):
+    x = scenes_test.images[0]
+    seg = grid_segments(64, 64, 16)  # 16 patches
+    game = image_game(scenes_cnn, x, seg, baseline=0.5, batch_size=7)
+    masks = _random_masks(40, 16)
+    fast = game(masks)
+    naive = []
+    for m in masks:
+        pix = m[seg]  # (H, W)
+        xin = torch.where(pix[None], x, torch.full_like(x, 0.5))
+        with torch.no_grad():
+            naive.append(scenes_cnn(xin[None])[0])
+    torch.testing.assert_close(fast, torch.stack(naive), atol=1e-4, rtol=1e-4)
+    assert game.n_calls == 40
+
+
+@pytest.mark.parametrize("bs", [1, 3, 64, 1000])
+def test_image_game_independent_of_batch_size(scenes_cnn, scenes_test, bs):
+    x = scenes_test.images[1]
+    seg = grid_segments(64, 64, 8)
+    masks = _random_masks(50, 64, seed=1)
+    ref = image_game(scenes_cnn, x, seg, target=3, batch_size=50)(masks)
+    out = image_game(scenes_cnn, x, seg, target=3, batch_size=bs)(masks)
+    assert out.shape == (50,)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_image_game_full_and_empty_masks(scenes_cnn, scenes_test):
+    x = scenes_test.images[2]
+    seg = grid_segments(64, 64, 32)
+    game = image_game(scenes_cnn, x, seg, baseline=0.0, output="prob")
+    out = game(torch.tensor([[True] * 4, [False] * 4]))
+    with torch.no_grad():
+        full = torch.softmax(scenes_cnn(x[None]), -1)[0]
+        empty = torch.softmax(scenes_cnn(torch.zeros_like(x)[None]), -1)[0]
+    torch.testing.assert_close(out[0], full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], empty, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.sum(1), torch.ones(2))
+
+
+def test_image_game_mean_baseline_fills_each_segment_with_its_mean(scenes_cnn, scenes_test):
+    x = scenes_test.images[3]
+    seg = grid_segments(64, 64, 32)
+    game = image_game(scenes_cnn, x, seg, baseline="mean")
+    img = game.inputs(torch.zeros(1, 4, dtype=torch.bool))[0]
+    patch = x[:, :32, :32]
+    torch.testing.assert_close(img[:, 5, 5], patch.mean((1, 2)))
+
+
+def test_image_game_rejects_bad_input(scenes_cnn, scenes_test):
+    x = scenes_test.images[0]
+    seg = grid_segments(64, 64, 16)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        image_game(scenes_cnn, (x - 0.5) / 0.25, seg)
+    with pytest.raises(ValueError, match="spatial shape"):
+        image_game(scenes_cnn, x, seg[:32])
+    game = image_game(scenes_cnn, x, seg)
+    with pytest.raises(ValueError, match=r"\(n_masks, 16\)"):
+        game(torch.ones(3, 15, dtype=torch.bool))
+    scenes_cnn.train()
+    try:
+        with pytest.raises(ValueError, match="model.eval"):
+            image_game(scenes_cnn, x, seg)
+    finally:
+        scenes_cnn.eval()
+
+
+def test_tabular_game_is_mean_over_background():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1)).eval()
+    x = torch.randn(5)
+    bg = torch.randn(9, 5)
+    masks = _random_masks(20, 5, seed=3)
+    f = lambda z: model(z)[:, 0]  # noqa: E731
+    out = tabular_game(lambda z: f(z), x, bg, batch_size=10)(masks)
+    naive = torch.stack([torch.stack([f(torch.where(m, x, b)[None])[0] for b in bg]).mean() for m in masks])
+    torch.testing.assert_close(out, naive.detach(), atol=1e-5, rtol=1e-5)
+    out2 = tabular_game(lambda z: f(z), x, bg, batch_size=1000)(masks)
+    torch.testing.assert_close(out, out2, atol=1e-6, rtol=1e-6)
+
+
+def test_tabular_game_on_the_fever_cough_model_gives_the_lecture_values():
+    from course_lib.zoo import load_dataset, load_model
+
+    model = load_model("fever-cough-a", device="cpu")
+    bg = load_dataset("fever-cough")["X"]
+    game = tabular_game(model, torch.tensor([1.0, 1.0]), bg)
+    v = game(torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]]))
+    # E[f] = 20; fixing one symptom: 80 * P(other) = 40; both: 80.
+    torch.testing.assert_close(v, torch.tensor([20.0, 40.0, 40.0, 80.0]))
+
+
+def test_token_game_removes_and_replaces_words():
+    seen = []
+
+    def score(texts):
+        seen.extend(texts)
+        return torch.tensor([float(len(t.split())) for t in texts])
+
+    words = ["not", "a", "good", "film"]
+    game = token_game(score, words, batch_size=2)
+    out = game(torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0]]))
+    assert seen[:2] == ["not good film", ""]
+    torch.testing.assert_close(out, torch.tensor([3.0, 0.0]))
+    game = token_game(score, words, mode="replace", replacement="_")
+    game(torch.tensor([[1, 0, 1, 0]]))
+    assert seen[-1] == "not _ good _"
+
+
+def test_function_game_and_segment_map():
+    game = function_game(lambda m: m.sum(1), 3, batch_size=2)
+    torch.testing.assert_close(game(torch.eye(3, dtype=torch.bool)), torch.ones(3))
+    seg = torch.tensor([[5, 5], [9, 2]])  # relabelled in sorted order: 2->0, 5->1, 9->2
+    painted = segment_map(torch.tensor([10.0, 20.0, 30.0]), seg)
+    torch.testing.assert_close(painted, torch.tensor([[20.0, 20.0], [30.0, 10.0]]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+def test_image_game_runs_on_cuda(scenes_test):
+    from course_lib.zoo import load_model
+
+    model = load_model("scenes-cnn", device="cuda")
+    game = image_game(model, scenes_test.images[0], grid_segments(64, 64, 16))
+    out = game(_random_masks(10, 16))
+    assert out.device.type == "cuda"

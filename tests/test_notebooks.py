@@ -1,0 +1,55 @@
+"""Every lecture and every solution notebook runs top to bottom, within time and memory.
+
+Each run's wall time and the kernel's peak memory go to tests/reports/notebooks.json and
+are printed at the end of the session.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(ROOT.glob("lectures/*.ipynb")) + sorted(ROOT.glob("solutions/*/*.ipynb"))
+REPORT = ROOT / "tests" / "reports" / "notebooks.json"
+PEAK_LIMIT_GIB = 2.0
+PEAK_CELL = "import resource as _r, json as _j\nprint('__PEAK__' + _j.dumps(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss))"
+
+
+def _record(name, seconds, peak_gib):
+    REPORT.parent.mkdir(exist_ok=True)
+    data = json.loads(REPORT.read_text()) if REPORT.is_file() else {}
+    data[name] = {"seconds": round(seconds, 1), "peak_gib": round(peak_gib, 2)}
+    REPORT.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[str(p.relative_to(ROOT)) for p in NOTEBOOKS])
+def test_notebook_runs(path):
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        assert cell.cell_type != "code" or (not cell.outputs and cell.execution_count is None), (
+            f"{path.name} is committed with outputs; clear them (the course commits notebooks clean)"
+        )
+    nb.cells.append(nbformat.v4.new_code_cell(PEAK_CELL))
+    env = {"MPLBACKEND": "Agg", "COURSE_LIB_NO_PROGRESS": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    t0 = time.time()
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    seconds = time.time() - t0
+    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
+    peak_gib = int(text.split("__PEAK__")[1].split()[0]) / 2**20
+    _record(str(path.relative_to(ROOT)), seconds, peak_gib)
+    print(f"\n{path.relative_to(ROOT)}: {seconds:.1f} s, kernel peak {peak_gib:.2f} GiB")
+    assert peak_gib <= PEAK_LIMIT_GIB, f"{path.name} peaked at {peak_gib:.2f} GiB (limit {PEAK_LIMIT_GIB} GiB)"

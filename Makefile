@@ -11,6 +11,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # Test-only peers whose metadata pins would block the resolver (torchattacks pins requests~=2.25).
 NODEPS_SPEC ?= torchattacks==3.5.1 nanogcg==0.3.0
 LAB_ARGS ?=
+# Jupyter refuses to start as root unless told to (containers, CI)
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
@@ -34,7 +36,7 @@ doctor: install
 
 ## make lab: install (once), fetch the offline models (once), open JupyterLab at the course root
 lab: fetch
-	$(BIN)/jupyter lab --notebook-dir=. $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=. $(ROOT_FLAG) $(LAB_ARGS)
 
 ## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip)
 test: fetch

@@ -249,3 +249,26 @@ def test_online_gpt2_loads_from_the_hf_cache_only(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_damaged_dequantised_cache_is_never_used(tmp_path, monkeypatch):
+    """Corrupt the cached float32 weights: the loader must notice, drop them, and (with no GGUF to
+    rebuild from) say how to fetch the model instead of loading damaged weights."""
+    from course_lib.zoo import llm
+
+    src = llm._dequantised_dirs()[0]
+    assert (src / "manifest.json").is_file(), "run `course-lib fetch` first"
+    monkeypatch.setenv("COURSE_LIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COURSE_LIB_USER_CACHE", str(tmp_path / "user"))
+    dst = llm._dequantised_dirs()[0]
+    shutil.copytree(src, dst)
+    with open(dst / "model.safetensors", "r+b") as f:
+        f.seek(-100, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-100, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    messages = []
+    with pytest.raises(FileNotFoundError, match="course-lib fetch"):
+        llm.load_smollm2("cpu", log=messages.append)
+    assert any("damaged" in m for m in messages)
+    assert not dst.exists(), "the damaged weights should have been removed"

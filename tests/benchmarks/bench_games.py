@@ -41,8 +41,10 @@ def test_image_game_overhead():
             torch.cuda.synchronize()
 
     plain(), through_game()  # warm up
-    t_plain = _best_of(plain)
-    t_game = _best_of(through_game)
+    t_plain, t_game = float("inf"), float("inf")
+    for _ in range(5):  # interleaved, best of 5, so that load from other processes hits both alike
+        t_plain = min(t_plain, _best_of(plain, 1))
+        t_game = min(t_game, _best_of(through_game, 1))
     ratio = t_game / t_plain
     print(f"\n[games] N={n} masks, 64 players, batch {bs}, device {dev}: plain forward {t_plain * 1e3:.1f} ms, "
           f"game {t_game * 1e3:.1f} ms, overhead ratio {ratio:.3f} (target <= 1.15)")

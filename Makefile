@@ -48,10 +48,12 @@ release: install
 	@for a in $$(ls solutions); do $(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
 
 ## make grade: autograde every submission in submitted/<student>/<assignment>/ and write feedback/
-grade: install
+## (regenerates the release first: nbgrader keeps the original test cells in gradebook.db)
+grade: release
 	@test -d submitted || { echo "Put submissions in submitted/<student>/<assignment>/ first (nbgrader collect or zip_collect)."; exit 1; }
 	@for a in $$(ls solutions); do \
-	  $(BIN)/nbgrader autograde $$a && $(BIN)/nbgrader generate_feedback $$a || exit 1; done
+	  if ls -d submitted/*/$$a >/dev/null 2>&1; then \
+	    $(BIN)/nbgrader autograde $$a && $(BIN)/nbgrader generate_feedback $$a || exit 1; fi; done
 	$(BIN)/nbgrader export --to grades.csv
 	@echo "Scores in grades.csv, feedback in feedback/<student>/<assignment>/."
 

@@ -197,22 +197,28 @@ def test_fetch_without_network_says_what_to_do(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ online tier
 
-def test_online_imagenet_models_load_from_the_torch_cache_only(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["resnet18", "googlenet"])
+def test_online_imagenet_models_load_from_the_torch_cache_only(tmp_path, monkeypatch, name):
     import torchvision
 
     from course_lib.zoo import online
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="ResNet18_Weights"):
-        load_model("resnet18", device="cpu")
-    ckpt = online.torchvision_checkpoint("resnet18")
+    with pytest.raises(FileNotFoundError, match=online.TORCHVISION[name][2]):
+        load_model(name, device="cpu")
+    ckpt = online.torchvision_checkpoint(name)
     ckpt.parent.mkdir(parents=True)
-    ref = torchvision.models.resnet18(weights=None)
+    # a randomly initialised network saved where torchvision keeps the real checkpoint
+    # (googlenet's real file also holds the auxiliary classifiers, so this one does too)
+    kwargs = {"aux_logits": True, "init_weights": True, "transform_input": True} if name == "googlenet" else {}
+    ref = getattr(torchvision.models, name)(weights=None, **kwargs)
     torch.save(ref.state_dict(), ckpt)
-    model = load_model("resnet18", device="cpu")
+    model = load_model(name, device="cpu")
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        expected = ref.eval()((x - torch.tensor(online.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(online.IMAGENET_STD).view(1, 3, 1, 1))
+        ref.eval()
+        z = (x - torch.tensor(online.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(online.IMAGENET_STD).view(1, 3, 1, 1)
+        expected = ref(z)
         torch.testing.assert_close(model(x), expected)
 
 

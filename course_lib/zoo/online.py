@@ -68,7 +68,8 @@ def load_online(name: str, device: torch.device):
         import torchvision
 
         arch, _, _ = TORCHVISION[name]
-        kwargs = {"aux_logits": False, "init_weights": False} if arch == "googlenet" else {}
+        # torchvision builds GoogLeNet with transform_input=True whenever it loads the ImageNet weights
+        kwargs = {"aux_logits": False, "init_weights": False, "transform_input": True} if arch == "googlenet" else {}
         net = getattr(torchvision.models, arch)(weights=None, **kwargs)
         state = torch.load(torchvision_checkpoint(name), map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}

@@ -84,3 +84,34 @@ def token_plot(words: Sequence[str], scores, *, ax=None, title: str | None = Non
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+def attack_panel(x, x_adv, probs_before, probs_after, class_names: Sequence[str], *, top: int = 4, title: str | None = None):
+    """One adversarial example: the image, the perturbation (amplified so that +-max fills
+    [0, 1], grey = unchanged), the adversarial image, and the top class probabilities before
+    and after. ``x``, ``x_adv``: (3, H, W) in [0, 1]; ``probs_*``: (n_classes,). Returns the figure."""
+    delta = (x_adv - x).detach().cpu()
+    amp = float(delta.abs().max()) or 1.0
+    pb = probs_before.detach().cpu() if isinstance(probs_before, torch.Tensor) else torch.as_tensor(probs_before)
+    pa = probs_after.detach().cpu() if isinstance(probs_after, torch.Tensor) else torch.as_tensor(probs_after)
+    fig, axes = plt.subplots(1, 5, figsize=(13, 2.8), gridspec_kw={"width_ratios": [1, 1, 1, 1.1, 1.1]})
+    ib, ia = int(pb.argmax()), int(pa.argmax())
+    panels = [
+        (x, f"original: {class_names[ib]} ({pb[ib]:.0%})"),
+        (0.5 + 0.5 * delta / amp, f"perturbation x{0.5 / amp:.0f}\n(max |delta| = {amp * 255:.1f}/255)"),
+        (x_adv, f"adversarial: {class_names[ia]} ({pa[ia]:.0%})"),
+    ]
+    for ax, (img, t) in zip(axes[:3], panels):
+        ax.imshow(_img(img).clip(0, 1))
+        ax.set_title(t, fontsize=9)
+        ax.axis("off")
+    for ax, p, t in ((axes[3], pb, "before"), (axes[4], pa, "after")):
+        order = torch.argsort(p, descending=True)[:top].flip(0)
+        ax.barh(range(len(order)), p[order].numpy(), color="tab:gray")
+        ax.set_yticks(range(len(order)), [class_names[int(i)] for i in order], fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"probabilities {t}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

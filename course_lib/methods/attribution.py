@@ -21,7 +21,8 @@ def _prepare(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
     require_eval(model, what)
     if x.dim() < 2:
         raise ValueError(f"{what} takes a batch (B, ...); got shape {tuple(x.shape)}. Use x[None] for one input.")
-    return x.detach().to(model_device(model))
+    # requires_grad up front: captum warns (on stderr, fatal in a graded cell) when it must set it itself
+    return x.detach().to(model_device(model)).requires_grad_(True)
 
 
 def saliency(model: nn.Module, x: torch.Tensor, target, *, absolute: bool = True) -> torch.Tensor:

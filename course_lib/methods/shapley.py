@@ -1,0 +1,309 @@
+"""Shapley values and Shapley interactions of a game.
+
+A game ``v`` maps coalitions ``S`` of the ``d`` players to numbers (see
+:mod:`course_lib.games`). Everything exact here comes from ONE batched evaluation of all
+``2**d`` coalitions followed by the Moebius transform
+
+    m(S) = sum_{T subset of S} (-1)^(|S| - |T|) v(T)          (the "pure" effect of S)
+
+computed by an in-place subset-sum butterfly in ``O(d 2**d)``. Every index is then a
+weighted sum of Moebius coefficients (Grabisch 1997; Fujimoto, Kojadinovic & Marichal 2006):
+
+    Shapley value           phi_i  = sum_{S containing i}      m(S) / |S|
+    Shapley interaction     SII_ij = sum_{S containing i, j}   m(S) / (|S| - 1)
+    SHAP interaction values Phi_ij = SII_ij / 2 (i != j),   Phi_ii = phi_i - sum_{j != i} Phi_ij
+    2-SII (k-SII, k = 2)    main_i = phi_i - 1/2 sum_{j != i} SII_ij,   pair_ij = SII_ij
+
+The sampling estimators (KernelSHAP with paired sampling, permutation sampling) ask the game
+for a batch of masks too. Every result says how many coalitions it cost (``budget``).
+
+Coalition ``S`` has index ``sum_{i in S} 2**i`` in the enumeration: bit ``i`` is player ``i``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..games import Game
+
+__all__ = [
+    "ShapleyResult",
+    "Interactions",
+    "all_masks",
+    "moebius",
+    "shapley_from_moebius",
+    "sii_from_moebius",
+    "exact_values",
+    "exact_shapley",
+    "exact_interactions",
+    "kernel_shap",
+    "permutation_shapley",
+    "shapley_kernel_weights",
+]
+
+MAX_EXACT_PLAYERS = 20  # 2**20 coalitions is about a million model evaluations
+
+
+@dataclass
+class ShapleyResult:
+    """Shapley values of one game.
+
+    values: (d,) or (d, K); baseline: v(empty) () or (K,); full: v(all players);
+    budget: coalitions the game was asked for (model evaluations); method: how it was computed.
+    Efficiency: ``values.sum(0) == full - baseline`` (exactly for every method here).
+    """
+
+    values: torch.Tensor
+    baseline: torch.Tensor
+    full: torch.Tensor
+    budget: int
+    method: str
+    player_names: list[str] | None = None
+
+
+@dataclass
+class Interactions:
+    """Exact Shapley values and pairwise interactions of one game (all from one enumeration).
+
+    shapley: (d, ...) Shapley values; sii: (d, d, ...) Shapley interaction index (Grabisch &
+    Roubens 1999), zero on the diagonal; shap_interaction: (d, d, ...) SHAP interaction values
+    (Lundberg et al. 2020), SII / 2 off the diagonal, main effects on it, rows sum to ``shapley``;
+    ksii_main (d, ...) and ksii_pairs (d, d, ...): 2-SII (Bordt & von Luxburg 2023), whose mains
+    plus pairs (i < j) sum to ``full - baseline``; moebius: (2**d, ...) the Moebius coefficients.
+    """
+
+    shapley: torch.Tensor
+    sii: torch.Tensor
+    shap_interaction: torch.Tensor
+    ksii_main: torch.Tensor
+    ksii_pairs: torch.Tensor
+    moebius: torch.Tensor
+    baseline: torch.Tensor
+    full: torch.Tensor
+    budget: int
+    player_names: list[str] | None = None
+
+
+# ----------------------------------------------------------------------------- enumeration
+
+
+def all_masks(d: int, device=None) -> torch.Tensor:
+    """Every coalition of ``d`` players: (2**d, d) bool, row ``s`` has bit ``i`` of ``s`` in column ``i``."""
+    if d > MAX_EXACT_PLAYERS:
+        raise ValueError(
+            f"{d} players means 2**{d} = {2**d:,} coalitions; exact enumeration is limited to "
+            f"{MAX_EXACT_PLAYERS} players. Use fewer players (bigger superpixels, grouped features) "
+            "or a sampling estimator (kernel_shap, permutation_shapley)."
+        )
+    idx = torch.arange(2**d, device=device)
+    return (idx[:, None] >> torch.arange(d, device=device)) & 1 == 1
+
+
+def _work_dtype(device: torch.device) -> torch.dtype:
+    # float64 keeps the alternating Moebius sums exact enough; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def moebius(values: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """Moebius transform of a game given on all coalitions: (2**d, ...) -> (2**d, ...).
+
+    Subset-sum butterfly: for each player i, every coalition containing i subtracts the value
+    of the same coalition without i. d passes over the table, no 2**d x 2**d matrix.
+    """
+    n = values.shape[0]
+    d = n.bit_length() - 1
+    if n != 2**d:
+        raise ValueError(f"moebius needs the values of all 2**d coalitions; got {n} rows")
+    if inplace and not values.is_contiguous():
+        raise ValueError("moebius(inplace=True) needs a contiguous tensor; pass values.contiguous()")
+    m = values if inplace else values.clone(memory_format=torch.contiguous_format)
+    rest = m.shape[1:]
+    for i in range(d):
+        view = m.view(n // 2 ** (i + 1), 2, 2**i, *rest)  # (high bits, bit i, low bits, ...)
+        view[:, 1] -= view[:, 0]
+    return m
+
+
+def shapley_from_moebius(m: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """phi_i = sum_{S containing i} m(S) / |S|: (2**d, ...) -> (d, ...).
+
+    One matrix product of the transposed mask table with the size-scaled dividends; pass the
+    ``masks`` (2**d, d) the game was evaluated on to save building them again.
+    """
+    n = m.shape[0]
+    d = n.bit_length() - 1
+    if masks is None:
+        masks = all_masks(d, m.device)
+    masks = masks.to(m.dtype)  # (2**d, d)
+    w = m.reshape(n, -1) / masks.sum(1).clamp_min(1)[:, None]  # (2**d, K); row 0 has no members
+    return (masks.T @ w).reshape(d, *m.shape[1:])
+
+
+def sii_from_moebius(m: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """SII_ij = sum_{S containing i and j} m(S) / (|S| - 1), zero diagonal: (2**d, ...) -> (d, d, ...)."""
+    d = m.shape[0].bit_length() - 1
+    if masks is None:
+        masks = all_masks(d, m.device)
+    masks = masks.to(m.dtype)  # (2**d, d)
+    size = masks.sum(1)
+    flat = m.reshape(m.shape[0], -1)  # (2**d, K)
+    w = torch.where((size >= 2)[:, None], flat / (size - 1).clamp_min(1)[:, None], torch.zeros_like(flat))
+    sii = torch.einsum("si,sj,sk->ijk", masks, masks, w)  # (d, d, K)
+    sii.diagonal(dim1=0, dim2=1).zero_()
+    return sii.reshape(d, d, *m.shape[1:])
+
+
+def exact_values(game: Game) -> torch.Tensor:
+    """The game on every coalition, in one call: (2**d, ...) in the game's output dtype."""
+    return game(all_masks(game.n_players, game.device))
+
+
+def exact_shapley(game: Game) -> ShapleyResult:
+    """Exact Shapley values from one batched evaluation of all 2**d coalitions."""
+    before = game.n_calls
+    masks = all_masks(game.n_players, game.device)
+    v = game(masks)
+    dtype = _work_dtype(v.device)
+    m = moebius(v.to(dtype, copy=True), inplace=True)
+    phi = shapley_from_moebius(m, masks)
+    return ShapleyResult(phi, v[0].to(dtype), v[-1].to(dtype), game.n_calls - before, "exact", game.player_names)
+
+
+def exact_interactions(game: Game) -> Interactions:
+    """Exact Shapley values, SII, SHAP interaction values and 2-SII from one enumeration."""
+    before = game.n_calls
+    masks = all_masks(game.n_players, game.device)
+    v = game(masks)
+    dtype = _work_dtype(v.device)
+    m = moebius(v.to(dtype, copy=True), inplace=True)
+    phi = shapley_from_moebius(m, masks)  # (d, ...)
+    sii = sii_from_moebius(m, masks)  # (d, d, ...)
+    half = sii / 2
+    shap_iv = half.clone()
+    diag = shap_iv.diagonal(dim1=0, dim2=1)  # (..., d): view into shap_iv
+    diag.copy_(torch.movedim(phi - half.sum(1), 0, -1))
+    ksii_main = phi - half.sum(1)  # Bernoulli weight B_1 = -1/2 on each pair
+    return Interactions(phi, sii, shap_iv, ksii_main, sii.clone(), m, v[0].to(dtype), v[-1].to(dtype),
+                        game.n_calls - before, game.player_names)
+
+
+# ----------------------------------------------------------------------------- KernelSHAP
+
+
+def shapley_kernel_weights(d: int, sizes: torch.Tensor) -> torch.Tensor:
+    """Shapley kernel (Lundberg & Lee 2017): (d - 1) / (C(d, s) s (d - s)); infinite at s = 0 and d."""
+    s = sizes.to(torch.float64)
+    logc = torch.lgamma(torch.tensor(d + 1.0, dtype=torch.float64)) - torch.lgamma(s + 1) - torch.lgamma(d - s + 1)
+    return (d - 1) / (torch.exp(logc) * s * (d - s))
+
+
+def _constrained_wls(Z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """argmin_phi sum_k w_k (y_k - Z_k phi)^2 subject to sum(phi) = total.
+
+    Z: (M, d) 0/1; y: (M, K); w: (M,); total: (K,). Returns (d, K). Closed form from the
+    Lagrangian: phi = A^-1 (b - 1 * (1' A^-1 b - total) / (1' A^-1 1)), A = Z'WZ, b = Z'Wy.
+    """
+    A = Z.T @ (w[:, None] * Z)  # (d, d)
+    b = Z.T @ (w[:, None] * y)  # (d, K)
+    ones = torch.ones(Z.shape[1], 1, dtype=Z.dtype, device=Z.device)
+    rhs = torch.cat([b, ones], 1)
+    try:
+        sol = torch.linalg.solve(A, rhs)
+    except RuntimeError:  # singular: too few distinct coalitions for d players
+        sol = torch.linalg.pinv(A) @ rhs
+    Ainv_b, Ainv_1 = sol[:, :-1], sol[:, -1:]
+    lam = (Ainv_b.sum(0) - total) / Ainv_1.sum()  # (K,)
+    return Ainv_b - Ainv_1 * lam[None, :]
+
+
+def kernel_shap(game: Game, budget: int, *, seed: int = 0, paired: bool = True) -> ShapleyResult:
+    """KernelSHAP (Lundberg & Lee 2017): Shapley values as a weighted linear regression.
+
+    The empty and the full coalition enter as a hard constraint (efficiency); they are the
+    two coalitions with infinite kernel weight. If ``budget >= 2**d`` every coalition is used
+    with its kernel weight and the answer is exact. Otherwise ``budget - 2`` coalitions are
+    drawn with probability proportional to the kernel (sizes s with p(s) ~ 1/(s (d - s)), then a
+    uniformly random set of that size) and weighted equally; with ``paired=True`` each draw
+    comes with its complement (Covert & Lee 2021), which cancels much of the noise.
+    """
+    d = game.n_players
+    if d < 2:
+        return exact_shapley(game)
+    dev = game.device
+    before = game.n_calls
+    if budget < 4:
+        raise ValueError(f"kernel_shap needs a budget of at least 4 coalitions (empty, full and one pair); got {budget}")
+    if d <= MAX_EXACT_PLAYERS and budget >= 2**d:
+        masks = all_masks(d, dev)  # empty first, full last
+        v = game(masks)
+        inner = masks[1:-1]
+        w = shapley_kernel_weights(d, inner.sum(1).cpu()).to(dev)
+        method = "kernel (all coalitions)"
+    else:
+        g = torch.Generator().manual_seed(seed)
+        n_draw = budget - 2
+        n_base = n_draw // 2 if paired else n_draw
+        sizes = torch.arange(1, d)
+        p = 1.0 / (sizes * (d - sizes)).double()
+        s = sizes[torch.multinomial(p / p.sum(), n_base, replacement=True, generator=g)]  # (n_base,)
+        ranks = torch.rand(n_base, d, generator=g).argsort(1).argsort(1)  # a random permutation per row
+        inner = ranks < s[:, None]  # (n_base, d): a uniform random set of size s
+        if paired:
+            inner = torch.cat([inner, ~inner], 0)
+        empty_full = torch.stack([torch.zeros(d, dtype=torch.bool), torch.ones(d, dtype=torch.bool)])
+        masks = torch.cat([empty_full[:1], inner, empty_full[1:]], 0).to(dev)
+        v = game(masks)
+        inner = masks[1:-1]
+        w = torch.ones(inner.shape[0], dtype=torch.float64, device=dev)
+        method = f"kernel ({'paired ' if paired else ''}sampling)"
+    dtype = _work_dtype(v.device)
+    v = v.to(dtype)
+    flat = v.reshape(v.shape[0], -1)  # (M, K)
+    v0, v1 = flat[0], flat[-1]
+    phi = _constrained_wls(inner.to(dtype), flat[1:-1] - v0, w.to(dtype), v1 - v0)  # (d, K)
+    return ShapleyResult(phi.reshape(d, *v.shape[1:]), v[0], v[-1], game.n_calls - before, method, game.player_names)
+
+
+# ----------------------------------------------------------------------------- permutations
+
+
+def permutation_shapley(game: Game, budget: int, *, seed: int = 0, antithetic: bool = True) -> ShapleyResult:
+    """Permutation sampling (Castro, Gomez & Tejada 2009): average marginal contributions.
+
+    Each permutation adds the players one by one; player i gets v(before i and i) - v(before i).
+    One permutation costs d - 1 coalitions (the empty and full ones are shared), so
+    ``(budget - 2) // (d - 1)`` permutations fit. ``antithetic=True`` pairs each permutation
+    with its reverse. All coalitions go to the game in one call. Efficiency holds exactly.
+    """
+    d = game.n_players
+    dev = game.device
+    before = game.n_calls
+    if d < 2:
+        return exact_shapley(game)
+    n_perm = (budget - 2) // (d - 1)
+    if n_perm < 1:
+        raise ValueError(f"permutation_shapley needs a budget of at least {d + 1} coalitions for {d} players; got {budget}")
+    g = torch.Generator().manual_seed(seed)
+    n_base = math.ceil(n_perm / 2) if antithetic else n_perm
+    perms = torch.rand(n_base, d, generator=g).argsort(1)  # (P, d) order in which players join
+    if antithetic:
+        perms = torch.cat([perms, perms.flip(1)], 0)[:n_perm] if n_perm > 1 else perms[:1]
+    P = perms.shape[0]
+    position = perms.argsort(1)  # (P, d): when each player joins
+    steps = torch.arange(1, d)  # prefixes of length 1 .. d-1
+    prefix = position[:, None, :] < steps[None, :, None]  # (P, d-1, d)
+    empty_full = torch.stack([torch.zeros(d, dtype=torch.bool), torch.ones(d, dtype=torch.bool)])
+    masks = torch.cat([empty_full[:1], prefix.reshape(-1, d), empty_full[1:]], 0).to(dev)
+    v = game(masks)
+    dtype = _work_dtype(v.device)
+    flat = v.to(dtype).reshape(v.shape[0], -1)  # (M, K)
+    K = flat.shape[1]
+    chain = torch.cat([flat[:1].expand(P, 1, K), flat[1:-1].reshape(P, d - 1, K), flat[-1:].expand(P, 1, K)], 1)  # (P, d+1, K)
+    gains = chain[:, 1:] - chain[:, :-1]  # (P, d, K): gain of the t-th player to join
+    phi = torch.zeros(P, d, K, dtype=dtype, device=dev)
+    phi.scatter_(1, perms.to(dev)[:, :, None].expand(P, d, K), gains)
+    phi = phi.mean(0)
+    return ShapleyResult(phi.reshape(d, *v.shape[1:]), v[0].to(dtype), v[-1].to(dtype), game.n_calls - before,
+                         f"permutation ({P} permutations)", game.player_names)

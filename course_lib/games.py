@@ -45,12 +45,18 @@ def progress_bar(iterable, *, total: int | None = None, desc: str = "", enabled:
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16) -> int:
-    """Model inputs per chunk so that one chunk stays near ``$COURSE_LIB_MEMORY_MB`` (default 256 MB).
+def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16, device: torch.device | str | None = None) -> int:
+    """Model inputs per chunk so that one chunk's activations stay near a memory budget.
 
-    ``activation_factor`` is a rough ratio of a forward pass's activation memory to its input size.
+    The budget is ``$COURSE_LIB_MEMORY_MB`` if set, else 256 MB on a GPU and 32 MB on the CPU:
+    on a CPU, chunks whose activations fit in the caches are faster (measured on 2 cores:
+    1000 forward passes of scenes-cnn took 0.5 s in chunks of 32 and 1.3 s in chunks of 341)
+    and use a fraction of the memory. ``activation_factor`` is a rough ratio of a forward pass's
+    activation memory to its input size.
     """
-    budget = float(os.environ.get("COURSE_LIB_MEMORY_MB", 256)) * 2**20
+    env = os.environ.get("COURSE_LIB_MEMORY_MB")
+    on_gpu = device is not None and torch.device(device).type in ("cuda", "mps")
+    budget = float(env if env else (256 if on_gpu else 32)) * 2**20
     return int(max(1, min(4096, budget // max(1, bytes_per_input * activation_factor))))
 
 
@@ -179,7 +185,7 @@ def image_game(
     def evaluate(masks: torch.Tensor) -> torch.Tensor:
         return _select(model(perturb(masks)), output, target)
 
-    bs = batch_size or default_batch_size(x.numel() * x.element_size())
+    bs = batch_size or default_batch_size(x.numel() * x.element_size(), device=device)
     return Game(d, evaluate, bs, device, None, perturb, progress)
 
 
@@ -252,7 +258,7 @@ def tabular_game(
             out = _select(out.reshape(-1, out.shape[-1]), output, target).reshape(masks.shape[0], n_bg, -1).squeeze(-1)
         return out.mean(1)
 
-    bs = batch_size or default_batch_size(d * 4, activation_factor=64)
+    bs = batch_size or default_batch_size(d * 4, activation_factor=64, device=device)
     chunk = max(1, bs // n_bg)
     names = list(feature_names) if feature_names is not None else None
     return Game(d, evaluate, chunk, device, names, perturb, progress)

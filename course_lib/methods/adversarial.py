@@ -1,0 +1,293 @@
+"""Adversarial examples: move the *input*, not the weights, along the gradient of a loss.
+
+Training descends the loss with respect to the weights. An attack keeps the weights fixed
+and changes the image ``x`` inside a small ball ``||x_adv - x|| <= eps`` so that
+
+- untargeted: the loss of the true class ``y`` goes *up* (any wrong answer will do);
+- targeted:   the loss of the chosen class ``target`` goes *down* (the model says ``target``).
+
+FGSM (Goodfellow, Shlens & Szegedy 2015) takes one step of size ``eps`` along the sign of
+the input gradient. PGD (Madry et al. 2018) starts at a random point of the ball and takes
+``steps`` steps of size ``alpha``, projecting back onto the ball and onto [0, 1] after each.
+
+Conventions used by every function here:
+- images ``x`` are (B, C, H, W) pixels in [0, 1]; any normalisation belongs inside the model;
+- the model is in eval mode; only the input gets gradients (parameters are never touched);
+- randomness comes from ``seed`` (a fresh generator on the model's device), never the global RNG;
+- results come back on ``x``'s device; each image is attacked independently, so a result
+  never depends on what else is in the batch or on ``batch_size`` (chunking only).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..device import model_device, require_eval
+
+__all__ = ["fgsm", "pgd", "attack_loss", "predict", "accuracy_under_attack", "project"]
+
+_NORMS = ("linf", "l2")
+_LOSSES = ("ce", "margin")
+_TINY = 1e-12
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _check_images(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x should be a float tensor of images (B, C, H, W) in [0, 1]; got {type(x).__name__}"
+                        + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
+    if x.dim() != 4:
+        raise ValueError(f"x should be a batch of images (B, C, H, W); got shape {tuple(x.shape)}. "
+                         "For one image use x[None] or x.unsqueeze(0).")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-4 or hi > 1 + 1e-4:
+        raise ValueError(
+            f"x has values in [{lo:.3g}, {hi:.3g}], but attacks work on pixels in [0, 1]: eps is measured in "
+            "pixel units and x_adv is clipped to [0, 1]. This looks like a normalised image (e.g. after "
+            "transforms.Normalize). Pass the un-normalised pixels and put the normalisation inside the model, "
+            "e.g. nn.Sequential(Normalize(mean, std), net); the course_lib zoo models already normalise inside."
+        )
+
+
+def _labels(v, n: int, dev: torch.device, what: str) -> torch.Tensor:
+    """An int, a sequence or a tensor of class indices -> a (n,) long tensor on ``dev``."""
+    t = torch.as_tensor(v, device=dev)
+    if t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{what} should hold class indices (integers); got dtype {t.dtype}")
+    t = t.long()
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"{what} should be one class index or one per image, shape ({n},); got shape {tuple(t.shape)}")
+    return t
+
+
+def _prepare(model: nn.Module, x: torch.Tensor, eps: float, what: str) -> torch.device:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what} needs a torch nn.Module; got {type(model).__name__}")
+    require_eval(model, what)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{what} needs gradients, but it was called inside torch.inference_mode(); call it outside that block.")
+    _check_images(x)
+    if not eps >= 0:
+        raise ValueError(f"eps should be a non-negative number in pixel units (e.g. 8/255); got {eps}")
+    return model_device(model)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """The model's top-1 class for each image (B,), on ``x``'s device."""
+    require_eval(model, "predict")
+    dev = model_device(model)
+    bs = batch_size or len(x)
+    out = [model(x[s : s + bs].to(dev)).argmax(1) for s in range(0, len(x), bs)]
+    return torch.cat(out).to(x.device)
+
+
+def attack_loss(logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool, loss: str = "ce") -> torch.Tensor:
+    """The per-image objective an attack *ascends*, shape (B,).
+
+    - ``"ce"``: cross-entropy of ``labels`` (untargeted), or minus it (targeted: descend the
+      loss of the target class, i.e. make the target more likely);
+    - ``"margin"`` (Carlini & Wagner 2017): ``max_{j != y} z_j - z_y`` (untargeted), or
+      ``z_t - max_{j != t} z_j`` (targeted). It works on logits, so a saturated softmax
+      cannot hide the gradient.
+    """
+    if loss == "ce":
+        ce = F.cross_entropy(logits, labels, reduction="none")  # (B,)
+        return -ce if targeted else ce
+    if loss == "margin":
+        z_y = logits.gather(1, labels[:, None])[:, 0]  # (B,)
+        others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(1)  # (B,)
+        return z_y - others if targeted else others - z_y
+    raise ValueError(f"loss should be one of {_LOSSES}; got {loss!r}")
+
+
+def _per_image_norm(v: torch.Tensor) -> torch.Tensor:
+    return v.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (v.dim() - 1)))  # (B, 1, 1, 1)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+    """Closest point to ``x_adv`` in the eps-ball around ``x`` (then clipped to [0, 1])."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    elif norm == "l2":
+        n = _per_image_norm(delta)
+        delta = delta * torch.clamp(eps / n.clamp_min(_TINY), max=1.0)
+    else:
+        raise ValueError(f"norm should be one of {_NORMS}; got {norm!r}")
+    return (x + delta).clamp(0, 1)
+
+
+def _input_grad(model: nn.Module, x_adv: torch.Tensor, labels: torch.Tensor, targeted: bool, loss: str) -> torch.Tensor:
+    """Gradient of the summed objective with respect to the input only (B, C, H, W)."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        obj = attack_loss(model(x_adv), labels, targeted=targeted, loss=loss).sum()
+        (grad,) = torch.autograd.grad(obj, x_adv)
+    return grad
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str, g: torch.Generator) -> torch.Tensor:
+    """A random point of the eps-ball around x, clipped to [0, 1] (B, C, H, W)."""
+    if norm == "linf":
+        delta = torch.empty_like(x).uniform_(-eps, eps, generator=g)
+    else:  # uniform direction, radius uniform in [0, eps] (as torchattacks.PGDL2)
+        delta = torch.empty_like(x).normal_(generator=g)
+        r = torch.zeros(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype).uniform_(0, 1, generator=g)
+        delta = delta * r / _per_image_norm(delta).clamp_min(_TINY) * eps
+    return (x + delta).clamp(0, 1)
+
+
+def _targets(model, x, y, target, dev) -> tuple[torch.Tensor, bool]:
+    n = x.shape[0]
+    if target is not None:
+        if y is not None:
+            raise ValueError("give either y (untargeted: move away from the true class) or target "
+                             "(targeted: move towards that class), not both")
+        return _labels(target, n, dev, "target"), True
+    if y is None:  # untargeted against the model's own answer
+        return predict(model, x.to(dev)).to(dev), False
+    return _labels(y, n, dev, "y"), False
+
+
+def _chunks(n: int, batch_size: int | None):
+    bs = n if not batch_size else int(batch_size)
+    if bs < 1:
+        raise ValueError(f"batch_size should be a positive integer or None; got {batch_size}")
+    return [slice(s, s + bs) for s in range(0, n, bs)]
+
+
+# ----------------------------------------------------------------------------- attacks
+
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y=None,
+    *,
+    eps: float,
+    target=None,
+    loss: str = "ce",
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Fast gradient sign method: ``x_adv = clip(x + s * eps * sign(grad_x L), 0, 1)``.
+
+    ``x`` (B, C, H, W) in [0, 1]. Untargeted (``y`` = true classes; None = the model's own
+    predictions): ascend the loss of ``y``, ``s = +1``. Targeted (``target`` = one class or
+    one per image): descend the loss of ``target``, ``s = -1``. Returns ``x_adv`` on x's device.
+    """
+    dev = _prepare(model, x, eps, "fgsm")
+    if loss not in _LOSSES:
+        raise ValueError(f"loss should be one of {_LOSSES}; got {loss!r}")
+    x0 = x.detach().to(dev)
+    labels, targeted = _targets(model, x0, y, target, dev)
+    out = torch.empty_like(x0)
+    for sl in _chunks(len(x0), batch_size):
+        grad = _input_grad(model, x0[sl], labels[sl], targeted, loss)  # (b, C, H, W)
+        out[sl] = (x0[sl] + eps * grad.sign()).clamp(0, 1)
+    return out.to(x.device)
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y=None,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 10,
+    target=None,
+    norm: str = "linf",
+    random_start: bool = True,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+    loss: str = "ce",
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Projected gradient descent (Madry et al. 2018) in the L-infinity or L2 ball.
+
+    Start at ``x`` plus uniform noise from the ball (``random_start``; drawn from ``generator``,
+    or a fresh one seeded with ``seed``), then ``steps`` times::
+
+        x_adv <- x_adv + s * alpha * d          d = sign(g) (linf) or g / ||g||_2 (l2), g = grad_x L
+        x_adv <- clip(x + Proj_eps(x_adv - x), 0, 1)
+
+    with ``s = +1`` for untargeted (ascend the loss of ``y``) and ``s = -1`` for targeted
+    (descend the loss of ``target``). ``alpha`` defaults to ``2.5 * eps / steps``.
+    ``loss="margin"`` uses the Carlini-Wagner margin on logits instead of cross-entropy.
+    Returns ``x_adv`` (B, C, H, W) on x's device.
+    """
+    dev = _prepare(model, x, eps, "pgd")
+    if norm not in _NORMS:
+        raise ValueError(f"norm should be one of {_NORMS}; got {norm!r}")
+    if loss not in _LOSSES:
+        raise ValueError(f"loss should be one of {_LOSSES}; got {loss!r}")
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"steps should be a non-negative integer; got {steps}")
+    alpha = 2.5 * eps / max(int(steps), 1) if alpha is None else float(alpha)
+    x0 = x.detach().to(dev)
+    labels, targeted = _targets(model, x0, y, target, dev)
+    if random_start:  # drawn for the whole batch at once, so chunking cannot change it
+        g = generator
+        if g is None:
+            g = torch.Generator(device=dev)
+            if seed is not None:
+                g.manual_seed(int(seed))
+            else:
+                g.seed()
+        x_adv = _random_start(x0, eps, norm, g)
+    else:
+        x_adv = x0.clone()
+    for sl in _chunks(len(x0), batch_size):
+        xa, xo, lab = x_adv[sl], x0[sl], labels[sl]
+        for _ in range(int(steps)):
+            grad = _input_grad(model, xa, lab, targeted, loss)  # (b, C, H, W)
+            if norm == "linf":
+                step = grad.sign()
+            else:
+                step = grad / (_per_image_norm(grad) + 1e-10)
+            xa = project(xa + alpha * step, xo, eps, norm)  # step ascends attack_loss
+        x_adv[sl] = xa
+    return x_adv.to(x.device)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def accuracy_under_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps_values: Sequence[float],
+    *,
+    attack: str = "pgd",
+    target=None,
+    progress: bool = True,
+    **kwargs,
+) -> torch.Tensor:
+    """For each eps: accuracy on ``fgsm``/``pgd`` examples (untargeted), or, with ``target``,
+    the targeted success rate (fraction classified as ``target``). Returns (len(eps_values),) on CPU."""
+    from ..games import progress_bar
+
+    fn = {"fgsm": fgsm, "pgd": pgd}.get(attack)
+    if fn is None:
+        raise ValueError(f"attack should be 'fgsm' or 'pgd'; got {attack!r}")
+    y = torch.as_tensor(y, device=x.device)
+    tgt = None if target is None else _labels(target, len(y), x.device, "target")
+    keep = None if tgt is None else y != tgt  # targeted success is counted on images not already of the target class
+    out = []
+    for eps in progress_bar(list(eps_values), total=len(eps_values), desc=f"{attack} over eps", enabled=progress):
+        eps = float(eps)  # at eps = 0 nothing can move: no attack needed
+        if tgt is None:
+            x_adv = x if eps == 0 else fn(model, x, y, eps=eps, **kwargs)
+            out.append((predict(model, x_adv) == y).float().mean().item())
+        else:
+            x_adv = x[keep] if eps == 0 else fn(model, x[keep], eps=eps, target=tgt[keep], **kwargs)
+            out.append((predict(model, x_adv) == tgt[keep]).float().mean().item())
+    return torch.tensor(out)

@@ -17,7 +17,6 @@ c.CourseDirectory.db_url = "sqlite:///" + os.path.join(c.CourseDirectory.root, "
 # 120 s leaves room for a slow hub without letting an infinite loop stall a whole class.
 c.Execute.timeout = 120
 c.Execute.interrupt_on_timeout = True
-c.Execute.allow_errors = True
 
 # While grading, nbgrader sets NBGRADER_EXECUTION=autograde in the kernel. course_lib reads
 # it on import: progress bars are off and warnings are silenced, because a test cell that

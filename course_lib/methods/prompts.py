@@ -1,0 +1,450 @@
+"""Prompt inversion: which prompts make a language model say a given target?
+
+A causal language model maps a prompt (token ids ``x_1..x_n``) to a distribution over the
+next token. Feature visualisation for images climbs the gradient of an output with respect
+to the pixels; tokens are discrete, so there is no gradient to climb. Three ways round that:
+
+* **Soft prompt** (Rumbelow & Watkins 2023, "SolidGoldMagikarp"): optimise ``n`` free input
+  embeddings ``e_1..e_n`` (passed as ``inputs_embeds``) to minimise
+  ``-log p(target | e) + lam * mean_i ||e_i - E[nn(e_i)]||``, where ``nn(e_i)`` is the
+  vocabulary token whose embedding is closest in *cosine* similarity. The regulariser pulls
+  every soft embedding onto a real token; the result is read back with :func:`project`.
+* **PEZ** (Wen et al. 2023, "Hard Prompts Made Easy"): keep a continuous prompt, but run the
+  model on its *projection* and apply that gradient to the continuous prompt (a
+  straight-through estimator), so the loss is always the loss of a real token prompt.
+* **GCG** (Zou et al. 2023, "Universal and Transferable Adversarial Attacks"): stay on
+  tokens; the gradient with respect to the one-hot token matrix proposes top-k swaps per
+  position; a random batch of single swaps is evaluated exactly and the best one is kept.
+
+Success is always judged on the *projected* (real-token) prompt: ``p(target | ids)``.
+Every method runs ``n_restarts`` independent restarts as one batch, tracks the best
+projected prompt so far per restart, and draws all randomness from ``seed``.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..device import model_device, require_eval
+from ..games import progress_bar
+
+__all__ = [
+    "PromptInversion",
+    "encode_target",
+    "allowed_tokens",
+    "token_embeddings",
+    "project",
+    "nearest_token_distance",
+    "target_loss",
+    "score_prompts",
+    "p_target",
+    "next_token_distribution",
+    "greedy_continuation",
+    "roundtrip_ok",
+    "sample_candidates",
+    "soft_prompt",
+    "pez",
+    "gcg",
+    "token_counts",
+]
+
+
+@dataclass
+class PromptInversion:
+    """What an inversion found, one row per restart (all tensors on the CPU).
+
+    ``ids`` (R, n): the best projected prompt of each restart; ``text``: those prompts decoded;
+    ``p_target`` (R,): p(target | ids), the probability of the whole target sequence given the
+    *projected* prompt; ``loss`` (R,): the best mean cross-entropy of the target on a projected
+    prompt; ``history`` (steps, R): the objective that was optimised at each step (soft: the
+    regularised loss of the soft prompt; PEZ, GCG: the projected loss); ``best_history``
+    (steps, R): the best projected loss so far (never rises); ``soft`` (R, n, d): the final
+    continuous prompt (soft and PEZ only).
+    """
+
+    method: str
+    target: str
+    target_ids: torch.Tensor
+    ids: torch.Tensor
+    text: list[str]
+    p_target: torch.Tensor
+    loss: torch.Tensor
+    history: torch.Tensor
+    best_history: torch.Tensor
+    soft: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def best(self) -> int:
+        """Index of the restart with the highest p(target)."""
+        return int(self.p_target.argmax())
+
+    def success(self, threshold: float = 0.5) -> torch.Tensor:
+        """(R,) bool: the projected prompt gives the target at least ``threshold``."""
+        return self.p_target >= threshold
+
+    def __str__(self) -> str:
+        rows = [f"{self.method} -> {self.target!r}: best p = {self.p_target.max():.3f}"]
+        for i in self.p_target.argsort(descending=True).tolist():
+            rows.append(f"  p={self.p_target[i]:.3f}  {self.text[i]!r}")
+        return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def encode_target(tok, target: str | torch.Tensor) -> torch.Tensor:
+    """Token ids (T,) of ``target``, without special tokens.
+
+    Mind the leading space: for GPT-style tokenisers " girl" (the word after another word)
+    and "girl" (the start of a text, or the middle of a word) are different tokens.
+    """
+    if isinstance(target, torch.Tensor):
+        ids = target.reshape(-1).long().cpu()
+    else:
+        ids = torch.tensor(tok(target, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if ids.numel() == 0:
+        raise ValueError(f"target {target!r} encodes to no tokens; give a non-empty string such as ' Paris'.")
+    return ids
+
+
+def token_embeddings(model: nn.Module) -> torch.Tensor:
+    """The input embedding matrix (V, d) of a Hugging Face model."""
+    return model.get_input_embeddings().weight
+
+
+def allowed_tokens(tok, vocab_size: int | None = None, *, ascii_only: bool = True) -> torch.Tensor:
+    """(V,) bool: tokens a prompt may use: not special, and (if ``ascii_only``) decoding to
+    non-empty printable ASCII. ``vocab_size`` is the embedding matrix's row count, which may
+    exceed the tokenizer's (padding rows are never allowed)."""
+    n = len(tok) if vocab_size is None else vocab_size
+    ok = torch.zeros(n, dtype=torch.bool)
+    special = set(tok.all_special_ids)
+    for i in range(min(n, len(tok))):
+        if i in special:
+            continue
+        s = tok.decode([i])
+        if not s:
+            continue
+        ok[i] = (s.isascii() and s.isprintable()) if ascii_only else True
+    return ok
+
+
+def project(embeds: torch.Tensor, E: torch.Tensor, *, k: int = 1, allowed: torch.Tensor | None = None,
+            E_unit: torch.Tensor | None = None):
+    """k nearest vocabulary tokens of each embedding by cosine similarity.
+
+    ``embeds`` (..., d), ``E`` (V, d); returns ``(ids, cos)``, both (..., k), most similar first.
+    Tokens where ``allowed`` (V,) is False are never returned. ``E_unit`` = E with unit rows,
+    if the caller already has it (saves normalising E on every step).
+    """
+    e = F.normalize(embeds.detach().to(E.dtype), dim=-1)  # (..., d)
+    cos = e @ (F.normalize(E, dim=-1) if E_unit is None else E_unit).T  # (..., V)
+    if allowed is not None:
+        cos = cos.masked_fill(~allowed.to(cos.device), float("-inf"))
+    sims, ids = cos.topk(k, dim=-1)
+    return ids, sims
+
+
+def nearest_token_distance(embeds: torch.Tensor, E: torch.Tensor, *, allowed: torch.Tensor | None = None,
+                           E_unit: torch.Tensor | None = None) -> torch.Tensor:
+    """(...,) Euclidean distance from each embedding to the embedding of its projection
+    (the cosine-nearest allowed token). Differentiable in ``embeds``; the choice of the
+    nearest token is not (it is a hard argmax)."""
+    ids, _ = project(embeds, E, allowed=allowed, E_unit=E_unit)
+    return (embeds - E[ids[..., 0]]).norm(dim=-1)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _prefix_embeds(model, tok, prefix: str, device) -> torch.Tensor:
+    ids = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    return token_embeddings(model)[torch.tensor(ids, dtype=torch.long, device=device)]  # (P, d)
+
+
+def target_loss(model: nn.Module, prompt_embeds: torch.Tensor, target_ids: torch.Tensor, *, prefix_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """(R,) mean cross-entropy of the target tokens after each prompt (teacher forcing).
+
+    ``prompt_embeds`` (R, n, d) goes in as ``inputs_embeds`` after an optional fixed
+    ``prefix_embeds`` (P, d); only the last T positions' logits are computed
+    (``logits_to_keep``), which keeps a step cheap.
+    """
+    R = prompt_embeds.shape[0]
+    E = token_embeddings(model)
+    t = target_ids.to(E.device)
+    T = t.numel()
+    parts = [prompt_embeds, E[t[:-1]].expand(R, T - 1, -1)]  # the target, shifted right by one
+    if prefix_embeds is not None and prefix_embeds.numel():
+        parts.insert(0, prefix_embeds.expand(R, -1, -1))
+    x = torch.cat(parts, dim=1)  # (R, P + n + T - 1, d)
+    logits = model(inputs_embeds=x, logits_to_keep=T).logits  # (R, T, V)
+    ce = F.cross_entropy(logits.float().reshape(R * T, -1), t.repeat(R), reduction="none")
+    return ce.view(R, T).mean(dim=1)
+
+
+@torch.no_grad()
+def score_prompts(model, ids: torch.Tensor, target_ids: torch.Tensor, *, prefix_embeds=None, batch_size: int = 64) -> torch.Tensor:
+    """(M,) mean target cross-entropy for token prompts ``ids`` (M, n), in chunks of ``batch_size``."""
+    E = token_embeddings(model)
+    out = [target_loss(model, E[chunk.to(E.device)], target_ids, prefix_embeds=prefix_embeds) for chunk in ids.split(batch_size)]
+    return torch.cat(out)
+
+
+def p_target(model, tok, prompt: str | torch.Tensor, target: str | torch.Tensor, *, prefix: str = "") -> torch.Tensor:
+    """p(target | prompt) for a prompt given as text or ids (n,) or (M, n): the product of
+    the target tokens' probabilities. Text prompts are tokenised as they would be typed."""
+    device = model_device(model)
+    if isinstance(prompt, str):
+        prompt = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    ids = prompt.reshape(-1, prompt.shape[-1]) if prompt.dim() else prompt.view(1, 1)
+    t = encode_target(tok, target)
+    ce = score_prompts(model, ids, t, prefix_embeds=_prefix_embeds(model, tok, prefix, device))
+    p = torch.exp(-ce * t.numel()).cpu()
+    return p[0] if prompt.dim() == 1 or isinstance(prompt, str) else p
+
+
+@torch.no_grad()
+def next_token_distribution(model, tok, prompt: str, *, k: int = 10):
+    """Top-``k`` next tokens after ``prompt``: ``(tokens as strings, probabilities (k,))``."""
+    device = model_device(model)
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], device=device)
+    probs = model(input_ids=ids, logits_to_keep=1).logits[0, -1].float().softmax(-1)
+    p, top = probs.topk(k)
+    return [tok.decode([i]) for i in top.tolist()], p.cpu()
+
+
+@torch.no_grad()
+def greedy_continuation(model, tok, ids: torch.Tensor, *, max_new_tokens: int = 5) -> list[str]:
+    """Greedy continuation of each token prompt (M, n) or (n,), decoded (the new text only)."""
+    device = model_device(model)
+    ids = ids.reshape(-1, ids.shape[-1]).to(device)
+    out = model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    return tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+def roundtrip_ok(tok, ids: torch.Tensor) -> torch.Tensor:
+    """(M,) bool: decoding each prompt (M, n) to text and encoding it again gives the same ids.
+    When it does not, the text a reader sees is not the prompt that was scored."""
+    ids = ids.reshape(-1, ids.shape[-1]).cpu()
+    texts = tok.batch_decode(ids)
+    return torch.tensor([tok(s, add_special_tokens=False)["input_ids"] == row.tolist() for s, row in zip(texts, ids)])
+
+
+# ----------------------------------------------------------------------------- set-up shared by the methods
+
+
+def _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed):
+    require_eval(model, "prompt inversion")
+    device = model_device(model)
+    E = token_embeddings(model)  # (V, d)
+    t = encode_target(tok, target)
+    if allowed is None:
+        allowed = allowed_tokens(tok, E.shape[0])
+    allowed = allowed.to(device)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    if init is not None:
+        ids0 = tok(init, add_special_tokens=False)["input_ids"]
+        if len(ids0) != n_tokens:
+            raise ValueError(f"init {init!r} has {len(ids0)} tokens, but n_tokens={n_tokens}; make them agree.")
+        ids = torch.tensor(ids0).repeat(n_restarts, 1)
+    else:
+        pool = allowed.nonzero().squeeze(1).cpu()
+        ids = pool[torch.randint(0, len(pool), (n_restarts, n_tokens), generator=gen)]
+    return device, E, t, allowed, gen, ids.to(device), _prefix_embeds(model, tok, prefix, device)
+
+
+def _result(model, tok, method, target, t, best_ids, history, best_history, prefix_embeds, soft=None, batch_size=64):
+    best_ids = best_ids.cpu()
+    loss = score_prompts(model, best_ids, t, prefix_embeds=prefix_embeds, batch_size=batch_size).cpu()  # judged afresh
+    return PromptInversion(
+        method=method, target=target if isinstance(target, str) else tok.decode(t), target_ids=t, ids=best_ids,
+        text=tok.batch_decode(best_ids), p_target=torch.exp(-loss * t.numel()), loss=loss,
+        history=torch.stack(history).cpu(), best_history=torch.stack(best_history).cpu(),
+        soft=None if soft is None else soft.detach().cpu(),
+    )
+
+
+class _Best:
+    """Best projected prompt so far, per restart."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids.clone()
+        self.loss = torch.full((ids.shape[0],), float("inf"), device=ids.device)
+
+    def update(self, ids: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        better = loss < self.loss
+        self.ids[better] = ids[better]
+        self.loss = torch.where(better, loss, self.loss)
+        return self.loss.clone()
+
+
+# ----------------------------------------------------------------------------- soft prompt and PEZ
+
+
+def soft_prompt(
+    model: nn.Module, tok, target: str, *, n_tokens: int = 5, n_restarts: int = 4, steps: int = 60,
+    lr: float = 0.02, lam: float = 1.0, ramp: bool = True, eval_every: int = 5, init_scale: float = 0.5, prefix: str = "", init: str | None = None,
+    allowed: torch.Tensor | None = None, seed: int = 0, progress: bool = True,
+) -> PromptInversion:
+    """Optimise ``n_tokens`` free input embeddings for ``target`` (Rumbelow & Watkins 2023).
+
+    Objective per restart: ``CE(target | soft prompt) + lam * mean_i ||e_i - E[nn(e_i)]||``
+    (``nn`` = cosine-nearest allowed token), minimised with Adam (``lr``) from random points
+    near the vocabulary's centroid (mean + ``init_scale`` * std * noise), or from ``init``'s tokens.
+    With ``ramp`` the weight grows linearly from 0 to ``lam`` over the steps. Every ``eval_every`` steps and at the end the soft
+    prompt is projected to tokens and the projected prompt is scored; the best one per restart
+    is returned. ``lam`` trades success of the soft prompt for closeness to real tokens.
+    """
+    device, E, t, allowed, gen, ids, pre = _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed)
+    Eu = F.normalize(E, dim=-1)
+    if init is None:  # start near the centre of the vocabulary, not on a token the regulariser would hold on to
+        V = E[allowed]
+        noise = torch.randn(ids.shape + (E.shape[1],), generator=gen).to(device)
+        soft = V.mean(0) + init_scale * V.std(0) * noise
+    else:
+        soft = E[ids]
+    soft = soft.detach().clone().requires_grad_(True)  # (R, n, d)
+    opt = torch.optim.Adam([soft], lr=lr)
+    best = _Best(ids)
+    history, best_history = [], []
+    for step in progress_bar(range(steps), total=steps, desc=f"soft prompt {target!r}", enabled=progress):
+        ce = target_loss(model, soft, t, prefix_embeds=pre)  # (R,)
+        lam_t = lam * (step + 1) / steps if ramp else lam  # ramp: find a good soft prompt first, then snap to tokens
+        objective = ce + lam_t * nearest_token_distance(soft, E, allowed=allowed, E_unit=Eu).mean(dim=1)
+        opt.zero_grad()
+        objective.sum().backward()  # restarts are independent: the sum separates
+        opt.step()
+        if (step + 1) % max(1, eval_every) == 0 or step == steps - 1:
+            proj = project(soft, E, allowed=allowed, E_unit=Eu)[0][..., 0]
+            best.update(proj, score_prompts(model, proj, t, prefix_embeds=pre))
+        history.append(objective.detach())
+        best_history.append(best.loss.clone())
+    return _result(model, tok, "soft prompt", target, t, best.ids, history, best_history, pre, soft=soft)
+
+
+def pez(
+    model: nn.Module, tok, target: str, *, n_tokens: int = 5, n_restarts: int = 4, steps: int = 60,
+    lr: float = 0.05, weight_decay: float = 0.0, prefix: str = "", init: str | None = None,
+    allowed: torch.Tensor | None = None, seed: int = 0, progress: bool = True,
+) -> PromptInversion:
+    """Projected gradient descent on a continuous prompt (PEZ, Wen et al. 2023).
+
+    Each step projects the continuous prompt to its cosine-nearest tokens, runs the model on
+    those tokens' embeddings, and applies the gradient to the continuous prompt
+    (straight-through). The loss at each step is the loss of a real token prompt.
+    """
+    device, E, t, allowed, gen, ids, pre = _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed)
+    Eu = F.normalize(E, dim=-1)
+    soft = E[ids].detach().clone().requires_grad_(True)  # (R, n, d)
+    opt = torch.optim.AdamW([soft], lr=lr, weight_decay=weight_decay)
+    best = _Best(ids)
+    history, best_history = [], []
+    for _ in progress_bar(range(steps), total=steps, desc=f"PEZ {target!r}", enabled=progress):
+        proj = project(soft, E, allowed=allowed, E_unit=Eu)[0][..., 0]  # (R, n)
+        hard = soft + (E[proj] - soft).detach()  # forward: the tokens; backward: into the soft prompt
+        ce = target_loss(model, hard, t, prefix_embeds=pre)
+        opt.zero_grad()
+        ce.sum().backward()
+        opt.step()
+        best.update(proj, ce.detach())
+        history.append(ce.detach())
+        best_history.append(best.loss.clone())
+    proj = project(soft, E, allowed=allowed, E_unit=Eu)[0][..., 0]  # the last step's update, scored too
+    best_history[-1] = best.update(proj, score_prompts(model, proj, t, prefix_embeds=pre))
+    return _result(model, tok, "PEZ", target, t, best.ids, history, best_history, pre, soft=soft)
+
+
+# ----------------------------------------------------------------------------- GCG
+
+
+def sample_candidates(
+    ids: torch.Tensor, grad: torch.Tensor, search_width: int, *, topk: int = 64, n_replace: int = 1,
+    not_allowed: torch.Tensor | None = None, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """GCG candidates (search_width, n) from one prompt ``ids`` (n,) and the gradient of the
+    loss with respect to its one-hot tokens ``grad`` (n, V).
+
+    Each candidate changes ``n_replace`` random positions, each to one of the ``topk`` tokens
+    with the most negative gradient there (uniformly). Random draws come from ``generator``
+    in the same order as nanogcg's ``sample_ids_from_grad`` draws them from the global RNG.
+    """
+    n = ids.shape[0]
+    grad = grad.clone()
+    if not_allowed is not None:
+        grad[:, not_allowed.to(grad.device)] = float("inf")
+    top = (-grad).topk(topk, dim=1).indices  # (n, topk)
+    dev = generator.device if generator is not None else grad.device  # a CPU generator draws on the CPU
+    noise = torch.rand((search_width, n), generator=generator, device=dev).to(grad.device)
+    where = noise.argsort(dim=-1)[:, :n_replace]  # (S, n_replace) distinct positions
+    pick = torch.randint(0, topk, (search_width, n_replace, 1), generator=generator, device=dev).to(grad.device)
+    new = top[where].gather(2, pick).squeeze(2)  # (S, n_replace)
+    return ids.repeat(search_width, 1).scatter_(1, where, new)
+
+
+def _onehot_grad(model, E, ids, t, pre) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss (R,) of prompts ids (R, n) and its gradient w.r.t. their one-hot tokens (R, n, V)."""
+    x = E[ids].detach().requires_grad_(True)
+    loss = target_loss(model, x, t, prefix_embeds=pre)
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), g @ E.T  # d loss / d onehot = (d loss / d e) E^T
+
+
+def gcg(
+    model: nn.Module, tok, target: str, *, n_tokens: int = 5, n_restarts: int = 1, steps: int = 20,
+    search_width: int = 64, topk: int = 64, n_replace: int = 1, batch_size: int = 64, prefix: str = "",
+    init: str | None = None, allowed: torch.Tensor | None = None, filter_roundtrip: bool = True,
+    seed: int = 0, progress: bool = True,
+) -> PromptInversion:
+    """Greedy coordinate gradient search over tokens (GCG, Zou et al. 2023).
+
+    Each step: the one-hot gradient of every restart's current prompt proposes
+    ``search_width`` candidates (:func:`sample_candidates`); all are scored exactly (in chunks of
+    ``batch_size``) and each restart moves to its best candidate, as nanogcg does. With
+    ``filter_roundtrip`` candidates that do not survive decode -> encode are skipped.
+    Cost per step: one forward+backward of R prompts and R * search_width forwards.
+    """
+    device, E, t, allowed, gen, ids, pre = _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed)
+    R = ids.shape[0]
+    best = _Best(ids)
+    history, best_history = [], []
+    for _ in progress_bar(range(steps), total=steps, desc=f"GCG {target!r}", enabled=progress):
+        loss, g = _onehot_grad(model, E, ids, t, pre)
+        best.update(ids, loss)
+        cands = torch.stack([sample_candidates(ids[r], g[r], search_width, topk=topk, n_replace=n_replace,
+                                               not_allowed=~allowed, generator=gen) for r in range(R)])  # (R, S, n)
+        flat = cands.view(R * search_width, n_tokens)
+        cl = score_prompts(model, flat, t, prefix_embeds=pre, batch_size=batch_size).view(R, search_width)
+        if filter_roundtrip:
+            cl = cl.masked_fill(~roundtrip_ok(tok, flat).view(R, search_width).to(cl.device), float("inf"))
+        j = cl.argmin(dim=1)
+        moved = torch.isfinite(cl[torch.arange(R), j])
+        ids = torch.where(moved[:, None], cands[torch.arange(R), j], ids)
+        step_loss = torch.where(moved, cl[torch.arange(R), j], loss)
+        best.update(ids, step_loss)
+        history.append(step_loss)
+        best_history.append(best.loss.clone())
+    return _result(model, tok, "GCG", target, t, best.ids, history, best_history, pre, batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def token_counts(tok, results, *, threshold: float = 0.5, strip: bool = True) -> collections.Counter:
+    """How often each token occurs in the *successful* prompts (p >= threshold) of one or
+    more :class:`PromptInversion` results. Counts every occurrence; tokens are decoded and
+    (with ``strip``) stripped of surrounding spaces, so " art" and "art" count together."""
+    results = [results] if isinstance(results, PromptInversion) else list(results)
+    c: collections.Counter = collections.Counter()
+    for res in results:
+        for row in res.ids[res.success(threshold)].tolist():
+            for i in row:
+                s = tok.decode([i])
+                c[s.strip() if strip else s] += 1
+    return c

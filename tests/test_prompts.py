@@ -1,0 +1,358 @@
+"""Prompt inversion (course_lib.methods.prompts).
+
+Unit properties run on tiny randomly initialised causal LMs (GPT-2 and Llama shapes, with
+SmolLM2's tokenizer), so they take seconds; the "does it work" tests run each method on
+smollm2-135m for one easy target within a small stated budget.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.methods import prompts as P
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from course_lib.zoo import load_model
+
+    model, tok = load_model("smollm2-135m", device="cpu")
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def allowed(smol):
+    model, tok = smol
+    return P.allowed_tokens(tok, P.token_embeddings(model).shape[0])
+
+
+def tiny_lm(kind: str, vocab_size: int, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
+    return model.requires_grad_(False).eval()
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+def brute_force_nearest(embeds, E, allowed, k):
+    """Nearest tokens by looping over queries and computing each cosine with a library call."""
+    out = []
+    for e in embeds.reshape(-1, E.shape[1]):
+        cos = F.cosine_similarity(e[None, :].double(), E.double(), dim=1)
+        cos[~allowed] = -2.0
+        out.append(sorted(range(len(cos)), key=lambda i: -float(cos[i]))[:k])
+    return torch.tensor(out).view(*embeds.shape[:-1], k)
+
+
+def test_projection_equals_brute_force_nearest_neighbours():
+    g = torch.Generator().manual_seed(0)
+    E = torch.randn(200, 16, generator=g) * torch.rand(200, 1, generator=g) * 5  # norms vary a lot
+    allowed = torch.rand(200, generator=g) > 0.3
+    embeds = torch.randn(3, 4, 16, generator=g)
+    ids, cos = P.project(embeds, E, k=3, allowed=allowed)
+    assert ids.shape == (3, 4, 3)
+    assert torch.equal(ids, brute_force_nearest(embeds, E, allowed, 3))
+    assert allowed[ids].all()
+    assert (cos[..., :-1] >= cos[..., 1:]).all()
+
+
+def test_projection_is_cosine_not_euclidean():
+    E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.21]])  # token 2: small norm, near the origin
+    e = torch.tensor([[2.0, 1.8]])
+    # by hand: cos(e, E0) = 0.743, cos(e, E1) = 0.669, cos(e, E2) = 0.997 -> token 2; Euclidean: 2.06, 2.15, 2.40 -> token 0
+    assert P.project(e, E)[0].item() == 2
+    assert torch.cdist(e, E).argmin().item() != 2  # the two metrics disagree here
+    # a long vector along token 0 projects to token 0, however long
+    assert P.project(torch.tensor([[100.0, 1.0]]), E)[0].item() == 0
+
+
+def test_projection_on_real_embeddings_recovers_tokens(smol, allowed):
+    model, tok = smol
+    E = P.token_embeddings(model)
+    ids = torch.tensor([[tok(" Paris", add_special_tokens=False)["input_ids"][0], 1234, 5678]])
+    ids = ids[:, allowed[ids[0]]]
+    got = P.project(E[ids] * 3.0, E, allowed=allowed)[0][..., 0]  # scaling does not change cosine
+    assert torch.equal(got, ids)
+    assert torch.equal(got, brute_force_nearest(E[ids], E[:], allowed, 1)[..., 0])
+
+
+def test_nearest_token_distance_matches_definition():
+    g = torch.Generator().manual_seed(1)
+    E = torch.randn(50, 8, generator=g)
+    x = torch.randn(2, 3, 8, generator=g, requires_grad=True)
+    d = P.nearest_token_distance(x, E)
+    nn_ids = brute_force_nearest(x.detach(), E, torch.ones(50, dtype=torch.bool), 1)[..., 0]
+    assert torch.allclose(d, torch.linalg.vector_norm(x.detach() - E[nn_ids], dim=-1), atol=1e-6)
+    d.sum().backward()  # differentiable in the embeddings
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_allowed_tokens_excludes_special_and_non_ascii(smol):
+    _, tok = smol
+    ok = P.allowed_tokens(tok)
+    assert not ok[tok.all_special_ids].any()
+    assert ok[tok(" Paris", add_special_tokens=False)["input_ids"]].all()
+    for i in ok.nonzero().squeeze(1)[::997].tolist():
+        s = tok.decode([i])
+        assert s.isascii() and s.isprintable() and s
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_target_loss_matches_full_forward_on_ids(smol, kind):
+    _, tok = smol
+    model = tiny_lm(kind, len(tok))
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, len(tok), (3, 5), generator=g)
+    target = tok(" the capital", add_special_tokens=False)["input_ids"]
+    t = torch.tensor(target)
+    ours = P.target_loss(model, P.token_embeddings(model)[prompts], t)
+    full = torch.cat([prompts, t.repeat(3, 1)], dim=1)
+    logp = model(input_ids=full).logits.log_softmax(-1)  # all positions, computed independently
+    ref = torch.stack([-logp[r, 5 - 1 + j, target[j]] for j in range(len(target)) for r in range(3)]).view(len(target), 3).mean(0)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    p = P.p_target(model, tok, prompts, " the capital")
+    assert torch.allclose(p, torch.exp(-ref * len(target)), rtol=1e-4)
+
+
+def test_encode_target_leading_space_matters(smol):
+    _, tok = smol
+    assert not torch.equal(P.encode_target(tok, " girl"), P.encode_target(tok, "girl"))
+    with pytest.raises(ValueError, match="no tokens"):
+        P.encode_target(tok, "")
+
+
+# ----------------------------------------------------------------------------- GCG sampling
+
+
+def test_gcg_candidates_match_nanogcg():
+    nanogcg = pytest.importorskip("nanogcg.gcg")
+    g = torch.Generator().manual_seed(0)
+    n, V = 6, 300
+    ids = torch.randint(0, V, (n,), generator=g)
+    grad = torch.randn(n, V, generator=g)
+    not_allowed = torch.arange(0, V, 7)
+    for seed, n_replace in [(0, 1), (3, 2)]:
+        torch.manual_seed(seed)
+        theirs = nanogcg.sample_ids_from_grad(ids.clone(), grad.clone(), 32, topk=16, n_replace=n_replace, not_allowed_ids=not_allowed)
+        mask = torch.zeros(V, dtype=torch.bool)
+        mask[not_allowed] = True
+        ours = P.sample_candidates(ids, grad, 32, topk=16, n_replace=n_replace, not_allowed=mask,
+                                   generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(ours, theirs)
+
+
+def test_gcg_candidates_properties():
+    g = torch.Generator().manual_seed(0)
+    n, V = 5, 100
+    ids = torch.randint(0, V, (n,), generator=g)
+    grad = torch.randn(n, V, generator=g)
+    not_allowed = torch.zeros(V, dtype=torch.bool)
+    not_allowed[:50] = True
+    c = P.sample_candidates(ids, grad, 200, topk=4, n_replace=2, not_allowed=not_allowed, generator=g)
+    assert c.shape == (200, n)
+    assert ((c != ids).sum(1) <= 2).all()
+    g2 = grad.clone()
+    g2[:, :50] = float("inf")
+    top = (-g2).topk(4, dim=1).indices
+    for row in c:
+        for pos in (row != ids).nonzero().squeeze(1).tolist():
+            assert row[pos] in top[pos]
+
+
+# ----------------------------------------------------------------------------- the methods, on a tiny LM
+
+
+@pytest.fixture(scope="module")
+def tiny(smol):
+    _, tok = smol
+    return tiny_lm("gpt2", len(tok), seed=3), tok
+
+
+RUNS = {
+    "soft": lambda m, t, **kw: P.soft_prompt(m, t, " the", n_tokens=3, n_restarts=3, steps=12, eval_every=3, progress=False, **kw),
+    "pez": lambda m, t, **kw: P.pez(m, t, " the", n_tokens=3, n_restarts=3, steps=12, progress=False, **kw),
+    "gcg": lambda m, t, **kw: P.gcg(m, t, " the", n_tokens=3, n_restarts=2, steps=6, search_width=16, topk=8, progress=False, **kw),
+}
+
+
+@pytest.mark.parametrize("method", list(RUNS))
+def test_best_so_far_never_rises_and_result_is_consistent(tiny, method):
+    model, tok = tiny
+    res = RUNS[method](model, tok, seed=0)
+    R = res.ids.shape[0]
+    assert res.best_history.shape[1] == R and res.history.shape == res.best_history.shape
+    b = res.best_history[torch.isfinite(res.best_history).all(1)]
+    assert (b[1:] <= b[:-1] + 1e-7).all()
+    # the returned p(target) is that of the projected prompt, recomputed independently
+    assert torch.allclose(res.p_target, P.p_target(model, tok, res.ids, " the"), rtol=1e-4)
+    assert torch.allclose(res.loss, res.best_history[-1], atol=1e-5)
+    assert res.text == tok.batch_decode(res.ids)
+
+
+@pytest.mark.parametrize("method", list(RUNS))
+def test_reproducible_for_a_seed(tiny, method):
+    model, tok = tiny
+    a, b, c = RUNS[method](model, tok, seed=5), RUNS[method](model, tok, seed=5), RUNS[method](model, tok, seed=6)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.history, b.history)
+    assert not torch.equal(a.history, c.history)
+
+
+def test_methods_do_not_touch_global_rng(tiny):
+    model, tok = tiny
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    RUNS["gcg"](model, tok, seed=0)
+    RUNS["soft"](model, tok, seed=0)
+    assert torch.equal(torch.rand(3), before)
+
+
+def test_token_counts_counts_only_successful_prompts(tiny):
+    model, tok = tiny
+    res = RUNS["pez"](model, tok, seed=0)
+    thr = float(res.p_target.median())
+    c = P.token_counts(tok, res, threshold=thr)
+    assert sum(c.values()) == int(res.success(thr).sum()) * res.ids.shape[1]
+
+
+# ----------------------------------------------------------------------------- on smollm2-135m
+
+# Stated budgets and thresholds for an easy target, " the" (p ~ 0.004 after "x x x x"):
+# GCG, 8 steps x 64 candidates: p > 0.5 (measured 0.99); PEZ, 25 steps x 4 restarts: p > 0.1
+# (measured 0.38); soft prompt, 25 steps x 4 restarts: p(target | soft prompt) > 0.5.
+# Each run takes ~5-15 s on 2 free CPU cores.
+
+
+def test_gcg_reaches_threshold_on_smollm2(smol, allowed):
+    model, tok = smol
+    base = P.p_target(model, tok, "x x x x", " the")
+    res = P.gcg(model, tok, " the", n_tokens=4, n_restarts=1, steps=8, search_width=64, topk=64, init="x x x x",
+                allowed=allowed, seed=0, progress=False)
+    assert res.p_target.max() > 0.5, str(res)
+    assert res.p_target.max() > 50 * base
+    assert P.greedy_continuation(model, tok, res.ids[res.best], max_new_tokens=1)[0] == " the"
+
+
+def test_pez_reaches_threshold_on_smollm2(smol, allowed):
+    model, tok = smol
+    res = P.pez(model, tok, " the", n_tokens=4, n_restarts=4, steps=25, lr=0.2, allowed=allowed, seed=0, progress=False)
+    assert res.p_target.max() > 0.1, str(res)
+
+
+def test_soft_prompt_succeeds_softly_and_projects_on_smollm2(smol, allowed):
+    model, tok = smol
+    res = P.soft_prompt(model, tok, " the", n_tokens=4, n_restarts=4, steps=25, lr=0.05, lam=0.0, eval_every=5,
+                        allowed=allowed, seed=0, progress=False)
+    E = P.token_embeddings(model)
+    soft_p = torch.exp(-P.target_loss(model, res.soft, P.encode_target(tok, " the")))
+    assert soft_p.max() > 0.5  # the soft prompt itself works...
+    assert res.p_target.max() < soft_p.max()  # ...its projection works less well: judge the projection
+    assert P.project(res.soft, E, allowed=allowed)[0].shape == (4, 4, 1)
+
+
+# ----------------------------------------------------------------------------- the graded assignment a4
+
+A4 = __import__("pathlib").Path(__file__).resolve().parents[1] / "solutions" / "a4_prompt_inversion" / "a4_prompt_inversion.ipynb"
+
+# Correct but written differently: explicit norms and argmin of (1 - cos); the loss from a full
+# forward pass (all logits) with indexing instead of cross_entropy; PEZ with a Parameter, a per-restart
+# Python loop for the best-so-far, 25 instead of 26 evaluations, and p from an input_ids forward pass.
+ALT_PROJECT = '''
+def project(embeds, E, allowed=None):
+    num = embeds.detach() @ E.T
+    den = embeds.detach().norm(dim=-1, keepdim=True) * E.norm(dim=-1)
+    dist = 1 - num / den
+    if allowed is not None:
+        dist[..., ~allowed] = float("inf")
+    return torch.argmin(dist, dim=-1)
+'''
+ALT_SOFT_LOSS = '''
+def soft_loss(model, soft, target_ids, lam, allowed=None):
+    W = model.get_input_embeddings().weight
+    t = list(torch.as_tensor(target_ids).tolist())
+    x = torch.cat([soft] + [W[t[j]].expand(soft.shape[0], 1, -1) for j in range(len(t) - 1)], dim=1)
+    logp = model(inputs_embeds=x).logits.log_softmax(-1)
+    n = soft.shape[1]
+    ce = -sum(logp[:, n - 1 + j, t[j]] for j in range(len(t))) / len(t)
+    near = W[project(soft, W, allowed)]
+    return ce + lam * torch.linalg.vector_norm(soft - near, dim=-1).mean(-1)
+'''
+ALT_INVERT = '''
+def invert(model, tok, word, n_tokens=4, n_restarts=8, steps=25, lr=0.2, seed=0):
+    W = model.get_input_embeddings().weight
+    target = tok(" " + word, add_special_tokens=False)["input_ids"]
+    g = torch.Generator().manual_seed(seed)
+    candidates = torch.arange(W.shape[0])[allowed]
+    start = candidates[torch.randint(len(candidates), (n_restarts, n_tokens), generator=g)]
+    soft = torch.nn.Parameter(W[start].clone())
+    opt = torch.optim.Adam([soft], lr=lr)
+    best = {r: (float("inf"), start[r].clone()) for r in range(n_restarts)}
+    for _ in range(steps):
+        ids = project(soft, W, allowed)
+        loss = soft_loss(model, soft + (W[ids] - soft).detach(), torch.tensor(target), 0.0)
+        for r in range(n_restarts):
+            if loss[r].item() < best[r][0]:
+                best[r] = (loss[r].item(), ids[r].clone())
+        opt.zero_grad(); loss.sum().backward(); opt.step()
+    ids = torch.stack([best[r][1] for r in range(n_restarts)])
+    with torch.no_grad():
+        full = torch.cat([ids, torch.tensor(target[:-1], dtype=torch.long).expand(n_restarts, -1)], 1)
+        lp = model(input_ids=full).logits.log_softmax(-1)
+        p = torch.exp(sum(lp[:, n_tokens - 1 + j, target[j]] for j in range(len(target))))
+    return {"ids": ids, "text": tok.batch_decode(ids), "p": p}
+'''
+
+
+def _a4(overrides, stop_after=None):
+    import sys
+
+    sys.path.insert(0, str(A4.parents[2] / "tests"))
+    from gradeutil import run_graded, score
+
+    return score(run_graded(A4, overrides, stop_after=stop_after)), run_graded
+
+
+def test_a4_correct_but_different_code_gets_full_marks():
+    (got, total), _ = _a4({"project": ALT_PROJECT, "soft_loss": ALT_SOFT_LOSS, "invert": ALT_INVERT})
+    assert total == 10 and got == total
+
+
+def test_a4_euclidean_projection_loses_points():
+    euclid = '''
+def project(embeds, E, allowed=None):
+    d = torch.cdist(embeds.detach().reshape(-1, E.shape[1]), E)
+    if allowed is not None:
+        d[:, ~allowed] = float("inf")
+    return d.argmin(-1).view(embeds.shape[:-1])
+'''
+    (got, total), _ = _a4({"project": euclid}, stop_after="test_soft_loss")
+    assert total == 6 and got == 0  # the projection and the loss built on it both fail
+
+
+def test_a4_scoring_the_soft_prompt_loses_points():
+    soft_scored = ALT_INVERT.replace(
+        "    ids = torch.stack([best[r][1] for r in range(n_restarts)])\n",
+        "    ids = torch.stack([best[r][1] for r in range(n_restarts)])\n"
+        "    with torch.no_grad():\n"
+        "        p_soft = torch.exp(-soft_loss(model, soft, torch.tensor(target), 0.0) * len(target))\n"
+        "    return {'ids': ids, 'text': tok.batch_decode(ids), 'p': p_soft}\n",
+    )
+    (got, total), _ = _a4({"invert": soft_scored})
+    assert total == 10 and got == 6
+
+
+def test_a4_target_without_leading_space_loses_points():
+    no_space = ALT_INVERT.replace('tok(" " + word,', "tok(word,")
+    (got, total), _ = _a4({"invert": no_space})
+    assert total == 10 and got == 6

@@ -160,24 +160,26 @@ def exact_values(game: Game) -> torch.Tensor:
     return game(all_masks(game.n_players, game.device))
 
 
-def exact_shapley(game: Game) -> ShapleyResult:
-    """Exact Shapley values from one batched evaluation of all 2**d coalitions."""
+def _enumerate(game: Game):
+    """All 2**d masks, the game on them (one call), their Moebius transform, and the calls spent."""
     before = game.n_calls
     masks = all_masks(game.n_players, game.device)
     v = game(masks)
     dtype = _work_dtype(v.device)
     m = moebius(v.to(dtype, copy=True), inplace=True)
+    return masks, v.to(dtype), m, game.n_calls - before
+
+
+def exact_shapley(game: Game) -> ShapleyResult:
+    """Exact Shapley values from one batched evaluation of all 2**d coalitions."""
+    masks, v, m, spent = _enumerate(game)
     phi = shapley_from_moebius(m, masks)
-    return ShapleyResult(phi, v[0].to(dtype), v[-1].to(dtype), game.n_calls - before, "exact", game.player_names)
+    return ShapleyResult(phi, v[0], v[-1], spent, "exact", game.player_names)
 
 
 def exact_interactions(game: Game) -> Interactions:
     """Exact Shapley values, SII, SHAP interaction values and 2-SII from one enumeration."""
-    before = game.n_calls
-    masks = all_masks(game.n_players, game.device)
-    v = game(masks)
-    dtype = _work_dtype(v.device)
-    m = moebius(v.to(dtype, copy=True), inplace=True)
+    masks, v, m, spent = _enumerate(game)
     phi = shapley_from_moebius(m, masks)  # (d, ...)
     sii = sii_from_moebius(m, masks)  # (d, d, ...)
     half = sii / 2
@@ -185,8 +187,7 @@ def exact_interactions(game: Game) -> Interactions:
     diag = shap_iv.diagonal(dim1=0, dim2=1)  # (..., d): view into shap_iv
     diag.copy_(torch.movedim(phi - half.sum(1), 0, -1))
     ksii_main = phi - half.sum(1)  # Bernoulli weight B_1 = -1/2 on each pair
-    return Interactions(phi, sii, shap_iv, ksii_main, sii.clone(), m, v[0].to(dtype), v[-1].to(dtype),
-                        game.n_calls - before, game.player_names)
+    return Interactions(phi, sii, shap_iv, ksii_main, sii.clone(), m, v[0], v[-1], spent, game.player_names)
 
 
 # ----------------------------------------------------------------------------- KernelSHAP

@@ -16,7 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(ROOT.glob("lectures/*.ipynb")) + sorted(ROOT.glob("solutions/*/*.ipynb"))
 REPORT = ROOT / "tests" / "reports" / "notebooks.json"
 PEAK_LIMIT_GIB = 2.0
-PEAK_CELL = "import resource as _r, json as _j\nprint('__PEAK__' + _j.dumps(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss))"
+# The kernel's own peak resident memory in KiB. VmHWM belongs to the kernel's address space;
+# ru_maxrss would not do: Linux carries it over from the parent across fork and exec, so every
+# kernel started by a big pytest process would report the parent's peak.
+PEAK_CELL = """
+def _peak_kib():
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+    except (OSError, StopIteration):
+        import resource, sys
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak
+print("__PEAK__" + str(_peak_kib()))
+"""
 
 
 def _record(name, seconds, peak_gib):

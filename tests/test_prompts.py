@@ -277,7 +277,8 @@ def test_token_counts_counts_only_successful_prompts(tiny):
 
 # Stated budgets and thresholds for an easy target, " the" (p ~ 0.004 after "x x x x"):
 # GCG, 8 steps x 64 candidates: p > 0.5 (measured 0.99); PEZ, 25 steps x 4 restarts: p > 0.1
-# (measured 0.38); soft prompt, 25 steps x 4 restarts: p(target | soft prompt) > 0.5.
+# (measured 0.38); soft prompt, 25 steps x 4 restarts: p(target | soft prompt) > 0.5, and its best
+# projected prompt p > 0.05 (measured 0.22 without the regulariser, 0.36 with lam = 1; seed 1: 0.65, 0.32).
 # Each run takes ~5-15 s on 2 free CPU cores.
 
 
@@ -305,7 +306,11 @@ def test_soft_prompt_succeeds_softly_and_projects_on_smollm2(smol, allowed):
     soft_p = torch.exp(-P.target_loss(model, res.soft, P.encode_target(tok, " the")))
     assert soft_p.max() > 0.5  # the soft prompt itself works...
     assert res.p_target.max() < soft_p.max()  # ...its projection works less well: judge the projection
+    assert res.p_target.max() > 0.05, str(res)  # but the best projection still beats 'x x x x' (0.004) >10x
     assert P.project(res.soft, E, allowed=allowed)[0].shape == (4, 4, 1)
+    reg = P.soft_prompt(model, tok, " the", n_tokens=4, n_restarts=4, steps=25, lr=0.05, lam=1.0, eval_every=5,
+                        allowed=allowed, seed=0, progress=False)
+    assert reg.p_target.max() > 0.05, str(reg)
 
 
 # ----------------------------------------------------------------------------- the graded assignment a4

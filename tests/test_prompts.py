@@ -93,6 +93,7 @@ def test_nearest_token_distance_matches_definition():
     assert torch.allclose(d, torch.linalg.vector_norm(x.detach() - E[nn_ids], dim=-1), atol=1e-6)
     d.sum().backward()  # differentiable in the embeddings
     assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert torch.equal(P.nearest_token_distance(x, E, nearest=P.NearestTokens(E)), d)  # same with the cache
 
 
 def _nearest_double(x, E, allowed):
@@ -122,7 +123,9 @@ def test_nearest_tokens_is_exact_along_a_random_walk(shortlist):
     assert nearest.full_searches >= 3  # every jump was searched again
     if shortlist > 1:  # (a shortlist of one leaves no gap for the bound: always a full search)
         assert nearest.full_searches < nearest.calls / 2  # the shortcut did take most small moves
-    assert nearest(x[0]).shape == (4,)  # a new shape is searched afresh
+    searches = nearest.full_searches
+    assert torch.equal(nearest(x[0]), _nearest_double(x[0], E, allowed))  # a new shape...
+    assert nearest.full_searches == searches + 1  # ...is searched afresh
 
 
 def test_nearest_tokens_follows_a_move_to_a_token_outside_the_shortlist():

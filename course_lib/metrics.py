@@ -10,17 +10,39 @@ Stability of a randomised explainer (LIME, KernelSHAP) is measured on R repeated
 - :func:`mean_pairwise`: any of the pairwise ones averaged over the R(R-1)/2 pairs.
 
 Ground truth: :func:`mask_precision_at_k`, the share of the k top superpixels that lie mostly
-on the object.
+on the object. For pixel maps (B, H, W) and object masks (B, H, W):
+
+- :func:`pixel_precision_at_k`: the share of the k highest pixels that lie on the object;
+- :func:`pointing_game`: whether the highest pixel lies on the object (Zhang et al., 2018);
+- :func:`deletion_curve`, :func:`insertion_curve`: the model's score as the highest pixels are
+  removed (inserted) step by step, and the area under the curve (Petsiuk, Das & Saenko, 2018).
+  The steps are coalitions of one image game, so the model calls are batched by the games engine.
+- :func:`spearman`: Spearman's rank correlation of two maps (the sanity checks of Adebayo et al., 2018).
 """
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-__all__ = ["top_k", "topk_jaccard", "kendall_tau", "mean_pairwise", "vsi", "csi", "mask_precision_at_k"]
+__all__ = [
+    "top_k",
+    "topk_jaccard",
+    "kendall_tau",
+    "mean_pairwise",
+    "vsi",
+    "csi",
+    "mask_precision_at_k",
+    "pixel_precision_at_k",
+    "pointing_game",
+    "spearman",
+    "PerturbationCurve",
+    "deletion_curve",
+    "insertion_curve",
+]
 
 
 def top_k(attr: torch.Tensor, k: int, *, by_abs: bool = True) -> set[int]:
@@ -97,3 +119,119 @@ def mask_precision_at_k(attr: torch.Tensor, segments: torch.Tensor, object_mask:
     mostly = (on / size) > 0.5
     picked = top_k(attr, k, by_abs=by_abs)
     return sum(bool(mostly[i]) for i in picked) / k
+
+
+# ----------------------------------------------------------------------------- pixel maps vs ground truth
+
+
+def _maps_and_masks(heat, object_mask):
+    heat = torch.as_tensor(heat).detach()
+    obj = torch.as_tensor(object_mask).bool().to(heat.device)
+    if heat.dim() == 2:
+        heat, obj = heat[None], obj[None] if obj.dim() == 2 else obj
+    if heat.dim() != 3 or obj.shape != heat.shape:
+        raise ValueError(f"maps and object masks must both be (B, H, W) or (H, W); got {tuple(heat.shape)} and {tuple(obj.shape)}. "
+                         "Reduce colour channels first, e.g. attr.abs().sum(1).")
+    if not torch.isfinite(heat).all():
+        raise ValueError("the attribution maps contain NaN or infinite values")
+    return heat.float(), obj
+
+
+def pixel_precision_at_k(heat: torch.Tensor, object_mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Share of the k highest pixels of each map that lie on the object: heat (B, H, W) or (H, W),
+    object_mask the same shape, bool. Returns (B,) (ties broken by the lower pixel index)."""
+    heat, obj = _maps_and_masks(heat, object_mask)
+    n = heat[0].numel()
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the number of pixels {n}; got {k}")
+    flat = heat.flatten(1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :k]  # (B, k)
+    return obj.flatten(1).gather(1, order).float().mean(1)
+
+
+def pointing_game(heat: torch.Tensor, object_mask: torch.Tensor, *, tolerance: int = 0) -> torch.Tensor:
+    """Hit (True) if the highest pixel of the map lies on the object or within ``tolerance`` pixels
+    of it (Zhang et al., 2018, use 15 pixels on 224 x 224 images). (B,) bool."""
+    heat, obj = _maps_and_masks(heat, object_mask)
+    if tolerance > 0:
+        k = 2 * tolerance + 1
+        obj = torch.nn.functional.max_pool2d(obj[:, None].float(), k, stride=1, padding=tolerance)[:, 0] > 0
+    best = heat.flatten(1).argmax(1)  # (B,)
+    return obj.flatten(1).gather(1, best[:, None])[:, 0]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two maps of any (equal) shape; ties get their average rank."""
+    from scipy.stats import spearmanr
+
+    a = torch.as_tensor(a).detach().flatten().double().cpu().numpy()
+    b = torch.as_tensor(b).detach().flatten().double().cpu().numpy()
+    if a.size != b.size or a.size < 2:
+        raise ValueError(f"need two maps with the same number (>= 2) of entries; got {a.size} and {b.size}")
+    if a.min() == a.max() or b.min() == b.max():
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+@dataclass
+class PerturbationCurve:
+    """The model's score as pixels are removed (deletion) or inserted (insertion) in the order of
+    an attribution map. fraction: (S+1,) share of pixels changed; scores: (B, S+1); area: (B,) the
+    area under each curve (trapezoid rule, fraction from 0 to 1); budget: model evaluations."""
+
+    fraction: torch.Tensor
+    scores: torch.Tensor
+    area: torch.Tensor
+    budget: int
+
+
+def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, insert) -> PerturbationCurve:
+    from .games import image_game
+
+    x = torch.as_tensor(x)
+    if x.dim() == 3:
+        x = x[None]
+    heat = torch.as_tensor(heat).detach()
+    if heat.dim() == 2:
+        heat = heat[None]
+    B, _, H, W = x.shape
+    if heat.shape != (B, H, W):
+        raise ValueError(f"heat must be (B, H, W) = {(B, H, W)}; got {tuple(heat.shape)}. Reduce channels first, e.g. attr.abs().sum(1).")
+    if not torch.isfinite(heat).all():
+        raise ValueError("the attribution maps contain NaN or infinite values")
+    if not 1 <= n_steps <= H * W:
+        raise ValueError(f"n_steps must be between 1 and the number of pixels {H * W}; got {n_steps}")
+    targets = torch.as_tensor(target).expand(B).tolist()
+    steps = torch.arange(n_steps + 1)
+    # a pixel of rank r (0 = highest) belongs to step player floor(r * n_steps / HW): equal-size groups
+    masks = steps[:, None] <= torch.arange(n_steps)[None, :]  # (S+1, S): row t = players t.. present
+    if insert:
+        masks = ~masks  # row t = players 0..t-1 present
+    scores = []
+    for b in range(B):
+        order = torch.sort(heat[b].flatten().float().cpu(), descending=True, stable=True).indices
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(H * W)
+        seg = (rank * n_steps // (H * W)).view(H, W)
+        game = image_game(model, x[b], seg, baseline=baseline, target=int(targets[b]), output=output, batch_size=batch_size)
+        scores.append(game(masks).float().cpu())
+    scores = torch.stack(scores)  # (B, S+1)
+    area = ((scores[:, 1:] + scores[:, :-1]) / 2).mean(1)
+    return PerturbationCurve(steps.float() / n_steps, scores, area, B * (n_steps + 1))
+
+
+def deletion_curve(model, x, heat, target, *, n_steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None) -> PerturbationCurve:
+    """Deletion (Petsiuk et al., 2018): replace the highest-ranked pixels of ``heat`` (B, H, W) by
+    ``baseline`` in ``n_steps`` equal steps and record the target's probability. A map that finds
+    what the model needs makes the score drop fast: a LOW area is good. x: (B, C, H, W) in [0, 1].
+
+    The default baseline is a blurred copy: with a constant colour (Petsiuk et al. used 0), a
+    few scattered removed pixels already look like noise the model never saw, and on ``scenes``
+    a random map then scores as well as the object mask itself."""
+    return _curve(model, x, heat, target, n_steps=n_steps, baseline=baseline, output=output, batch_size=batch_size, insert=False)
+
+
+def insertion_curve(model, x, heat, target, *, n_steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None) -> PerturbationCurve:
+    """Insertion (Petsiuk et al., 2018): start from ``baseline`` (default a blurred copy) and put
+    back the highest-ranked pixels first. A HIGH area is good."""
+    return _curve(model, x, heat, target, n_steps=n_steps, baseline=baseline, output=output, batch_size=batch_size, insert=True)

@@ -1,71 +1,402 @@
-"""Gradient attributions: thin wrappers over captum (Kokhlikyan et al., 2020).
+"""Attribution maps: which input pixels made the model give this output?
 
-captum already does these well; the wrappers only add what the course needs everywhere:
-the model must be in eval mode, inputs go to the model's device, targets may be one class
-for the whole batch or one per image, and Grad-CAM can name its layer by a dotted name.
+Gradient methods are thin wrappers over captum (Kokhlikyan et al., 2020); the wrappers only add
+what the course needs everywhere: the model must be in eval mode, inputs must be finite and go to
+the model's device, targets are checked against the number of outputs (one class for the whole
+batch or one per input), layers are named by dotted names, and randomness comes from ``seed``.
 
-    saliency(model, x, target)                       # |d logit / d x|   (Simonyan et al., 2014)
-    integrated_gradients(model, x, target, baseline)  # (Sundararajan et al., 2017)
-    grad_cam(model, x, target, layer="features")      # (Selvaraju et al., 2017)
+    saliency(model, x, target)                        # |d logit / d x|          (Simonyan et al., 2014)
+    input_x_gradient(model, x, target)                # x * d logit / d x        (Shrikumar et al., 2016)
+    smoothgrad(model, x, target, noise=0.15)          # mean gradient under noise (Smilkov et al., 2017)
+    integrated_gradients(model, x, target, baseline)  # path integral            (Sundararajan et al., 2017)
+    cam(model, x, target)                             # sum_k w_ck A_k, GAP nets  (Zhou et al., 2016)
+    grad_cam(model, x, target, layer="features")      # ReLU(sum_k alpha_k A_k)  (Selvaraju et al., 2017)
+    occlusion(model, x, target, patch=8)              # leave-one-out of a patch game (Zeiler & Fergus, 2014)
+    cascading_randomization(model)                    # sanity check             (Adebayo et al., 2018)
+
+Occlusion is a perturbation method: it asks :func:`course_lib.games.image_game` (grid patches
+as players) for the all-present coalition and every coalition with one patch missing, so it
+shares the batching engine with LIME and Shapley values. :func:`leave_one_out` works on any game.
 """
 from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..device import model_device, require_eval
-from ..hooks import get_module
+from ..device import model_device, require_eval, require_unit_range
+from ..games import Game, grid_segments, image_game, segment_map
+from ..hooks import capture, get_module
+
+__all__ = [
+    "saliency",
+    "input_x_gradient",
+    "smoothgrad",
+    "integrated_gradients",
+    "blurred",
+    "cam",
+    "grad_cam",
+    "LeaveOneOutResult",
+    "leave_one_out",
+    "occlusion",
+    "randomize_layers",
+    "cascading_randomization",
+]
 
 
-def _prepare(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+# ----------------------------------------------------------------------------- input checks
+
+
+def _check_finite(t: torch.Tensor, what: str, name: str = "x") -> None:
+    if not torch.isfinite(t).all():
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{what}: {name} contains {n_bad} NaN or infinite values; attributions of such inputs mean nothing. "
+                         f"Check how {name} was made (e.g. a division by zero in preprocessing).")
+
+
+def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        out = model(x[:1])
+    if out.dim() != 2:
+        raise ValueError(f"attribution methods need a model that returns (B, K) scores; this one returns shape {tuple(out.shape)}")
+    return out.shape[1]
+
+
+def _check_target(model: nn.Module, x: torch.Tensor, target, what: str):
+    """``target`` as an int or a (B,) long tensor on x's device, checked against the model's K outputs."""
+    k = _n_outputs(model, x)
+    if isinstance(target, bool) or target is None:
+        raise ValueError(f"{what}: target must be a class index in 0..{k - 1} (or one per input); got {target!r}")
+    if isinstance(target, int):
+        t = torch.tensor([target])
+    else:
+        t = torch.as_tensor(target)
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise ValueError(f"{what}: target must hold integer class indices in 0..{k - 1}; got dtype {t.dtype}")
+        t = t.flatten()
+        if t.numel() not in (1, x.shape[0]):
+            raise ValueError(f"{what}: target must be one class or one per input ({x.shape[0]}); got {t.numel()} targets")
+    bad = (t < 0) | (t >= k)
+    if bad.any():
+        raise ValueError(f"{what}: target {t[bad][0].item()} is out of range; this model has {k} outputs, "
+                         f"so a target must lie in 0..{k - 1}.")
+    if isinstance(target, int) or t.numel() == 1 and torch.as_tensor(target).dim() == 0:
+        return int(t.item())
+    return t.long().to(x.device).expand(x.shape[0]).contiguous()
+
+
+def _prepare(model: nn.Module, x: torch.Tensor, target, what: str):
     require_eval(model, what)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} takes x as a tensor (B, ...); got {type(x).__name__}")
     if x.dim() < 2:
         raise ValueError(f"{what} takes a batch (B, ...); got shape {tuple(x.shape)}. Use x[None] for one input.")
+    _check_finite(x, what)
+    x = x.detach().to(model_device(model))
+    target = _check_target(model, x, target, what)
     # requires_grad up front: captum warns (on stderr, fatal in a graded cell) when it must set it itself
-    return x.detach().to(model_device(model)).requires_grad_(True)
+    return x.requires_grad_(True), target
+
+
+# ----------------------------------------------------------------------------- gradients
 
 
 def saliency(model: nn.Module, x: torch.Tensor, target, *, absolute: bool = True) -> torch.Tensor:
     """Gradient of the target logit with respect to the input, (B, ...) like ``x``."""
     from captum.attr import Saliency
 
-    x = _prepare(model, x, "saliency")
-    return Saliency(model).attribute(x, target=target, abs=absolute)
+    x, target = _prepare(model, x, target, "saliency")
+    return Saliency(model).attribute(x, target=target, abs=absolute).detach()
+
+
+def input_x_gradient(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    """``x * d logit / d x`` (signed), (B, ...) like ``x``: IG with a zero baseline and one step."""
+    from captum.attr import InputXGradient
+
+    x, target = _prepare(model, x, target, "input_x_gradient")
+    return InputXGradient(model).attribute(x, target=target).detach()
+
+
+def smoothgrad(
+    model: nn.Module,
+    x: torch.Tensor,
+    target,
+    *,
+    noise: float = 0.15,
+    n_samples: int = 32,
+    seed: int = 0,
+    absolute: bool = True,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """SmoothGrad: the mean gradient of the target logit over ``n_samples`` copies of ``x`` with
+    Gaussian noise of standard deviation ``noise`` (in pixel units; images live in [0, 1], so this
+    is the paper's sigma / (x_max - x_min), best at 10-20 %). The mean is taken over signed
+    gradients, then ``absolute`` takes |.|, as in the paper. ``noise=0`` gives :func:`saliency`.
+    Uses captum's NoiseTunnel; deterministic for a ``seed``."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    if not (noise >= 0 and math.isfinite(noise)):
+        raise ValueError(f"smoothgrad: noise is a standard deviation and must be a finite number >= 0; got {noise}")
+    if n_samples < 1:
+        raise ValueError(f"smoothgrad: n_samples must be at least 1; got {n_samples}")
+    x, target = _prepare(model, x, target, "smoothgrad")
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        g = NoiseTunnel(Saliency(model)).attribute(
+            x, nt_type="smoothgrad", nt_samples=n_samples, nt_samples_batch_size=batch_size, stdevs=float(noise),
+            target=target, abs=False,
+        )
+    g = g.detach()
+    return g.abs() if absolute else g
+
+
+def blurred(x: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
+    """A Gaussian-blurred copy of images (B, C, H, W) or (C, H, W): a baseline that keeps colours, drops shapes."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    k = 2 * int(math.ceil(3 * sigma)) + 1
+    k = min(k, (min(x.shape[-2:]) // 2) * 2 - 1)
+    return gaussian_blur(x.detach(), [k, k], [sigma, sigma])
 
 
 def integrated_gradients(
     model: nn.Module,
     x: torch.Tensor,
     target,
-    baseline: torch.Tensor | float = 0.0,
+    baseline: torch.Tensor | float | str = 0.0,
     *,
     n_steps: int = 64,
     batch_size: int | None = 256,
     return_delta: bool = False,
 ):
-    """Integrated gradients along the straight line from ``baseline`` to ``x``.
+    """Integrated gradients along the straight line from ``baseline`` to ``x``:
+    (x - b) * integral_0^1 d f(b + a (x - b)) / d x da, by captum's Gauss-Legendre quadrature.
 
-    Completeness: the attributions of one input sum to f(x) - f(baseline) up to the
-    quadrature error, which ``return_delta=True`` reports per input.
+    ``baseline``: a number (0 = black), an image (C, H, W), a batch (B, C, H, W), or ``"blur"``
+    (:func:`blurred` of x). Completeness: the attributions of one input sum to f(x) - f(baseline)
+    up to the quadrature error, which ``return_delta=True`` reports per input.
     """
     from captum.attr import IntegratedGradients
 
-    x = _prepare(model, x, "integrated_gradients")
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-    base = base.expand_as(x) if base.dim() == 0 or base.shape == x.shape[1:] else base
+    x, target = _prepare(model, x, target, "integrated_gradients")
+    if isinstance(baseline, str):
+        if baseline != "blur":
+            raise ValueError(f"integrated_gradients: baseline must be a number, a tensor or 'blur'; got {baseline!r}")
+        base = blurred(x)
+    else:
+        base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+        _check_finite(base, "integrated_gradients", "baseline")
+        if base.dim() == 0 or base.shape == x.shape[1:]:
+            base = base.expand_as(x)
+        elif base.shape != x.shape:
+            raise ValueError(f"integrated_gradients: baseline must be a number, shape {tuple(x.shape[1:])} or {tuple(x.shape)}; "
+                             f"got {tuple(base.shape)}")
+    if n_steps < 1:
+        raise ValueError(f"integrated_gradients: n_steps must be at least 1; got {n_steps}")
     out = IntegratedGradients(model).attribute(
         x, baselines=base, target=target, n_steps=n_steps, internal_batch_size=batch_size, return_convergence_delta=return_delta
     )
-    return out
+    return (out[0].detach(), out[1].detach()) if return_delta else out.detach()
+
+
+# ----------------------------------------------------------------------------- class activation maps
+
+
+def _upsample(maps: torch.Tensor, size) -> torch.Tensor:  # (B, h, w) -> (B, H, W)
+    return nn.functional.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def cam(model: nn.Module, x: torch.Tensor, target, *, layer: str = "features", head: str = "fc", upsample: bool = True) -> torch.Tensor:
+    """Class activation map (Zhou et al., 2016) of a network that ends in global average pooling of
+    ``layer``'s output A (B, K, h, w) and a linear layer ``head``: sum_k w_ck A_k, signed (no ReLU).
+
+    Its spatial mean plus the head's bias is exactly the logit of class c; the function checks
+    this and refuses networks where it does not hold. Returns (B, H, W) (input size) if ``upsample``,
+    else (B, h, w)."""
+    x, target = _prepare(model, x, target, "cam")
+    fc = get_module(model, head)
+    if not isinstance(fc, nn.Linear):
+        raise ValueError(f"cam: the head {head!r} must be an nn.Linear; it is a {type(fc).__name__}")
+    with torch.no_grad(), capture(model, layer) as acts:
+        logits = model(x)  # (B, n_classes)
+    A = acts[layer]  # (B, K, h, w)
+    t = torch.as_tensor(target, device=x.device).expand(x.shape[0])
+    w = fc.weight[t]  # (B, K)
+    maps = torch.einsum("bk,bkhw->bhw", w, A)  # (B, h, w)
+    bias = fc.bias[t] if fc.bias is not None else torch.zeros_like(maps[:, 0, 0])
+    want = logits.gather(1, t[:, None])[:, 0]
+    if not torch.allclose(maps.mean((1, 2)) + bias, want, atol=1e-3, rtol=1e-3):
+        raise ValueError(f"cam: the logits are not the linear head {head!r} applied to the spatial mean of {layer!r}; "
+                         "CAM needs a network that ends in global average pooling and one linear layer. Use grad_cam instead.")
+    return _upsample(maps, x.shape[-2:]) if upsample else maps
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target, *, layer: str = "features", upsample: bool = True) -> torch.Tensor:
     """Grad-CAM at module ``layer``: ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of
     d logit / d A_k. Returns (B, H, W) at the input's size if ``upsample``, else the layer's size."""
-    from captum.attr import LayerAttribution, LayerGradCam
+    from captum.attr import LayerGradCam
 
-    x = _prepare(model, x, "grad_cam")
-    cam = LayerGradCam(model, get_module(model, layer)).attribute(x, target=target, relu_attributions=True)  # (B, 1, h, w)
-    if upsample:
-        cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-    return cam[:, 0]
+    x, target = _prepare(model, x, target, "grad_cam")
+    maps = LayerGradCam(model, get_module(model, layer)).attribute(x, target=target, relu_attributions=True)[:, 0].detach()  # (B, h, w)
+    return _upsample(maps, x.shape[-2:]) if upsample else maps
+
+
+# ----------------------------------------------------------------------------- occlusion: leave-one-out of a game
+
+
+@dataclass
+class LeaveOneOutResult:
+    """Leave-one-out values of one game: ``values[i] = v(all) - v(all without player i)``.
+
+    values: (d,) or (d, K); full: v(all players); budget: coalitions the game was asked for;
+    method: "leave-one-out". Unlike Shapley values they need not sum to full - v(empty).
+    """
+
+    values: torch.Tensor
+    full: torch.Tensor
+    budget: int
+    method: str = "leave-one-out"
+    player_names: list[str] | None = None
+
+    def __str__(self) -> str:
+        v = self.values if self.values.dim() == 1 else self.values[:, 0]
+        top = torch.argsort(v.abs(), descending=True)[:3].tolist()
+        names = self.player_names or [f"player {i}" for i in range(len(v))]
+        return f"LeaveOneOutResult({len(v)} players, budget {self.budget}; top: " + ", ".join(f"{names[i]} {v[i]:+.3g}" for i in top) + ")"
+
+
+def leave_one_out(game: Game, players: Sequence[int] | None = None, *, progress: bool | None = None) -> LeaveOneOutResult:
+    """Ask ``game`` for the coalition of all players and, in the same batch, for every coalition
+    with one of ``players`` (default: all) missing. Values of players not asked for are 0."""
+    d = game.n_players
+    idx = torch.arange(d, device=game.device) if players is None else torch.as_tensor(list(players), device=game.device).long()
+    masks = torch.ones(1 + len(idx), d, dtype=torch.bool, device=game.device)
+    masks[1 + torch.arange(len(idx), device=game.device), idx] = False
+    out = game(masks, progress=progress)  # (1 + n, ...)
+    values = torch.zeros((d,) + tuple(out.shape[1:]), dtype=out.dtype, device=out.device)
+    values[idx] = out[0] - out[1:]
+    return LeaveOneOutResult(values, out[0], masks.shape[0], player_names=game.player_names)
+
+
+def _window_groups(size: int, patch: int, stride: int) -> list[list[int]]:
+    """Start positions of the windows along one axis, placed as captum places them (every
+    ``stride`` pixels; the last one may stick out of the image and is cut), in groups of
+    windows that do not overlap (every ceil(patch / stride)-th window)."""
+    starts = [k * stride for k in range(math.ceil((size - patch) / stride) + 1)]
+    m = math.ceil(patch / stride)
+    return [starts[r::m] for r in range(min(m, len(starts)))]
+
+
+def occlusion(
+    model: nn.Module,
+    x: torch.Tensor,
+    target,
+    *,
+    patch: int = 8,
+    stride: int | None = None,
+    baseline: float | torch.Tensor | str = 0.0,
+    output: str = "logit",
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Occlusion (Zeiler & Fergus, 2014): slide a ``patch`` x ``patch`` square of ``baseline`` over
+    each image with step ``stride`` (default: ``patch``, a grid) and record how much the target
+    output drops; each pixel gets the mean drop of the windows that cover it. Same windows and
+    numbers as ``captum.attr.Occlusion``.
+
+    Built on games: for stride == patch the windows are the players of ``image_game`` over
+    ``grid_segments`` and the map is :func:`leave_one_out` painted back on the pixels. Overlapping
+    windows are split into groups of disjoint windows, one game each. x: (B, C, H, W) in [0, 1];
+    returns (B, H, W) on x's device.
+    """
+    stride = patch if stride is None else stride
+    if not (1 <= stride <= patch):
+        raise ValueError(f"occlusion: stride must be between 1 and patch ({patch}); got {stride}")
+    require_eval(model, "occlusion")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"occlusion takes a batch of images (B, C, H, W); got {getattr(x, 'shape', type(x).__name__)}")
+    _check_finite(x, "occlusion")
+    if isinstance(baseline, torch.Tensor):
+        _check_finite(baseline, "occlusion", "baseline")
+    elif not isinstance(baseline, str) and not math.isfinite(baseline):
+        raise ValueError(f"occlusion: baseline must be finite; got {baseline}")
+    require_unit_range(x)
+    B, _, H, W = x.shape
+    if patch > min(H, W):
+        raise ValueError(f"occlusion: patch {patch} is larger than the image ({H} x {W})")
+    dev = model_device(model)
+    xd = x.detach().to(dev)
+    t = _check_target(model, xd, target, "occlusion")
+    t = torch.as_tensor(t).expand(B).tolist()
+    rows, cols = _window_groups(H, patch, stride), _window_groups(W, patch, stride)
+    total = torch.zeros(B, H, W, device=dev)
+    count = torch.zeros(H, W, device=dev)
+    for rg in rows:
+        for cg in cols:
+            seg, n_win = _window_segments(H, W, rg, cg, patch, dev)  # labels 0..n_win-1, gaps n_win
+            count += (seg < n_win).float()
+            for b in range(B):
+                game = image_game(model, xd[b], seg, baseline=baseline, target=t[b], output=output, batch_size=batch_size)
+                res = leave_one_out(game, players=range(n_win))
+                total[b] += segment_map(res.values, seg)  # gaps were never removed: 0
+    return (total / count.clamp_min(1)).to(x.device)
+
+
+def _window_segments(H: int, W: int, row_starts, col_starts, patch: int, device):
+    """A segment map (H, W) for disjoint windows: window (i, j) has label i * len(cols) + j, the
+    pixels outside every window the label n_windows (a player that is never removed)."""
+    n_r, n_c = len(row_starts), len(col_starts)
+    r_lab = torch.full((H,), -1, dtype=torch.long, device=device)
+    c_lab = torch.full((W,), -1, dtype=torch.long, device=device)
+    for i, s in enumerate(row_starts):
+        r_lab[s : s + patch] = i
+    for j, s in enumerate(col_starts):
+        c_lab[s : s + patch] = j
+    inside = (r_lab[:, None] >= 0) & (c_lab[None, :] >= 0)
+    seg = torch.where(inside, r_lab[:, None] * n_c + c_lab[None, :], torch.full((), n_r * n_c, device=device))
+    return seg, n_r * n_c
+
+
+# ----------------------------------------------------------------------------- sanity checks
+
+
+def _default_layers(model: nn.Module) -> list[str]:
+    """The model's top-level blocks that hold parameters, from the output back to the input."""
+    return [n for n, m in model.named_children() if any(True for _ in m.parameters())][::-1]
+
+
+def randomize_layers(model: nn.Module, names: str | Sequence[str], *, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` in which the modules ``names`` are re-initialised (every submodule's
+    ``reset_parameters()``: fresh random weights, batch-norm statistics reset); the original is
+    untouched. Deterministic for a ``seed``."""
+    names = [names] if isinstance(names, str) else list(names)
+    new = copy.deepcopy(model)
+    devices = [d.index or 0 for d in {p.device for p in new.parameters()} if d.type == "cuda"]
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        for name in names:
+            mods = [m for m in get_module(new, name).modules() if hasattr(m, "reset_parameters")]
+            if not mods:
+                raise ValueError(f"randomize_layers: module {name!r} has nothing to re-initialise")
+            for m in mods:
+                m.reset_parameters()
+                if hasattr(m, "reset_running_stats"):
+                    m.reset_running_stats()
+    return new.eval()
+
+
+def cascading_randomization(model: nn.Module, layers: Sequence[str] | None = None, *, seed: int = 0) -> list[tuple[str, nn.Module]]:
+    """The cascading model-parameter randomisation test of Adebayo et al. (2018): copies of
+    ``model`` with the layers randomised one more at a time, from the output back to the input.
+
+    layers: names from the top down (default: the top-level blocks with parameters, reversed).
+    Returns ``[(name, copy), ...]``: the k-th copy has layers[0..k] randomised (each layer with the
+    same random weights in every copy). The original model is not modified."""
+    layers = _default_layers(model) if layers is None else list(layers)
+    if not layers:
+        raise ValueError("cascading_randomization: the model has no layers with parameters")
+    return [(name, randomize_layers(model, layers[: k + 1], seed=seed)) for k, name in enumerate(layers)]

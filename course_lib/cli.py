@@ -1,4 +1,4 @@
-"""``course-lib doctor | fetch | train-zoo``."""
+"""``course-lib doctor | fetch | train-zoo | export-paper | final-grades``."""
 from __future__ import annotations
 
 import argparse
@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="names to train (default: all)")
     p.add_argument("--out", help="output folder (default: the package's weights folder)")
     p.set_defaults(func=train_zoo)
+    from . import late_policy, paper  # the final project's commands (light imports)
+
+    paper.add_command(sub)
+    late_policy.add_command(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -299,3 +299,61 @@ def test_export_without_execution_keeps_guidance_on_request(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "Before you submit" in (tmp_path / "out" / "p.html").read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------ course documents
+
+COURSE = ROOT / "course"
+LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
+
+
+def _refs(text):
+    """The reference bullets of the reading list (one per line, under the headings)."""
+    return [line[2:].strip() for line in text.splitlines() if line.startswith("* ") and re.search(r"\((1[89]|20)\d\d\)", line)]
+
+
+def test_reading_list_entries_have_year_and_venue():
+    text = (COURSE / "reading_list.md").read_text()
+    refs = _refs(text)
+    assert len(refs) >= 60
+    for line in text.splitlines():
+        if line.startswith("* "):
+            assert line[2:] in refs, f"reading list entry without a (year): {line}"
+    for r in refs:
+        assert re.search(r"\*[^*]+\*|arXiv:\d{4}\.\d{4,5}", r.split(")", 1)[1]), f"no venue or arXiv id: {r}"
+        for m in re.finditer(r"arXiv:(\d{2})(\d{2})\.\d{4,5}", r):
+            assert 1 <= int(m.group(2)) <= 12, f"malformed arXiv id in {r}"
+    titles = [r.split(").", 1)[1].split(".")[0].strip().lower() for r in refs]
+    assert len(titles) == len(set(titles)), "a reference appears twice"
+    starred = [r for r in refs if r.startswith("★")]
+    assert len(starred) >= 10, "the annotated readings need a choice of assigned papers"
+
+
+def test_reading_list_has_the_lectures_references():
+    text = (COURSE / "reading_list.md").read_text()
+    for needle in ("Ribeiro, M. T.", "Lundberg, S. M. & Lee", "Goodfellow, I. J.", "Madry, A.", "Adebayo, J.",
+                   "Selvaraju", "Sundararajan, M., Taly", "Wen, Y.", "Zou, A.", "Kim, B., Wattenberg", "Bricken, T.",
+                   "Olah, C., Mordvintsev", "Chen, C., Li, O."):
+        assert needle in text, f"{needle} missing from the reading list"
+
+
+def test_course_documents_link_to_each_other_and_the_links_resolve():
+    syllabus = (COURSE / "syllabus.md").read_text()
+    for target in ("reading_list.md", "final_project.md", "rubric.md", "rubric_zh.md"):
+        assert f"]({target}" in syllabus, f"the syllabus does not link {target}"
+    for doc in COURSE.glob("*.md"):
+        for m in LINK.finditer(doc.read_text()):
+            target = m.group(1)
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+
+
+def test_final_project_page_states_the_policy_the_code_applies():
+    text = (COURSE / "final_project.md").read_text()
+    for day, cap in zip(range(2, 8), ("B+", "B", "B-", "C+", "C", "C-")):
+        assert f"| {day} January" in text and f"at most {cap} |" in text
+    assert "8 January or later | D |" in text
+    # the two examples in the text, computed
+    assert grade("C", cst(1), readings=1) == "B"
+    assert grade("A", cst(3), presented=False) == "C+"

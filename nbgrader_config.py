@@ -18,6 +18,24 @@ c.CourseDirectory.db_url = "sqlite:///" + os.path.join(c.CourseDirectory.root, "
 c.Execute.timeout = 120
 c.Execute.interrupt_on_timeout = True
 
+# Checks that a submission cannot switch off from inside the kernel (course_lib/autograde.py):
+# TamperScan records suspicious code in answer cells; CourseExecute zeroes a test cell that did not
+# run to its end even if an exception was hidden, times every cell, names timeouts, and keeps a
+# passing test cell's stderr (a debug print or a library warning) instead of zeroing the cell.
+# `make grade` prints the report (course-lib grade-report).
+try:
+    from course_lib.autograde import CourseExecute, TamperScan
+except ImportError:  # nbgrader run outside the course's environment: plain nbgrader
+    pass
+else:
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades
+
+    c.Autograde.autograde_preprocessors = [
+        TamperScan, CourseExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+        SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
+    ]
+
 # While grading, nbgrader sets NBGRADER_EXECUTION=autograde in the kernel. course_lib reads
 # it on import: progress bars are off and warnings are silenced, because a test cell that
 # writes anything to stderr scores zero even when its asserts pass.

@@ -60,3 +60,62 @@ def check_raises(fn: Callable, exc: type[BaseException], name: str, hint: str = 
     except Exception as err:  # noqa: BLE001
         raise AssertionError(f"{name} should raise {exc.__name__}, but raised {type(err).__name__}: {err}. {hint}".strip())
     raise AssertionError(f"{name} should raise {exc.__name__}, but it returned normally. {hint}".strip())
+
+
+class _Forbidden:
+    """Stands in for a course_lib function while a student's own implementation is graded."""
+
+    def __init__(self, qualname: str):
+        self.qualname = qualname
+
+    def __call__(self, *args, **kwargs):
+        raise AssertionError(
+            f"{self.qualname} was called, but this exercise asks you to write the method yourself: "
+            f"do not call course_lib's implementation (or anything that calls it) in your answer."
+        )
+
+    def __getattr__(self, name):  # e.g. a result class's attribute: still not allowed
+        raise AssertionError(f"{self.qualname}.{name} is not available in this exercise: write the method yourself.")
+
+
+class forbid:
+    """Make course_lib's own implementation of a method unavailable while a test calls the student's.
+
+    ``with forbid(globals(), "course_lib.methods.lime"): lime_explain(...)`` replaces, for the
+    duration of the block, every public function and class defined in the named modules by a
+    stand-in that fails with a message; names the notebook imported from those modules (``from
+    course_lib.methods.lime import lime``) and the module objects themselves are covered too.
+    Everything is put back on exit, also after an error.
+    """
+
+    def __init__(self, namespace: dict, *modules: str):
+        self.namespace, self.modules = namespace, modules
+        self._undo: list = []
+
+    def __enter__(self):
+        import importlib
+        import types
+
+        banned: dict[int, _Forbidden] = {}
+        for name in self.modules:
+            mod = importlib.import_module(name)
+            for attr, value in list(vars(mod).items()):
+                if attr.startswith("_") or getattr(value, "__module__", None) != mod.__name__:
+                    continue
+                if not isinstance(value, (types.FunctionType, type)):
+                    continue
+                stand_in = _Forbidden(f"{name}.{attr}")
+                banned[id(value)] = stand_in
+                self._undo.append((vars(mod), attr, value))
+                setattr(mod, attr, stand_in)
+        for key, value in list(self.namespace.items()):
+            if id(value) in banned:
+                self._undo.append((self.namespace, key, value))
+                self.namespace[key] = banned[id(value)]
+        return self
+
+    def __exit__(self, *exc):
+        for table, key, value in reversed(self._undo):
+            table[key] = value
+        self._undo.clear()
+        return False

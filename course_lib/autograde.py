@@ -1,0 +1,314 @@
+"""What `make grade` adds to nbgrader: checks a submission cannot switch off, and a report.
+
+nbgrader decides a test cell's points from its outputs: no error output means full marks. Code
+in a student's answer cells runs in the same kernel as the test cells, so it can hide errors
+(an IPython exception handler, a ``post_run_cell`` hook that clears the error) or rebind the
+check helpers. Nothing inside the kernel can be trusted to report on itself, so the defences
+live here, in the grader's own process (``nbgrader_config.py`` installs them):
+
+* ``CourseExecute`` appends one line to every test cell before it runs, printing a token drawn
+  afresh for that cell. A test cell whose output lacks its token did not run to its end,
+  whatever the kernel says: it gets an error output (zero points) and a "hidden error" flag.
+  Each cell's run time goes into its metadata; a cell that hit the time limit gets a clear
+  timeout message. Text a passing test cell wrote to stderr (a student's debug print, a
+  library warning) is kept, moved to stdout with a note: nbgrader would otherwise give zero
+  to a test cell whose checks all passed.
+* ``TamperScan`` reads the source of every cell that is not a test cell, before it runs,
+  and records what looks like tampering with the grading environment (exception handlers,
+  IPython hooks, ``get_ipython`` or the check helpers rebound, patched modules).
+* ``grade_report`` reads the gradebook and the autograded notebooks and prints, per
+  submission, the score, the test cells that failed or timed out, each cell's time, and the
+  tampering flags (``course-lib grade-report``, run by ``make grade``).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import secrets
+import time
+from pathlib import Path
+
+from nbformat import NotebookNode
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+
+META = "course_lib"  # key of our metadata in cells and notebooks
+CHECK_HELPERS = {"check", "check_close", "check_shape", "check_type", "check_raises", "forbid"}
+
+
+def _nbgrader(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def is_test_cell(cell) -> bool:
+    m = _nbgrader(cell)
+    return cell.get("cell_type") == "code" and bool(m.get("grade")) and not m.get("solution")
+
+
+# --------------------------------------------------------------------------------- execution
+
+
+class CourseExecute(Execute):
+    """nbgrader's Execute, with completion tokens, timing, timeout messages and tolerated stderr."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type != "code":
+            return super().preprocess_cell(cell, resources, index)
+        test = is_test_cell(cell)
+        source, token = cell.source, "course-lib-done-" + secrets.token_hex(12)
+        if test:
+            cell.source = f"{source}\n\nprint({token!r})"
+        t0 = time.monotonic()
+        try:
+            cell, resources = super().preprocess_cell(cell, resources, index)
+        finally:
+            cell.source = source
+        seconds = time.monotonic() - t0
+        meta = cell.metadata.setdefault(META, {})
+        meta["seconds"] = round(seconds, 2)
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        if any(o.get("ename") == "CellTimeoutError" for o in errors):
+            meta["timeout"] = True
+            for o in errors:
+                if o.get("ename") == "CellTimeoutError":
+                    o.evalue = f"this cell ran longer than the {self.timeout} s limit and was stopped"
+                    o.traceback = [f"CellTimeoutError: this cell ran longer than the {self.timeout} s limit and was stopped"]
+        if test:
+            finished = self._remove_token(cell, token)
+            if not finished and not errors:
+                meta["hidden_error"] = True
+                cell.outputs.append(NotebookNode(
+                    output_type="error", ename="IncompleteTestCell",
+                    evalue="the checks in this cell did not run to their end, but no error was shown",
+                    traceback=["IncompleteTestCell: the checks in this cell did not run to their end, but no error "
+                               "was shown (was an exception hidden by code in another cell?). No points."],
+                ))
+            if finished and not errors:
+                self._tolerate_stderr(cell)
+            # the course gives no partial credit through a cell's value: an execute_result in a
+            # test cell can only come from code outside it
+            cell.outputs = [o for o in cell.outputs if o.output_type != "execute_result"]
+        return cell, resources
+
+    @staticmethod
+    def _remove_token(cell, token: str) -> bool:
+        found = False
+        for o in cell.outputs:
+            if o.output_type == "stream" and o.name == "stdout" and token in o.text:
+                # only the line the test cell printed itself: exactly the token on a line of its own
+                lines = o.text.split("\n")
+                if token in lines:
+                    found = True
+                    lines.remove(token)
+                    o.text = "\n".join(lines)
+        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.text == "")]
+        return found
+
+    @staticmethod
+    def _tolerate_stderr(cell) -> None:
+        for o in cell.outputs:
+            if o.output_type == "stream" and o.name == "stderr":
+                o.name = "stdout"
+                o.text = "[written to stderr; not counted against you]\n" + o.text
+
+
+# ------------------------------------------------------------------------------ tamper scan
+
+# Attributes of the IPython shell (or of sys) that ordinary course code never touches: reading or
+# writing any of them can change how errors reach nbgrader.
+_HOOK_ATTRS = {
+    "set_custom_exc": "installs an IPython exception handler (set_custom_exc)",
+    "excepthook": "touches an exception hook (excepthook)",
+    "showtraceback": "touches IPython's traceback display (showtraceback)",
+    "showsyntaxerror": "touches IPython's error display (showsyntaxerror)",
+    "run_cell": "touches IPython's run_cell",
+    "run_cell_async": "touches IPython's run_cell_async",
+    "run_code": "touches IPython's run_code",
+    "run_ast_nodes": "touches IPython's run_ast_nodes",
+    "custom_exceptions": "touches IPython's custom exceptions",
+    "CustomTB": "touches IPython's custom traceback handler",
+    "InteractiveTB": "touches IPython's traceback handler",
+    "ast_transformers": "installs an AST transformer (rewrites every later cell)",
+    "input_transformers_post": "installs an input transformer (rewrites every later cell)",
+    "input_transformers_cleanup": "installs an input transformer (rewrites every later cell)",
+    "events": "uses IPython's event callbacks",
+    "displayhook": "touches the display hook",
+    "settrace": "installs a tracer (settrace)",
+    "setprofile": "installs a profiler hook (setprofile)",
+}
+
+
+def _strip_magics(src: str) -> str:
+    return "\n".join("pass" if l.lstrip().startswith(("%", "!")) else l for l in src.splitlines())
+
+
+def _dotted(node) -> str | None:
+    parts = []
+    while isinstance(node, (ast.Attribute, ast.Call)):
+        if isinstance(node, ast.Call):  # get_ipython().events -> "get_ipython().events"
+            node = node.func
+            parts.append("()")
+            continue
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts)).replace(".()", "()")
+    return None
+
+
+def scan_source(src: str) -> list[tuple[int, str]]:
+    """(line, what) for each construct in ``src`` that tampers with grading. Pure, no execution."""
+    try:
+        tree = ast.parse(_strip_magics(src))
+    except SyntaxError:
+        return []
+    modules: set[str] = {"sys", "builtins", "IPython", "course_lib", "torch", "np", "numpy", "nbgrader"}
+    for node in ast.walk(tree):  # names bound to modules anywhere in this cell
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                modules.add((a.asname or a.name).split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in {"course_lib", "IPython", "torch", "numpy", "sys"}:
+            for a in node.names:
+                if a.name[:1].islower() and a.name not in CHECK_HELPERS:
+                    modules.add(a.asname or a.name)
+    found: list[tuple[int, str]] = []
+
+    def flag(node, what):
+        found.append((getattr(node, "lineno", 0), what))
+
+    def target(t, node):
+        if isinstance(t, (ast.Tuple, ast.List)):
+            for e in t.elts:
+                target(e, node)
+            return
+        if isinstance(t, ast.Name):
+            if t.id in CHECK_HELPERS:
+                flag(node, f"rebinds the check helper '{t.id}'")
+            elif t.id in {"get_ipython", "__builtins__", "AssertionError", "assert_"}:
+                flag(node, f"rebinds '{t.id}'")
+        elif isinstance(t, ast.Attribute):
+            name = _dotted(t)
+            if t.attr in _HOOK_ATTRS and _HOOK_ATTRS[t.attr]:
+                flag(node, _HOOK_ATTRS[t.attr])
+            elif name and name.split(".")[0] in modules:
+                flag(node, f"assigns to a module attribute '{name}'")
+            elif t.attr in CHECK_HELPERS or t.attr == "get_ipython":
+                flag(node, f"assigns to '{name or t.attr}'")
+        elif isinstance(t, ast.Subscript):
+            name = _dotted(t.value)
+            if name in {"sys.modules", "__builtins__", "builtins.__dict__"} or (name or "").endswith("__dict__"):
+                flag(node, f"writes into '{name}'")
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                target(t, node)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name in CHECK_HELPERS | {"get_ipython"}:
+                flag(node, f"defines its own '{node.name}'")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                bound = a.asname or a.name.split(".")[0]
+                legit = isinstance(node, ast.ImportFrom) and node.module == "course_lib.grading" and a.asname is None
+                if bound in CHECK_HELPERS and not legit:
+                    flag(node, f"binds the name '{bound}' to something else than course_lib.grading.{bound}")
+        elif isinstance(node, ast.Delete):
+            for t in node.targets:
+                name = _dotted(t) if not isinstance(t, ast.Name) else t.id
+                if name and (name in CHECK_HELPERS or name.split(".")[0] in modules):
+                    flag(node, f"deletes '{name}'")
+        elif isinstance(node, ast.Attribute) and node.attr in _HOOK_ATTRS:
+            flag(node, _HOOK_ATTRS[node.attr])
+        elif isinstance(node, ast.Call):
+            fn = _dotted(node.func) or ""
+            last = fn.rsplit(".", 1)[-1]
+            if last in {"setattr", "delattr"} and node.args:
+                base = _dotted(node.args[0]) or ""
+                if base.split(".")[0] in modules or base in {"get_ipython()"}:
+                    flag(node, f"{last} on '{base}'")
+                elif isinstance(node.args[0], ast.Call) and (_dotted(node.args[0].func) or "").endswith("get_ipython"):
+                    flag(node, f"{last} on the IPython shell")
+            elif fn in {"sys.exit", "os._exit", "exit", "quit"}:
+                flag(node, f"stops the kernel ({fn})")
+    return sorted(set(found))
+
+
+class TamperScan(NbGraderPreprocessor):
+    """Record, in the notebook's metadata, what the non-test cells do to the grading environment."""
+
+    def preprocess(self, nb, resources):
+        flags = []
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code" or is_test_cell(cell):
+                continue
+            where = _nbgrader(cell).get("grade_id") or f"cell {i}"
+            for line, what in scan_source(cell.source):
+                flags.append({"cell": where, "line": line, "what": what})
+        nb.metadata.setdefault(META, {})["tamper"] = flags
+        return nb, resources
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+def notebook_summary(nb) -> dict:
+    """Per test cell: points, passed, seconds, timeout, hidden error; and the tamper flags."""
+    cells = []
+    for cell in nb.cells:
+        if not is_test_cell(cell):
+            continue
+        m = cell.metadata.get(META, {})
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        cells.append({
+            "grade_id": _nbgrader(cell).get("grade_id"),
+            "points": float(_nbgrader(cell).get("points", 0)),
+            "passed": not errors and not any(o.output_type == "stream" and o.name == "stderr" for o in cell.outputs),
+            "seconds": m.get("seconds"),
+            "timeout": bool(m.get("timeout")),
+            "hidden_error": bool(m.get("hidden_error")),
+            "error": (errors[0].get("ename", "") + ": " + str(errors[0].get("evalue", ""))[:120]) if errors else "",
+        })
+    return {"cells": cells, "tamper": nb.metadata.get(META, {}).get("tamper", [])}
+
+
+def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
+    """Print, per autograded submission, its score, timeouts, hidden errors and tampering flags."""
+    import nbformat
+    from nbgrader.api import Gradebook
+
+    root = Path(root).resolve()
+    rows = []
+    db = root / "gradebook.db"
+    if not db.is_file():
+        raise FileNotFoundError(f"no gradebook at {db}: run `make grade` (nbgrader autograde) first")
+    with Gradebook(f"sqlite:///{db}") as gb:
+        for assignment in sorted(a.name for a in gb.assignments):
+            for sub in sorted(gb.assignment_submissions(assignment), key=lambda s: s.student.id):
+                student = sub.student.id
+                row = {"assignment": assignment, "student": student, "score": sub.code_score,
+                       "max_score": sub.max_code_score, "manual_max": sub.max_written_score,
+                       "cells": [], "tamper": []}
+                for path in sorted((root / "autograded" / student / assignment).glob("*.ipynb")):
+                    s = notebook_summary(nbformat.read(str(path), as_version=4))
+                    row["cells"] += s["cells"]
+                    row["tamper"] += s["tamper"]
+                rows.append(row)
+    for row in rows:
+        failed = [c for c in row["cells"] if not c["passed"]]
+        out(f"{row['assignment']:22s} {row['student']:16s} auto {row['score']:g}/{row['max_score']:g}"
+            + (f" (+{row['manual_max']:g} graded by hand)" if row["manual_max"] else ""))
+        for c in row["cells"]:
+            note = "TIMEOUT" if c["timeout"] else "HIDDEN ERROR" if c["hidden_error"] else ("ok" if c["passed"] else c["error"])
+            out(f"    {c['grade_id']:32s} {c['points']:4g} pts {c['seconds'] if c['seconds'] is not None else '?':>7} s  {note}")
+        if any(c["timeout"] for c in failed):
+            out("    ! timeouts: " + ", ".join(c["grade_id"] for c in failed if c["timeout"]))
+        if row["tamper"] or any(c["hidden_error"] for c in row["cells"]):
+            out("    ! TAMPERING suspected, check by hand:")
+            for f in row["tamper"]:
+                out(f"        {f['cell']}, line {f['line']}: {f['what']}")
+            for c in row["cells"]:
+                if c["hidden_error"]:
+                    out(f"        {c['grade_id']}: the test cell did not finish but showed no error")
+    (root / "grading-report.json").write_text(json.dumps(rows, indent=1))
+    return rows

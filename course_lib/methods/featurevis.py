@@ -1,0 +1,588 @@
+"""Feature visualisation: optimise an *image* so that a unit of the network responds strongly.
+
+Training moves the weights to lower a loss. Here the weights stay fixed and we move the
+input to *raise* an objective: a class logit, the mean of a channel, one neuron, a direction
+in a layer's activation space (Erhan et al. 2009; Simonyan et al. 2014; Olah, Mordvintsev &
+Schubert, "Feature Visualization", Distill 2017). Plain gradient ascent on pixels finds
+high-frequency patterns, the same kind of pattern an adversarial example uses; the tools
+here keep the image closer to something natural:
+
+- **objectives** form a small algebra: they add, subtract and scale (``channel(...) - 0.1 * tv()``),
+  and penalties on the image (L1, L2, total variation, blur) are objectives too;
+- **parameterisations** say what the optimiser moves: raw pixels, or a Fourier spectrum
+  scaled by 1/frequency with decorrelated colour (Mordvintsev et al., "Differentiable Image
+  Parameterizations", Distill 2018); both map to images in [0, 1] through a sigmoid;
+- **transformations** (pad, jitter, scale, rotate) are applied at random before every
+  step, so the image must work wherever it lands ("transformation robustness");
+- :func:`render` optimises many objectives at once as one batch; :func:`dataset_search`
+  finds the natural images that score highest on the same objective.
+
+Conventions:
+- images are (B, 3, H, W) in [0, 1]; the zoo models normalise inside themselves;
+- an objective reads activations by dotted module name through :mod:`course_lib.hooks`, with
+  two reserved names: ``"input"`` (the image before the random transformations) and
+  ``"logits"`` (the model's output); it returns one value per image, (B,), to be *maximised*;
+- randomness comes from ``seed`` through a CPU ``torch.Generator`` (the same numbers on every
+  device), never the global RNG; results come back on the caller's device.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..device import model_device, require_eval
+from ..hooks import get_module, patch
+
+__all__ = [
+    "Objective", "channel", "neuron", "class_logit", "direction", "diversity",
+    "l1", "l2", "total_variation", "blur_penalty",
+    "Pixels", "Fourier", "opponent_colours", "colour_basis",
+    "pad", "jitter", "scale", "rotate", "compose", "DEFAULT_TRANSFORMS",
+    "render", "RenderResult", "activations", "evaluate", "dataset_search", "SearchResult",
+]
+
+INPUT, LOGITS = "input", "logits"
+_RESERVED = (INPUT, LOGITS)
+
+
+# ============================================================================ objectives
+
+class Objective:
+    """A function of the activations, ``acts -> (B,)`` values to maximise, with the layers it reads.
+
+    Objectives form a vector space: ``a + b``, ``a - b``, ``-a``, ``2 * a``, ``a / 2`` and
+    ``sum([a, b, c])`` are objectives, and ``(a + b)(acts) == a(acts) + b(acts)``.
+    ``acts`` maps layer names (and ``"input"``, ``"logits"``) to tensors whose first axis is
+    the batch.
+    """
+
+    def __init__(self, fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], layers: Sequence[str] = (), name: str = "objective"):
+        self.fn, self.layers, self.name = fn, tuple(dict.fromkeys(layers)), name
+
+    def __call__(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = [n for n in self.layers if n not in acts]
+        if missing:
+            raise KeyError(f"objective {self.name!r} reads {missing}, which are not among the activations {sorted(acts)}")
+        return self.fn(acts)
+
+    def __repr__(self) -> str:
+        return f"Objective({self.name})"
+
+    # --- the algebra
+    def __add__(self, other):
+        if isinstance(other, (int, float)):
+            if other == 0:
+                return self
+            return Objective(lambda acts: self(acts) + other, self.layers, f"{self.name} + {other:g}")
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return Objective(lambda acts: self(acts) + other(acts), self.layers + other.layers, f"{self.name} + {other.name}")
+
+    __radd__ = __add__  # sum([...]) starts from 0
+
+    def __neg__(self):
+        return Objective(lambda acts: -self(acts), self.layers, f"-({self.name})")
+
+    def __sub__(self, other):
+        return self + (-other)
+
+    def __rsub__(self, other):
+        return (-self) + other
+
+    def __mul__(self, k):
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return Objective(lambda acts: k * self(acts), self.layers, f"{k:g} * {self.name}")
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k):
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return self * (1.0 / k)
+
+
+def _spatial(a: torch.Tensor, layer: str, what: str) -> torch.Tensor:
+    if a.dim() != 4:
+        raise ValueError(f"{what} needs a convolutional layer with outputs (B, C, H, W); {layer!r} gives shape {tuple(a.shape)}")
+    return a
+
+
+def channel(layer: str, c: int) -> Objective:
+    """Mean activation of channel ``c`` of ``layer`` over all positions: ``acts[layer][:, c].mean()`` (B,)."""
+    return Objective(lambda acts: _spatial(acts[layer], layer, "channel")[:, c].mean((1, 2)), [layer], f"channel({layer}:{c})")
+
+
+def neuron(layer: str, c: int, y: int | None = None, x: int | None = None) -> Objective:
+    """One unit: channel ``c`` of ``layer`` at position ``(y, x)`` (default: the centre), (B,)."""
+
+    def fn(acts):
+        a = _spatial(acts[layer], layer, "neuron")  # (B, C, H, W)
+        yy = a.shape[2] // 2 if y is None else y
+        xx = a.shape[3] // 2 if x is None else x
+        return a[:, c, yy, xx]
+
+    return Objective(fn, [layer], f"neuron({layer}:{c}@{y},{x})")
+
+
+def class_logit(c: int) -> Objective:
+    """The pre-softmax logit of class ``c`` (B,). Maximising the logit, not the probability, keeps
+    the image about class ``c`` itself rather than about pushing the other classes down (Simonyan et al. 2014)."""
+    return Objective(lambda acts: acts[LOGITS][:, c], [LOGITS], f"logit({c})")
+
+
+def direction(layer: str, v: torch.Tensor) -> Objective:
+    """Projection of the activations on a direction ``v`` (C,) of the layer's channel space.
+
+    For a conv layer: ``sum_c v_c * mean_{h,w} acts[b, c, h, w]``; for a flat layer ``acts @ v``.
+    ``channel(layer, c)`` is ``direction(layer, e_c)``.
+    """
+    v = torch.as_tensor(v, dtype=torch.float32)
+
+    def fn(acts):
+        a = acts[layer]
+        if a.dim() == 4:
+            a = a.mean((2, 3))  # (B, C)
+        return a @ v.to(a.device, a.dtype)
+
+    return Objective(fn, [layer], f"direction({layer})")
+
+
+def diversity(layer: str) -> Objective:
+    """Minus the mean cosine similarity between an image's Gram matrix at ``layer`` and those of the
+    other images rendered for the same objective (Nguyen et al. 2016; Olah et al. 2017), (B,).
+
+    Only meaningful when :func:`render` makes several images per objective (``n > 1``); it is
+    0 for a single image. Gram matrices ignore *where* things are, so the images are pushed to
+    differ in *what* they show, not only in position.
+    """
+
+    def fn(acts):
+        a = _spatial(acts[layer], layer, "diversity")  # (B, C, H, W)
+        b = a.shape[0]
+        if b < 2:
+            return a.new_zeros(b)
+        flat = a.flatten(2)  # (B, C, HW)
+        gram = F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)  # (B, C*C)
+        sim = gram @ gram.T  # (B, B)
+        return -(sim.sum(1) - sim.diagonal()) / (b - 1)
+
+    return Objective(fn, [layer], f"diversity({layer})")
+
+
+# --- penalties on the image: objectives too; subtract them with a weight
+
+def l1(centre: float = 0.5) -> Objective:
+    """Mean absolute deviation of the pixels from ``centre`` (B,): subtract it to keep the image plain."""
+    return Objective(lambda acts: (acts[INPUT] - centre).abs().mean((1, 2, 3)), [INPUT], "l1")
+
+
+def l2(centre: float = 0.5) -> Objective:
+    """Mean squared deviation from ``centre`` (B,): the L2 term of Simonyan et al. (2014)."""
+    return Objective(lambda acts: ((acts[INPUT] - centre) ** 2).mean((1, 2, 3)), [INPUT], "l2")
+
+
+def total_variation(isotropic: bool = False) -> Objective:
+    """Total variation (B,): summed differences between neighbouring pixels, per pixel.
+
+    Anisotropic (default): ``sum |x[i+1,j] - x[i,j]| + |x[i,j+1] - x[i,j]|``; isotropic: the
+    Euclidean length of the two differences at each pixel. Both are divided by the number of
+    pixels (H * W), summed over channels. Subtract it to penalise high frequencies.
+    """
+
+    def fn(acts):
+        x = acts[INPUT]  # (B, C, H, W)
+        dy = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]  # (B, C, H-1, W-1)
+        dx = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
+        if isotropic:
+            tv = (dy**2 + dx**2 + 1e-12).sqrt().sum((1, 2, 3))
+        else:
+            tv = (x[:, :, 1:] - x[:, :, :-1]).abs().sum((1, 2, 3)) + (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().sum((1, 2, 3))
+        return tv / (x.shape[2] * x.shape[3])
+
+    return Objective(fn, [INPUT], "tv")
+
+
+def _box_blur(x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    c = x.shape[1]
+    w = x.new_full((c, 1, k, k), 1.0 / (k * k))
+    return F.conv2d(F.pad(x, [k // 2] * 4, mode="replicate"), w, groups=c)
+
+
+def blur_penalty(k: int = 3) -> Objective:
+    """Squared distance of the image to its own (fixed) box-blurred copy, per pixel (B,).
+
+    The gradient of ``-penalty`` moves every pixel a little towards the blurred image: a blur
+    step at every iteration, as in Nguyen, Yosinski & Clune (2015) / Olah et al. (2017).
+    """
+    return Objective(lambda acts: ((acts[INPUT] - _box_blur(acts[INPUT], k).detach()) ** 2).mean((1, 2, 3)), [INPUT], "blur")
+
+
+# ============================================================================ parameterisations
+
+def _logit(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x) - torch.log1p(-x)
+
+
+class Pixels:
+    """The image is ``sigmoid(p)`` for unconstrained ``p`` (n, 3, H, W): plain pixels, kept in (0, 1)."""
+
+    def __init__(self, size: int | tuple[int, int] = 64, *, sd: float = 0.5, channels: int = 3):
+        self.hw = (size, size) if isinstance(size, int) else tuple(size)
+        self.sd, self.channels = sd, channels
+
+    def init(self, n: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.channels, *self.hw, generator=g) * self.sd  # (n, 3, H, W)
+
+    def __call__(self, p: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(p)
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return _logit(x)
+
+
+def opponent_colours(scales: Sequence[float] = (1.0, 0.5, 0.25)) -> torch.Tensor:
+    """A fixed colour basis (3, 3): luminance, red-green and blue-yellow axes (orthonormal),
+    scaled so that luminance varies most, as in natural images. ``rgb = basis @ coefficients``."""
+    axes = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]])
+    axes = axes / axes.norm(dim=1, keepdim=True)  # rows: luminance, red-green, blue-yellow
+    return axes.T * torch.tensor(scales, dtype=torch.float32)  # columns scaled
+
+
+def colour_basis(images: torch.Tensor) -> torch.Tensor:
+    """The square root of the colour covariance of ``images`` (N, 3, H, W), (3, 3), normalised so
+    its largest column has norm 1: independent unit-variance coefficients mapped through it
+    get the colour correlations of the data (what "decorrelated colour" undoes)."""
+    px = images.permute(1, 0, 2, 3).reshape(3, -1).double()
+    cov = torch.cov(px)
+    evals, evecs = torch.linalg.eigh(cov)
+    sqrt = evecs * evals.clamp_min(0).sqrt()
+    return (sqrt / sqrt.norm(dim=0).max()).float()
+
+
+class Fourier:
+    """The image is ``sigmoid(colour @ irfft2(spectrum * scale))`` (Mordvintsev et al. 2018).
+
+    ``spectrum`` (n, 3, H, W//2+1, 2) holds real and imaginary parts; ``scale`` is
+    ``1 / max(|f|, 1/max(H, W)) ** decay`` with ``|f|`` the frequency in cycles per pixel, so a
+    step of the optimiser changes low frequencies as much as high ones in the image (plain
+    pixels favour high frequencies). ``decorrelate`` mixes the three channels through a colour
+    basis (default :func:`opponent_colours`; ``colour_basis(images)`` fits one to data).
+    The map is invertible: ``param(param.inverse(x)) == x`` for images in (0, 1).
+    """
+
+    def __init__(self, size: int | tuple[int, int] = 64, *, decay: float = 1.0, decorrelate: bool = True,
+                 colour: torch.Tensor | None = None, sd: float = 0.01):
+        self.hw = (size, size) if isinstance(size, int) else tuple(size)
+        self.decay, self.sd = decay, sd
+        h, w = self.hw
+        fy = torch.fft.fftfreq(h)[:, None]  # (H, 1) cycles per pixel
+        fx = torch.fft.rfftfreq(w)[None, :]  # (1, W//2+1)
+        freq = (fy**2 + fx**2).sqrt()
+        self.scale = 1.0 / freq.clamp_min(1.0 / max(h, w)) ** decay  # (H, W//2+1)
+        if decorrelate:
+            self.colour = (opponent_colours() if colour is None else torch.as_tensor(colour, dtype=torch.float32))
+        else:
+            self.colour = torch.eye(3)
+
+    def init(self, n: int, g: torch.Generator) -> torch.Tensor:
+        h, w = self.hw
+        return torch.randn(n, 3, h, w // 2 + 1, 2, generator=g) * self.sd  # (n, 3, H, W//2+1, 2)
+
+    def signal(self, p: torch.Tensor) -> torch.Tensor:
+        """The pre-sigmoid image (n, 3, H, W)."""
+        spec = torch.view_as_complex(p.contiguous()) * self.scale.to(p.device)  # (n, 3, H, W//2+1)
+        img = torch.fft.irfft2(spec, s=self.hw, norm="ortho")  # (n, 3, H, W), decorrelated channels
+        return torch.einsum("ij,njhw->nihw", self.colour.to(p.device, img.dtype), img)
+
+    def __call__(self, p: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.signal(p))
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.einsum("ij,njhw->nihw", torch.linalg.inv(self.colour).to(x.device, x.dtype), _logit(x))
+        spec = torch.fft.rfft2(z, norm="ortho") / self.scale.to(x.device)
+        return torch.view_as_real(spec).contiguous()
+
+
+# ============================================================================ transformations
+# A transformation is ``t(x, g) -> x'``: x (N, K, H, W) with any number of channels K, g a
+# CPU torch.Generator. Each draws one random setting per image (the first axis) and keeps
+# pixel values within the range they had (padding uses a constant inside it).
+
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def pad(p: int, value: float = 0.5) -> Transform:
+    """Pad every side by ``p`` pixels of ``value`` (a grey border, so jitter does not wrap around)."""
+    return lambda x, g: F.pad(x, [p] * 4, value=value)
+
+
+def jitter(d: int) -> Transform:
+    """Crop each image at a random offset in ``0..d`` along each axis: the result is (H-d, W-d).
+
+    A shift that loses a border, never a roll (rolling would wrap the right edge round to the left).
+    """
+
+    def t(x, g):
+        n, _, h, w = x.shape
+        oy = torch.randint(0, d + 1, (n,), generator=g).to(x.device)
+        ox = torch.randint(0, d + 1, (n,), generator=g).to(x.device)
+        rows = oy[:, None] + torch.arange(h - d, device=x.device)  # (N, H-d)
+        cols = ox[:, None] + torch.arange(w - d, device=x.device)  # (N, W-d)
+        b = torch.arange(n, device=x.device)[:, None, None]
+        return x[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (N, K, H-d, W-d)
+
+    return t
+
+
+def _affine(x: torch.Tensor, s: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Zoom by ``s`` (N,) and rotate by ``angle`` (N,) radians about the centre, same size (bilinear)."""
+    cos, sin = angle.cos() / s, angle.sin() / s
+    zero = torch.zeros_like(s)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def scale(factors: tuple[float, float] = (0.9, 1.1)) -> Transform:
+    """Zoom each image by a factor drawn uniformly from ``factors`` (>1 zooms in), same size."""
+    lo, hi = factors
+    return lambda x, g: _affine(x, lo + (hi - lo) * torch.rand(x.shape[0], generator=g), torch.zeros(x.shape[0]))
+
+
+def rotate(degrees: float = 10.0) -> Transform:
+    """Rotate each image by an angle drawn uniformly from ``[-degrees, degrees]``, same size."""
+    return lambda x, g: _affine(x, torch.ones(x.shape[0]), math.radians(degrees) * (2 * torch.rand(x.shape[0], generator=g) - 1))
+
+
+def compose(*transforms: Transform) -> Transform:
+    """Apply the transformations left to right."""
+
+    def t(x, g):
+        for f in transforms:
+            x = f(x, g)
+        return x
+
+    return t
+
+
+def default_transforms() -> Transform:
+    """pad 4, jitter 4, scale 0.9-1.1, rotate +-10 degrees, jitter 2 (for 64x64 images)."""
+    return compose(pad(4), jitter(4), scale((0.9, 1.1)), rotate(10), jitter(2))
+
+
+DEFAULT_TRANSFORMS = "default"
+
+
+# ============================================================================ reading activations
+
+@contextmanager
+def activations(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of ``layers`` during the block, in the autograd graph, in a dict.
+
+    Built on :func:`course_lib.hooks.patch`: each output is recorded and a *copy* goes on
+    through the network, so a later in-place operation (``ReLU(inplace=True)`` after a
+    batch-norm) cannot change what was recorded. Hooks are removed on exit.
+    """
+    acts: dict[str, torch.Tensor] = {}
+
+    def recorder(name):
+        def fn(out):
+            acts[name] = out
+            return out.clone()
+
+        return fn
+
+    with ExitStack() as stack:
+        for name in dict.fromkeys(layers):
+            if name in _RESERVED:
+                continue
+            get_module(model, name)  # a clear error for a wrong name
+            stack.enter_context(patch(model, name, recorder(name)))
+        yield acts
+
+
+def _forward(model: nn.Module, objective: Objective, x: torch.Tensor, x_seen: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Run ``model`` on ``x_seen`` (default ``x``) and return the activations the objective reads."""
+    with activations(model, objective.layers) as acts:
+        logits = model(x if x_seen is None else x_seen)
+    acts = dict(acts)
+    acts[LOGITS], acts[INPUT] = logits, x
+    return acts
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, objective: Objective, images: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+    """The objective's value on each image (N,), on ``images``' device, computed in chunks of ``batch_size``.
+
+    Objectives that compare images with each other (:func:`diversity`) see one chunk at a time.
+    """
+    require_eval(model, "evaluate")
+    dev = model_device(model)
+    out = [objective(_forward(model, objective, images[s : s + batch_size].to(dev))) for s in range(0, len(images), batch_size)]
+    return torch.cat(out).to(images.device)
+
+
+# ============================================================================ render
+
+@dataclass
+class RenderResult:
+    """What :func:`render` returns. ``images`` (K*n, 3, H, W) in [0, 1], objective-major
+    (objective k's images are ``images[k*n:(k+1)*n]``); ``values`` (K*n,) each image's objective
+    without transformations; ``history`` (steps, K*n) the objective at every step (with the
+    random transformations, as the optimiser saw it); ``params`` the optimised parameters."""
+
+    images: torch.Tensor
+    values: torch.Tensor
+    history: torch.Tensor
+    params: torch.Tensor = field(repr=False)
+    n_per_objective: int = 1
+
+    def __repr__(self) -> str:
+        return (f"RenderResult(images={tuple(self.images.shape)}, steps={self.history.shape[0]}, "
+                f"final values={[round(v, 3) for v in self.values.tolist()[:8]]}{'...' if len(self.values) > 8 else ''})")
+
+
+def _param(param, size) -> Pixels | Fourier:
+    if param == "fourier":
+        return Fourier(size)
+    if param == "pixels":
+        return Pixels(size)
+    if callable(param) and hasattr(param, "init"):
+        return param
+    raise ValueError(f"param should be 'fourier', 'pixels' or a Pixels/Fourier instance; got {param!r}")
+
+
+def render(
+    model: nn.Module,
+    objectives: Objective | Sequence[Objective],
+    *,
+    param: str | Pixels | Fourier = "fourier",
+    size: int = 64,
+    n: int = 1,
+    steps: int = 128,
+    lr: float = 0.05,
+    transforms: str | Transform | None = DEFAULT_TRANSFORMS,
+    seed: int = 0,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> RenderResult:
+    """Find images that maximise each objective, all objectives in one batch.
+
+    ``n`` images per objective (K objectives give K*n images). The seed fixes the starting
+    parameters and the random transformation of each step; every objective gets the same
+    ones, so an objective's images do not depend on which other objectives share the batch.
+    Adam with learning rate ``lr`` ascends the sum of the objectives for ``steps`` steps;
+    ``transforms`` is ``"default"`` (:func:`default_transforms`), None, or your own. Images come
+    back on ``device`` (default: the model's device).
+    """
+    objs = [objectives] if isinstance(objectives, Objective) else list(objectives)
+    if not objs or not all(isinstance(o, Objective) for o in objs):
+        raise TypeError("objectives should be an Objective or a list of them, e.g. [channel('features', c) for c in range(8)]")
+    require_eval(model, "render")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("render needs gradients, but it was called inside torch.inference_mode(); call it outside.")
+    from ..games import progress_bar
+
+    dev = model_device(model)
+    out_dev = torch.device(device) if device is not None else dev
+    k = len(objs)
+    par = _param(param, size)
+    t = default_transforms() if transforms == DEFAULT_TRANSFORMS else transforms
+    g = torch.Generator().manual_seed(int(seed))
+    p0 = par.init(n, g)  # (n, ...) the same start for every objective
+    params = p0.repeat(k, *([1] * (p0.dim() - 1))).to(dev).requires_grad_(True)  # (K*n, ...)
+    opt = torch.optim.Adam([params], lr=lr)
+    layers = [name for o in objs for name in o.layers]
+    history = torch.empty(steps, k * n)
+    for step in progress_bar(range(steps), total=steps, desc="render", enabled=progress):
+        x = par(params)  # (K*n, 3, H, W)
+        seen = x
+        if t is not None:  # every objective's n images get the same n random draws: replay the generator
+            state = g.get_state()
+            parts = []
+            for i in range(k):
+                g.set_state(state)
+                parts.append(t(x[i * n : (i + 1) * n], g))
+            seen = torch.cat(parts)  # (K*n, 3, H', W')
+        with activations(model, layers) as acts:
+            logits = model(seen)
+        acts = dict(acts)
+        acts[LOGITS], acts[INPUT] = logits, x
+        values = torch.cat([o({name: a[i * n : (i + 1) * n] for name, a in acts.items()}) for i, o in enumerate(objs)])  # (K*n,)
+        opt.zero_grad(set_to_none=True)
+        (-values.sum()).backward()
+        opt.step()
+        history[step] = values.detach().cpu()
+    with torch.no_grad():
+        images = par(params)
+        acts = _forward(model, sum(objs[1:], objs[0]), images)
+        final = torch.cat([o({name: a[i * n : (i + 1) * n] for name, a in acts.items()}) for i, o in enumerate(objs)])
+    return RenderResult(images.detach().to(out_dev), final.to(out_dev), history, params.detach().to(out_dev), n)
+
+
+# ============================================================================ dataset search
+
+@dataclass
+class SearchResult:
+    """What :func:`dataset_search` returns: ``indices`` (k,) into the searched images and their
+    ``values`` (k,), best first; ``images`` (k, 3, H, W); with a spatial unit, ``boxes`` (k, 4)
+    ``(top, left, bottom, right)`` in pixels around the strongest position and ``patches``
+    (k, 3, p, p) cut from the images there."""
+
+    indices: torch.Tensor
+    values: torch.Tensor
+    images: torch.Tensor = field(repr=False)
+    boxes: torch.Tensor | None = field(default=None, repr=False)
+    patches: torch.Tensor | None = field(default=None, repr=False)
+
+
+@torch.no_grad()
+def dataset_search(
+    model: nn.Module,
+    objective: Objective,
+    images: torch.Tensor,
+    *,
+    k: int = 9,
+    largest: bool = True,
+    region: tuple[str, int] | None = None,
+    patch_size: int = 24,
+    batch_size: int = 64,
+) -> SearchResult:
+    """The ``k`` images with the highest (``largest=False``: lowest) objective, by batched passes.
+
+    ``region=(layer, c)`` also locates, in each of them, the position where channel ``c`` of
+    ``layer`` is strongest and cuts a ``patch_size`` square of pixels centred there (the
+    corresponding position in the input, stride = image size / activation size).
+    Ties are broken by the lower index. Results are on ``images``' device.
+    """
+    if not 1 <= k <= len(images):
+        raise ValueError(f"k should be between 1 and the number of images ({len(images)}); got {k}")
+    vals = evaluate(model, objective, images, batch_size=batch_size).cpu()  # (N,)
+    idx = torch.sort(vals, descending=largest, stable=True).indices[:k]  # stable: ties keep the lower index first
+    top = images[idx.to(images.device)]
+    res = SearchResult(idx.to(images.device), vals[idx].to(images.device), top)
+    if region is not None:
+        layer, c = region
+        dev = model_device(model)
+        with activations(model, [layer]) as acts:
+            model(top.to(dev))
+        a = _spatial(acts[layer], layer, "region")[:, c]  # (k, h, w)
+        h, w = a.shape[1:]
+        pos = a.flatten(1).argmax(1)
+        H, W = top.shape[2:]
+        cy = ((pos // w).float() + 0.5) * (H / h)
+        cx = ((pos % w).float() + 0.5) * (W / w)
+        half = patch_size / 2
+        top_ = (cy - half).round().long().clamp(0, H - patch_size)
+        left = (cx - half).round().long().clamp(0, W - patch_size)
+        res.boxes = torch.stack([top_, left, top_ + patch_size, left + patch_size], 1).to(images.device)
+        res.patches = torch.stack([top[i, :, y : y + patch_size, x : x + patch_size] for i, (y, x) in enumerate(zip(top_.tolist(), left.tolist()))])
+    return res

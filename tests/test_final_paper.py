@@ -339,7 +339,7 @@ def test_reading_list_has_the_lectures_references():
 
 def test_course_documents_link_to_each_other_and_the_links_resolve():
     syllabus = (COURSE / "syllabus.md").read_text()
-    for target in ("reading_list.md", "final_project.md", "rubric.md", "rubric_zh.md"):
+    for target in ("reading_list.md", "final_project.md", "rubric.md", "rubric_zh.md", "glossary.md"):
         assert f"]({target}" in syllabus, f"the syllabus does not link {target}"
     for doc in COURSE.glob("*.md"):
         for m in LINK.finditer(doc.read_text()):
@@ -357,3 +357,12 @@ def test_final_project_page_states_the_policy_the_code_applies():
     # the two examples in the text, computed
     assert grade("C", cst(1), readings=1) == "B"
     assert grade("A", cst(3), presented=False) == "C+"
+
+
+def test_glossary_rows_have_english_chinese_and_a_meaning():
+    rows = [line for line in (COURSE / "glossary.md").read_text().splitlines() if line.startswith("| ") and not line.startswith("| English")]
+    assert len(rows) >= 60
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 3 and all(cells), f"glossary row needs English | 中文 | meaning: {row}"
+        assert re.search(r"[\u4e00-\u9fff]", cells[1]), f"no Chinese term in: {row}"

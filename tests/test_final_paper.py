@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from course_lib.cli import main as cli_main
 from course_lib.late_policy import (
     BEIJING,
     LADDER,
@@ -172,7 +173,7 @@ def _read_csv(path):
         return {r["student_id"]: r for r in csv.DictReader(f)}
 
 
-def test_class_csv_through_the_cli(tmp_path):
+def test_class_csv_through_the_cli(tmp_path, capsys):
     src, out = tmp_path / "class.csv", tmp_path / "final.csv"
     _write_csv(src, [
         ["ontime", "C", "2027-01-01T23:59:59+08:00", 2, "yes"],
@@ -191,10 +192,9 @@ def test_class_csv_through_the_cli(tmp_path):
                     "late_submission_penalty", "score", "max_score"])
         w.writerow(["a0_setup", "", "2026-10-01 10:00:00", "from_export", "", "", "", 5, 0, 5, 5])
         w.writerow(["final_paper", "", "2027-01-01 15:00:00.5", "from_export", "", "", "", 0, 0, 0, 0])
-    r = subprocess.run(CLI + ["final-grades", str(src), "-o", str(out), "--deadline", "2027-01-01",
-                              "--submitted", str(tmp_path / "submitted"), "--nbgrader-export", str(export)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    rc = cli_main(["final-grades", str(src), "-o", str(out), "--deadline", "2027-01-01",
+                   "--submitted", str(tmp_path / "submitted"), "--nbgrader-export", str(export)])
+    assert rc == 0, capsys.readouterr().err
     got = _read_csv(out)
     assert {k: v["final_grade"] for k, v in got.items()} == {
         "ontime": "B+", "utc_late": "B+", "points": "C-", "from_nbgrader": "B", "from_export": "B+"}
@@ -203,14 +203,15 @@ def test_class_csv_through_the_cli(tmp_path):
     assert "91 points = A" in got["points"]["reason"]
 
 
-def test_cli_refuses_naive_times_unless_told_they_are_utc(tmp_path):
+def test_cli_refuses_naive_times_unless_told_they_are_utc(tmp_path, capsys):
     src, out = tmp_path / "class.csv", tmp_path / "final.csv"
     _write_csv(src, [["s1", "A", "2027-01-01 16:00:00", 2, "yes"]])
-    r = subprocess.run(CLI + ["final-grades", str(src), "-o", str(out), "--deadline", "2027-01-01"], capture_output=True, text=True)
-    assert r.returncode == 1 and "no time zone" in r.stderr and "line 2" in r.stderr
+    rc = cli_main(["final-grades", str(src), "-o", str(out), "--deadline", "2027-01-01"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no time zone" in err and "line 2" in err
     assert not out.exists()
-    r = subprocess.run(CLI + ["final-grades", str(src), "-o", str(out), "--deadline", "2027-01-01", "--naive-utc"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    rc = cli_main(["final-grades", str(src), "-o", str(out), "--deadline", "2027-01-01", "--naive-utc"])
+    assert rc == 0, capsys.readouterr().err
     assert _read_csv(out)["s1"]["final_grade"] == "B+"
 
 

@@ -6,8 +6,9 @@ The grade ladder, best first (one *step* is one place on it; there is nothing be
 
 The instructor grades the paper itself with one letter of the ladder, or with the rubric's
 points out of 100 (``course/rubric.md``), which ``letter_from_points`` turns into a letter:
-90 A, 85 A-, 80 B+, 75 B, 70 B-, 65 C+, 60 C, 55 C-, below 55 D (each the lowest score for it). The final letter then follows, in this
-order, all days and times in Beijing time (CST = China Standard Time, UTC+8, no daylight saving):
+90 A, 85 A-, 80 B+, 75 B, 70 B-, 65 C+, 60 C, 55 C-, below 55 D (each the lowest score for it).
+The final letter then follows, in this order, all days and times in Beijing time (CST = China
+Standard Time, UTC+8, no daylight saving):
 
 1. **Submission time**, against the deadline day D (1 January, 23:59 CST):
 

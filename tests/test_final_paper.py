@@ -283,22 +283,21 @@ def test_export_paper_to_html_on_a_fresh_copy(tmp_path):
     assert "Before you submit" not in html and "Worked example" not in html  # guidance left out
 
 
-def test_export_paper_errors_are_clear(tmp_path):
-    r = subprocess.run(CLI + ["export-paper", str(tmp_path / "none.ipynb")], capture_output=True, text=True)
-    assert r.returncode == 1 and "no notebook" in r.stderr
+def test_export_paper_errors_are_clear(tmp_path, capsys):
+    assert cli_main(["export-paper", str(tmp_path / "none.ipynb")]) == 1
+    assert "no notebook" in capsys.readouterr().err
     if shutil.which("xelatex") is None:
         nb = tmp_path / "p.ipynb"
         shutil.copy(ROOT / "assignments" / "final_paper" / "final_paper.ipynb", nb)
-        r = subprocess.run(CLI + ["export-paper", str(nb), "--to", "pdf", "--no-execute"], capture_output=True, text=True)
-        assert r.returncode == 1 and "print that page to PDF" in r.stderr
+        assert cli_main(["export-paper", str(nb), "--to", "pdf", "--no-execute"]) == 1
+        assert "print that page to PDF" in capsys.readouterr().err
 
 
-def test_export_without_execution_keeps_guidance_on_request(tmp_path):
+def test_export_without_execution_keeps_guidance_on_request(tmp_path, capsys):
     nb = tmp_path / "p.ipynb"
     shutil.copy(ROOT / "assignments" / "final_paper" / "final_paper.ipynb", nb)
-    r = subprocess.run(CLI + ["export-paper", str(nb), "--no-execute", "--keep-guidance", "-o", str(tmp_path / "out" / "p.html")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    rc = cli_main(["export-paper", str(nb), "--no-execute", "--keep-guidance", "-o", str(tmp_path / "out" / "p.html")])
+    assert rc == 0, capsys.readouterr().err
     assert "Before you submit" in (tmp_path / "out" / "p.html").read_text(encoding="utf-8")
 
 

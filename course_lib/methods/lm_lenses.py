@@ -1,0 +1,456 @@
+"""Lenses into a causal language model: residual streams, logit lens, probes, attention, SAEs.
+
+Works for any Hugging Face causal LM without assuming its attribute names (``model.model``
+for Llama, ``model.transformer`` for GPT-2): :func:`find_layers` finds the decoder blocks,
+the final norm and the unembedding from the module tree and the config.
+
+    names = find_layers(model)                        # LayerNames(blocks=[...], final_norm=..., ...)
+    lens = logit_lens(model, input_ids)               # (L+1, T, V): embeddings, then each block
+    acts = capture_activations(model, tok, texts, layers=[3, 6])   # flattened real tokens, cached
+    result = train_probe(X, y, seed=0)                # logistic regression, held-out accuracy
+    y_ctl = control_labels(token_ids, y, seed=0)      # Hewitt & Liang (2019) control task
+    pats = attention_patterns(model, input_ids)       # (L, H, T, T)
+    sae, curve = train_sae(X, n_latents=1024, l1=3e-3, steps=2000, seed=0)
+
+References: nostalgebraist (2020) "interpreting GPT: the logit lens"; Hewitt & Liang (2019)
+"Designing and Interpreting Probes with Control Tasks"; Olsson et al. (2022) "In-context
+Learning and Induction Heads"; Bricken et al. (2023) "Towards Monosemanticity";
+Cunningham et al. (2023) "Sparse Autoencoders Find Highly Interpretable Features".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..hooks import capture, get_module, patch
+try:
+    from ..progress import progress_bar
+except ImportError:  # before course_lib.progress landed, the bar lived in games (a layer above)
+    def progress_bar(iterable, *, total=None, desc="", enabled=True):
+        import os
+
+        if not enabled or os.environ.get("NBGRADER_EXECUTION") or os.environ.get("COURSE_LIB_NO_PROGRESS"):
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False)
+
+__all__ = [
+    "LayerNames", "find_layers", "residual_stream", "logit_lens", "capture_activations",
+    "ProbeResult", "train_probe", "control_labels", "probe_layers", "attention_patterns",
+    "previous_token_scores", "induction_scores", "SparseAutoencoder", "sae_loss", "train_sae",
+    "sae_report", "lm_loss", "top_contexts",
+]
+
+
+# ----------------------------------------------------------------------------- layers
+@dataclass(frozen=True)
+class LayerNames:
+    """Dotted module names (for :mod:`course_lib.hooks`) of the parts the lenses need."""
+
+    blocks: list[str]  # the decoder blocks in order; their outputs are the residual stream
+    final_norm: str  # applied to the last block's output before the unembedding
+    unembed: str  # the output embedding (``lm_head``)
+
+
+def find_layers(model: nn.Module) -> LayerNames:
+    """Find the decoder blocks, the final norm and the unembedding of a HF causal LM.
+
+    The blocks are the ``nn.ModuleList`` with ``config.num_hidden_layers`` entries; the final
+    norm is the first norm-like module registered after it in the base model.
+    """
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    names = dict((m, n) for n, m in model.named_modules())
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if not lists:
+        raise ValueError(f"{type(model).__name__}: found no ModuleList of {n_layers} decoder blocks; pass a Hugging Face causal LM.")
+    blocks_name, blocks = lists[0]
+    parent_name = blocks_name.rsplit(".", 1)[0] if "." in blocks_name else ""
+    parent = get_module(model, parent_name) if parent_name else model
+    after, final_norm = False, None
+    for child_name, child in parent.named_children():
+        if child is blocks:
+            after = True
+        elif after and ("norm" in type(child).__name__.lower() or "ln" in child_name.lower() or "norm" in child_name.lower()):
+            final_norm = f"{parent_name}.{child_name}" if parent_name else child_name
+            break
+    if final_norm is None:
+        raise ValueError(f"{type(model).__name__}: no final norm found after {blocks_name!r}.")
+    unembed = model.get_output_embeddings()
+    if unembed is None or unembed not in names:
+        raise ValueError(f"{type(model).__name__} has no output embedding (get_output_embeddings() is None).")
+    return LayerNames([f"{blocks_name}.{i}" for i in range(len(blocks))], final_norm, names[unembed])
+
+
+def _hidden(output) -> torch.Tensor:
+    """A block's output is a tensor (transformers >= 5) or a tuple whose first entry is the hidden state."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left and right padding give the same activations."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@contextmanager
+def _capture_input(module: nn.Module) -> Iterator[dict]:
+    """Record the hidden-state input of ``module`` (the embeddings, when it is the first block)."""
+    store: dict = {}
+
+    def hook(_m, args, kwargs):
+        store["x"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def residual_stream(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(resid, logits)``: the residual stream before block 0 and after every block, ``(L+1, B, T, D)``,
+    and the model's own logits ``(B, T, V)``, from one forward pass."""
+    names = find_layers(model)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    with _capture_input(get_module(model, names.blocks[0])) as emb, capture(model, names.blocks) as acts:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask)).logits
+    resid = torch.stack([emb["x"]] + [_hidden(acts[n]) for n in names.blocks])
+    return resid, logits
+
+
+@torch.no_grad()
+def logit_lens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, return_model_logits: bool = False):
+    """The logit lens (nostalgebraist 2020): every layer's residual stream read through the final
+    norm and the unembedding, as if the model stopped there.
+
+    ``input_ids`` is ``(T,)`` or ``(B, T)``; returns logits ``(L+1, T, V)`` or ``(L+1, B, T, V)``:
+    index 0 is the embeddings, index ``l`` the output of block ``l-1``, the last equals the model's logits.
+    """
+    single = input_ids.dim() == 1
+    if single:
+        input_ids = input_ids[None]
+        attention_mask = None if attention_mask is None else attention_mask[None]
+    names = find_layers(model)
+    resid, logits = residual_stream(model, input_ids, attention_mask)
+    norm, unembed = get_module(model, names.final_norm), get_module(model, names.unembed)
+    lens = unembed(norm(resid))  # (L+1, B, T, V)
+    if single:
+        lens, logits = lens[:, 0], logits[0]
+    return (lens, logits) if return_model_logits else lens
+
+
+# ----------------------------------------------------------------------------- capture
+def _fingerprint(model: nn.Module, texts: Sequence[str], layers: Sequence[int], max_length: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": type(model).__name__, "config": getattr(model.config, "name_or_path", ""),
+                         "layers": list(layers), "max_length": max_length}).encode())
+    for p in list(model.parameters())[:: max(1, len(list(model.parameters())) // 8)]:
+        h.update(p.detach().float().cpu().flatten()[:256].numpy().tobytes())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@torch.no_grad()
+def capture_activations(model: nn.Module, tokenizer, texts: Sequence[str], layers: Sequence[int], *,
+                        max_length: int = 64, batch_size: int = 16, cache_dir: str | Path | None = None,
+                        progress: bool = True) -> dict:
+    """The residual stream after the given blocks (0 = embeddings, l = after block l-1) for every
+    real (non-padding) token of ``texts``, in one batched pass.
+
+    Returns ``{"acts": {layer: (N, D) float32}, "token_ids": (N,), "doc": (N,), "pos": (N,)}``,
+    tokens in text order. The result does not depend on ``batch_size`` or the padding side.
+    With ``cache_dir`` the activations are stored there in float16 with a sha256, and loaded
+    (checked) on the next call with the same model, texts, layers and ``max_length``.
+    """
+    from safetensors.torch import load_file, save_file
+
+    layers = [int(l) for l in layers]
+    path = None
+    if cache_dir is not None:
+        key = _fingerprint(model, texts, layers, max_length)
+        path = Path(cache_dir) / f"acts-{key}.safetensors"
+        sha_path = path.with_suffix(".sha256")
+        if path.is_file() and sha_path.is_file() and _file_sha(path) == sha_path.read_text().strip():
+            t = load_file(path)
+            return {"acts": {l: t[f"layer{l}"].float() for l in layers}, "token_ids": t["token_ids"], "doc": t["doc"], "pos": t["pos"]}
+    device = next(model.parameters()).device
+    names = find_layers(model)
+    n_layers = len(names.blocks)
+    if any(not 0 <= l <= n_layers for l in layers):
+        raise ValueError(f"layers must be in 0..{n_layers} (0 = embeddings); got {layers}")
+    out = {l: [] for l in layers}
+    ids_all, doc_all, pos_all = [], [], []
+    starts = range(0, len(texts), batch_size)
+    for start in progress_bar(starts, total=len(starts), desc="capture", enabled=progress):
+        batch = list(texts[start:start + batch_size])
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        resid, _ = residual_stream(model, ids, mask)  # (L+1, B, T, D)
+        keep = mask.bool()
+        for l in layers:
+            out[l].append(resid[l][keep].float().cpu())
+        ids_all.append(ids[keep].cpu())
+        doc_all.append((torch.arange(len(batch), device=device)[:, None].expand_as(ids) + start)[keep].cpu())
+        pos_all.append(_position_ids(mask)[keep].cpu())
+    result = {"acts": {l: torch.cat(out[l]) for l in layers}, "token_ids": torch.cat(ids_all),
+              "doc": torch.cat(doc_all), "pos": torch.cat(pos_all)}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"layer{l}": result["acts"][l].half().contiguous() for l in layers}
+        tensors.update(token_ids=result["token_ids"], doc=result["doc"], pos=result["pos"])
+        tmp = path.with_suffix(".part")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
+        path.with_suffix(".sha256").write_text(_file_sha(path) + "\n")
+        result["acts"] = {l: tensors[f"layer{l}"].float() for l in layers}  # same values as a cache hit
+    return result
+
+
+# ----------------------------------------------------------------------------- probes
+@dataclass
+class ProbeResult:
+    """A linear probe: ``logits = x @ weight.T + bias``, fitted on the train rows only."""
+
+    train_acc: float
+    test_acc: float
+    weight: torch.Tensor = field(repr=False)  # (C, D), in the standardised coordinates
+    bias: torch.Tensor = field(repr=False)  # (C,)
+    mean: torch.Tensor = field(repr=False)  # (D,) of the train rows
+    std: torch.Tensor = field(repr=False)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return (((x - self.mean) / self.std) @ self.weight.T + self.bias).argmax(-1)
+
+
+def split_indices(n: int, *, test_fraction: float = 0.25, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ``(train, test)`` split of ``range(n)``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(round(test_fraction * n)))
+    return perm[n_test:], perm[:n_test]
+
+
+def train_probe(x: torch.Tensor, y: torch.Tensor, *, train_idx: torch.Tensor | None = None, test_idx: torch.Tensor | None = None,
+                l2: float = 1e-3, steps: int = 100, seed: int = 0) -> ProbeResult:
+    """Multinomial logistic regression on ``x (N, D)`` for labels ``y (N,)`` (full-batch L-BFGS),
+    fitted on ``train_idx`` and scored on ``test_idx`` (default: a random 75/25 split by ``seed``)."""
+    x = x.float()
+    y = y.long().to(x.device)
+    if train_idx is None or test_idx is None:
+        train_idx, test_idx = split_indices(len(x), seed=seed)
+    train_idx, test_idx = train_idx.to(x.device), test_idx.to(x.device)
+    mean, std = x[train_idx].mean(0), x[train_idx].std(0) + 1e-6
+    z = (x - mean) / std
+    n_classes = int(y.max()) + 1
+    g = torch.Generator().manual_seed(seed)
+    w = (0.01 * torch.randn(n_classes, x.shape[1], generator=g)).to(x.device).requires_grad_(True)
+    b = torch.zeros(n_classes, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+    zt, yt = z[train_idx], y[train_idx]
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(zt @ w.T + b, yt) + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    w, b = w.detach(), b.detach()
+    acc = lambda idx: ((z[idx] @ w.T + b).argmax(-1) == y[idx]).float().mean().item()
+    return ProbeResult(acc(train_idx), acc(test_idx), w, b, mean, std)
+
+
+def control_labels(token_ids: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    """Hewitt & Liang's control task: each word *type* gets a random label, drawn from the
+    labels' empirical distribution; every occurrence of the type carries it. A probe can only
+    do well on it by memorising types, so task accuracy minus control accuracy (selectivity)
+    says how much of the probe's accuracy the representation, not the probe, explains."""
+    g = torch.Generator().manual_seed(seed)
+    types, inverse = torch.unique(token_ids.cpu(), return_inverse=True)
+    freq = torch.bincount(labels.cpu().long()).float()
+    per_type = torch.multinomial(freq / freq.sum(), len(types), replacement=True, generator=g)
+    return per_type[inverse].to(labels.device)
+
+
+def probe_layers(acts: dict[int, torch.Tensor], y: torch.Tensor, *, control: torch.Tensor | None = None,
+                 seed: int = 0, **kw) -> dict[int, dict[str, float]]:
+    """Probe every layer with the same split: ``{layer: {"train", "test", "control", "selectivity"}}``."""
+    n = len(y)
+    tr, te = split_indices(n, seed=seed)
+    out = {}
+    for layer, x in acts.items():
+        r = train_probe(x, y, train_idx=tr, test_idx=te, seed=seed, **kw)
+        row = {"train": r.train_acc, "test": r.test_acc}
+        if control is not None:
+            c = train_probe(x, control, train_idx=tr, test_idx=te, seed=seed, **kw)
+            row.update(control=c.test_acc, selectivity=r.test_acc - c.test_acc)
+        out[layer] = row
+    return out
+
+
+# ----------------------------------------------------------------------------- attention
+@torch.no_grad()
+def attention_patterns(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention weights of every head, ``(L, H, T, T)`` for ``(T,)`` input or ``(L, B, H, T, T)``.
+
+    Runs the eager attention for this call (fused kernels do not return the weights) and
+    restores the model's own implementation afterwards."""
+    single = input_ids.dim() == 1
+    if single:
+        input_ids = input_ids[None]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    before = model.config._attn_implementation
+    try:
+        model.set_attn_implementation("eager")
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask), output_attentions=True)
+    finally:
+        model.set_attn_implementation(before)
+    pats = torch.stack(out.attentions)  # (L, B, H, T, T)
+    return pats[:, 0] if single else pats
+
+
+def previous_token_scores(patterns: torch.Tensor) -> torch.Tensor:
+    """Mean attention from each position to the one before it: ``(L, H, T, T) -> (L, H)``."""
+    return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)
+
+
+def induction_scores(patterns: torch.Tensor, period: int) -> torch.Tensor:
+    """On a sequence whose tokens repeat with ``period`` (``[r, r]``), the mean attention from each
+    token of the repeat to the token *after* its previous occurrence (Olsson et al. 2022): ``(L, H)``."""
+    return patterns.diagonal(offset=-(period - 1), dim1=-2, dim2=-1)[..., 1:].mean(-1)
+
+
+# ----------------------------------------------------------------------------- SAE
+class SparseAutoencoder(nn.Module):
+    """``f = relu(W_enc (x - b_dec) + b_enc)``, ``x_hat = W_dec f + b_dec`` with unit-norm decoder columns
+    (Bricken et al. 2023). Sparsity comes from an L1 penalty on ``f``."""
+
+    def __init__(self, d_model: int, n_latents: int, *, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(d_model, n_latents, generator=g)
+        w = w / w.norm(dim=0, keepdim=True)
+        self.W_dec = nn.Parameter(w)  # (D, F), columns are the latents' directions
+        self.W_enc = nn.Parameter(w.T.clone())  # (F, D)
+        self.b_enc = nn.Parameter(torch.zeros(n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(d_model))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N, F)
+        return torch.relu((x - self.b_dec) @ self.W_enc.T + self.b_enc)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:  # (N, F) -> (N, D)
+        return f @ self.W_dec.T + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.encode(x)
+        return self.decode(f), f
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=0, keepdim=True).clamp(min=1e-8)
+
+
+def sae_loss(x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor, l1: float) -> torch.Tensor:
+    """Squared reconstruction error summed over dimensions plus ``l1`` times the L1 norm of the
+    latents, both averaged over the batch."""
+    return ((x_hat - x) ** 2).sum(-1).mean() + l1 * f.abs().sum(-1).mean()
+
+
+def train_sae(x: torch.Tensor, *, n_latents: int, l1: float, steps: int = 1000, batch_size: int = 256,
+              lr: float = 1e-3, seed: int = 0, progress: bool = True) -> tuple[SparseAutoencoder, list[float]]:
+    """Adam on minibatches of ``x (N, D)``; the decoder columns are renormalised after every step.
+    Returns the SAE and its training curve (the loss of every step). ``x`` is best pre-scaled
+    (see :func:`sae_report`'s ``scale``); the SAE lives on ``x``'s device."""
+    torch.manual_seed(seed)
+    sae = SparseAutoencoder(x.shape[1], n_latents, seed=seed).to(x.device)
+    with torch.no_grad():
+        sae.b_dec.copy_(x.median(0).values)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    curve = []
+    for _ in progress_bar(range(steps), total=steps, desc="SAE", enabled=progress):
+        idx = torch.randint(len(x), (batch_size,), generator=g).to(x.device)
+        xb = x[idx]
+        x_hat, f = sae(xb)
+        loss = sae_loss(xb, x_hat, f, l1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sae.normalise_decoder()
+        curve.append(loss.item())
+    return sae.requires_grad_(False).eval(), curve
+
+
+@torch.no_grad()
+def sae_report(sae: SparseAutoencoder, x: torch.Tensor, *, dense_threshold: float = 0.1) -> dict:
+    """Fraction of variance unexplained, mean L0, dead latents (never active on ``x``), dense
+    latents (active on more than ``dense_threshold`` of the rows)."""
+    x_hat, f = sae(x)
+    fvu = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    active = (f > 0).float()
+    freq = active.mean(0)
+    return {"fvu": fvu.item(), "l0": active.sum(-1).mean().item(), "dead": int((freq == 0).sum()),
+            "dense": int((freq > dense_threshold).sum()), "n_latents": f.shape[1], "freq": freq}
+
+
+@torch.no_grad()
+def lm_loss(model: nn.Module, tokenizer, texts: Sequence[str], *, layer: int | None = None, replace=None,
+            max_length: int = 64, batch_size: int = 16) -> float:
+    """Mean next-token cross-entropy on ``texts``; with ``layer`` and ``replace``, the output of
+    block ``layer-1`` (the residual stream at ``layer``) is replaced by ``replace(resid)`` at every
+    position, e.g. an SAE's reconstruction (splice-in) or zeros (ablation)."""
+    device = next(model.parameters()).device
+    names = find_layers(model)
+    total, count = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+        def run():
+            return model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask)).logits
+
+        if layer is None:
+            logits = run()
+        else:
+            def fn(out):
+                h = _hidden(out)
+                new = replace(h.reshape(-1, h.shape[-1])).reshape(h.shape).to(h.dtype)
+                return (new, *out[1:]) if isinstance(out, (tuple, list)) else new
+
+            with patch(model, names.blocks[layer - 1], fn):
+                logits = run()
+        target_mask = (mask[:, 1:] * mask[:, :-1]).bool()
+        ce = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        total += ce[target_mask].sum().item()
+        count += int(target_mask.sum())
+    return total / count
+
+
+def top_contexts(values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, token_ids: torch.Tensor, tokenizer,
+                 texts: Sequence[str], *, k: int = 5, window: int = 8, max_length: int = 64) -> list[tuple[float, str]]:
+    """The ``k`` tokens where ``values (N,)`` is largest, each shown with up to ``window`` tokens
+    before it and the token itself in [brackets]."""
+    top = values.topk(min(k, len(values)))
+    out = []
+    for v, i in zip(top.values.tolist(), top.indices.tolist()):
+        ids = tokenizer(texts[int(doc[i])], truncation=True, max_length=max_length)["input_ids"]
+        p = int(pos[i])
+        left = tokenizer.decode(ids[max(0, p - window):p])
+        out.append((v, f"{left}[{tokenizer.decode(ids[p:p + 1])}]"))
+    return out

@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
 
 from .device import model_device, require_eval, require_unit_range
+from .progress import progress_bar  # re-exported for old imports; new code imports it from course_lib.progress
 
 __all__ = [
     "Game",
@@ -28,21 +29,26 @@ __all__ = [
     "token_game",
     "function_game",
     "grid_segments",
+    "slic_segments",
+    "segment_map",
     "default_batch_size",
-    "progress_bar",
+    "require_finite",
 ]
 
+Output = Literal["logit", "logprob", "prob", "raw"]
 _OUTPUTS = ("logit", "logprob", "prob", "raw")
 
 
-def progress_bar(iterable, *, total: int | None = None, desc: str = "", enabled: bool = True):
-    """tqdm over ``iterable``, switched off while nbgrader grades (a test cell writing to
-    stderr scores zero) and when ``enabled`` is False."""
-    if not enabled or os.environ.get("NBGRADER_EXECUTION") or os.environ.get("COURSE_LIB_NO_PROGRESS"):
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False)
+def require_finite(x: torch.Tensor, name: str = "x") -> None:
+    """Refuse NaN or infinite values: they would flow silently into every answer."""
+    if x.is_floating_point() or x.is_complex():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} contains {int(bad.sum())} NaN or infinite value(s) (of {x.numel()}); "
+                "every method here needs finite inputs. Find where they came from (a division by zero, "
+                "a failed load) or replace them, e.g. torch.nan_to_num(x)."
+            )
 
 
 def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16, device: torch.device | str | None = None) -> int:
@@ -115,19 +121,40 @@ class Game:
         return masks
 
 
-def _select(logits: torch.Tensor, output: str, target) -> torch.Tensor:
-    """Turn raw model outputs ``(B, K)`` into what the game reports, then pick ``target``."""
+def _check_output(output: str) -> None:
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+
+
+def _check_target(target, n_outputs: int) -> None:
+    """A target must be an integer class index in 0..n_outputs-1."""
+    if target is None:
+        return
+    if isinstance(target, torch.Tensor):
+        if target.numel() != 1 or target.is_floating_point():
+            raise ValueError(f"target must be one integer class index; got a tensor of shape {tuple(target.shape)}, dtype {target.dtype}")
+        target = int(target)
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise TypeError(f"target must be one integer class index; got {target!r}")
+    if not 0 <= target < n_outputs:
+        raise ValueError(f"target {target} is out of range: this model has {n_outputs} outputs, so target must be in 0..{n_outputs - 1}")
+
+
+def _select(logits: torch.Tensor, output: str, target) -> torch.Tensor:
+    """Turn raw model outputs ``(B, K)`` into what the game reports, then pick ``target``."""
+    _check_output(output)
+    if logits.dim() == 1:
+        if target is not None:
+            raise ValueError("target was given, but the model returns one number per input; leave target=None")
+        return logits
+    _check_target(target, logits.shape[-1])
     if output == "logprob":
         logits = torch.log_softmax(logits, -1)
     elif output == "prob":
         logits = torch.softmax(logits, -1)
     if target is None:
         return logits
-    if logits.dim() == 1:
-        raise ValueError("target was given, but the model returns one number per input")
-    return logits[:, target]
+    return logits[:, int(target)]
 
 
 def grid_segments(height: int, width: int, patch: int, device=None) -> torch.Tensor:
@@ -149,9 +176,9 @@ def image_game(
     x: torch.Tensor,
     segments: torch.Tensor,
     *,
-    baseline: float | torch.Tensor | str = 0.0,
+    baseline: float | torch.Tensor | Literal["mean", "blur"] = 0.0,
     target: int | None = None,
-    output: str = "logit",
+    output: Output = "logit",
     batch_size: int | None = None,
     progress: bool = False,
 ) -> Game:
@@ -169,7 +196,9 @@ def image_game(
         x = x[0]
     if x.dim() != 3:
         raise ValueError(f"x must be one image (C, H, W); got shape {tuple(x.shape)}")
+    require_finite(x)
     require_unit_range(x)
+    _check_output(output)
     x = x.to(device)
     segments = torch.as_tensor(segments, device=device)
     if segments.shape != x.shape[1:]:
@@ -204,6 +233,7 @@ def _image_baseline(x: torch.Tensor, segments: torch.Tensor, baseline) -> torch.
             return gaussian_blur(x[None], [k, k], [k / 3.0, k / 3.0])[0]
         raise ValueError(f"baseline must be a number, an image, 'mean' or 'blur'; got {baseline!r}")
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    require_finite(base, "baseline")
     if base.dim() == 0:
         return base.expand_as(x)
     if base.shape != x.shape:
@@ -217,7 +247,7 @@ def tabular_game(
     background: torch.Tensor,
     *,
     target: int | None = None,
-    output: str = "raw",
+    output: Output = "raw",
     feature_names: Sequence[str] | None = None,
     batch_size: int | None = None,
     progress: bool = False,
@@ -226,13 +256,19 @@ def tabular_game(
 
     x: (d,); background: (N, d) or (d,). The value of a coalition S is the mean over the
     background rows b of f(x_S, b_{-S}) (the *interventional* value function of SHAP).
-    ``output="raw"`` reports what the model returns; for classifiers use ``"logit"``.
+    ``output="raw"`` reports what the model returns. For a classifier with K outputs use
+    ``"logit"``, ``"logprob"`` or ``"prob"`` and pick a class with ``target`` in 0..K-1 (the
+    softmax is taken per row, before averaging over the background). A model with one output
+    per row, (B,) or (B, 1), is reported as it is: ``target`` must then be None (or 0), and
+    ``"prob"``/``"logprob"`` are refused (a softmax over one output is always 1; apply your
+    own sigmoid inside the model if you want a probability).
     """
+    _check_output(output)
     if isinstance(model, nn.Module):
         require_eval(model, "tabular_game")
         device = model_device(model)
     else:
-        device = x.device
+        device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     x = torch.as_tensor(x, dtype=torch.float32, device=device)
     if x.dim() == 2 and x.shape[0] == 1:
         x = x[0]
@@ -243,6 +279,8 @@ def tabular_game(
         bg = bg[None]
     if bg.dim() != 2 or bg.shape[1] != x.shape[0]:
         raise ValueError(f"background must have shape (N, {x.shape[0]}); got {tuple(bg.shape)}")
+    require_finite(x)
+    require_finite(bg, "background")
     d, n_bg = x.shape[0], bg.shape[0]
     if feature_names is not None and len(feature_names) != d:
         raise ValueError(f"{len(feature_names)} feature names for {d} features")
@@ -251,12 +289,25 @@ def tabular_game(
         return torch.where(masks[:, None, :], x, bg)
 
     def evaluate(masks: torch.Tensor) -> torch.Tensor:
-        rows = perturb(masks)  # (B, N, d)
-        out = model(rows.reshape(-1, d))  # (B*N, ...)
-        out = out.reshape(masks.shape[0], n_bg, *out.shape[1:]).float()
-        if out.dim() == 3 or target is not None or output != "raw":
-            out = _select(out.reshape(-1, out.shape[-1]), output, target).reshape(masks.shape[0], n_bg, -1).squeeze(-1)
-        return out.mean(1)
+        B = masks.shape[0]
+        out = torch.as_tensor(model(perturb(masks).reshape(-1, d))).float()  # (B*N,) or (B*N, K)
+        if out.dim() == 2 and out.shape[1] == 1:
+            out = out[:, 0]  # one output per row
+        if out.dim() == 1:  # one number per row: regression, or a single score
+            if target not in (None, 0):
+                raise ValueError(f"target={target!r}, but the model returns one number per row; leave target=None")
+            if output in ("prob", "logprob"):
+                raise ValueError(
+                    f"output={output!r} needs a model with one output per class, but this model returns one "
+                    "number per row (a softmax over it would always be 1). Use output='raw', or put a sigmoid "
+                    "inside the model to explain a probability."
+                )
+            return out.reshape(B, n_bg).mean(1)  # (B,)
+        if out.dim() != 2:
+            raise ValueError(f"the model should return (rows,) or (rows, K) for a batch of rows; got {tuple(out.shape)}")
+        if output != "raw" or target is not None:
+            out = _select(out, "logit" if output == "raw" else output, target)  # (B*N,) or (B*N, K)
+        return out.reshape(B, n_bg, *out.shape[1:]).mean(1)  # (B,) or (B, K)
 
     bs = batch_size or default_batch_size(d * 4, activation_factor=64, device=device)
     chunk = max(1, bs // n_bg)
@@ -268,7 +319,7 @@ def token_game(
     score_fn: Callable[[list[str]], torch.Tensor],
     words: Sequence[str],
     *,
-    mode: str = "remove",
+    mode: Literal["remove", "replace"] = "remove",
     replacement: str = "___",
     joiner: str = " ",
     batch_size: int = 16,
@@ -335,3 +386,14 @@ def segment_map(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     """
     segments = _relabel(torch.as_tensor(segments, device=values.device).long())
     return values[segments]
+
+
+def slic_segments(x: torch.Tensor, n_segments: int = 50, *, compactness: float = 10.0, sigma: float = 1.0) -> torch.Tensor:
+    """SLIC superpixels (Achanta et al. 2012, scikit-image) of one image x (3, H, W) in [0, 1]
+    -> (H, W) long labels 0..d-1, on x's device. SLIC is deterministic: no seed is needed."""
+    from skimage.segmentation import slic
+
+    require_finite(x)
+    img = x.detach().float().cpu().permute(1, 2, 0).numpy()  # (H, W, 3)
+    seg = slic(img, n_segments=n_segments, compactness=compactness, sigma=sigma, start_label=0)
+    return _relabel(torch.as_tensor(seg, dtype=torch.long)).to(x.device)

@@ -85,6 +85,12 @@ def sentiment_score_fn(
     device = model_device(model)
     pos_id, neg_id = _single_token(tokenizer, positive), _single_token(tokenizer, negative)
     head = model.get_output_embeddings().weight[[pos_id, neg_id]]  # (2, D)
+    # The transformer without its LM head: ``model.model`` for Llama-style models (SmolLM2),
+    # ``model.transformer`` for GPT-2; ``base_model`` names the right one for any HF model.
+    body = model.base_model
+    if body is model:
+        raise ValueError("sentiment_score_fn needs a causal LM with an output head (e.g. AutoModelForCausalLM), "
+                         f"got {type(model).__name__}")
 
     shots = "".join(template.format(text=t) + " " + lab + "\n\n" for t, lab in (examples or []))
     # The prompt is instruction + shots + template(text). Its trailing whitespace goes with the
@@ -120,7 +126,7 @@ def sentiment_score_fn(
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(B)
             with torch.inference_mode():
-                out = model.model(
+                out = body(
                     input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True
                 )
                 h = out.last_hidden_state[:, -1]  # (B, D)

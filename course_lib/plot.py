@@ -8,6 +8,20 @@ import numpy as np
 import torch
 
 
+def _values_and_names(values, names):
+    """Accept a result of the perturbation family (``values``, ``player_names``) or plain values."""
+    if hasattr(values, "values") and hasattr(values, "player_names") and isinstance(values.values, torch.Tensor):
+        names = names if names is not None else values.player_names
+        values = values.values
+    v = values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values, float))
+    if v.dim() == 2:
+        v = v[:, 0]  # a multi-output result: its first output
+    v = v.double().numpy()
+    if names is None:
+        names = [str(i) for i in range(len(v))]
+    return v, list(names)
+
+
 def _img(x) -> np.ndarray:
     """(3, H, W) or (H, W) tensor/array -> something imshow takes."""
     x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -50,10 +64,10 @@ def heatmap_overlay(image, heat, *, ax=None, alpha: float = 0.55, cmap: str = "R
     return ax
 
 
-def bar(values, names: Sequence[str], *, ax=None, title: str | None = None, xlabel: str = "", sort: bool = False):
-    """Horizontal bars, positive red and negative blue."""
-    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, float)
-    names = list(names)
+def bar(values, names: Sequence[str] | None = None, *, ax=None, title: str | None = None, xlabel: str = "", sort: bool = False):
+    """Horizontal bars, positive red and negative blue. ``values`` (d,) with ``names``, or a
+    result (LIME, Shapley) whose ``player_names`` are used."""
+    v, names = _values_and_names(values, names)
     if sort:
         order = np.argsort(np.abs(v))
         v, names = v[order], [names[i] for i in order]
@@ -68,9 +82,13 @@ def bar(values, names: Sequence[str], *, ax=None, title: str | None = None, xlab
     return ax
 
 
-def token_plot(words: Sequence[str], scores, *, ax=None, title: str | None = None):
-    """Words coloured by a signed score (red up, blue down), in one line."""
-    s = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, float)
+def token_plot(words, scores=None, *, ax=None, title: str | None = None):
+    """Words coloured by a signed score (red up, blue down), in one line. ``token_plot(words,
+    scores)`` or ``token_plot(result)`` for a result of a token game (its players are the words)."""
+    if scores is None:
+        s, words = _values_and_names(words, None)
+    else:
+        s, words = _values_and_names(scores, words)
     lim = float(np.abs(s).max()) or 1.0
     cmap = plt.get_cmap("RdBu_r")
     if ax is None:

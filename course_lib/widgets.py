@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["lime_explorer"]
+__all__ = ["lime_explorer", "attack_explorer"]
 
 
 def lime_explorer(
@@ -36,7 +36,7 @@ def lime_explorer(
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    from .methods.lime import _fit, sample_masks
+    from .methods.lime import fit_surrogate, sample_masks
 
     answers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for (seed, n, _w), res in (runs or {}).items():
@@ -58,7 +58,7 @@ def lime_explorer(
     def update(*_):
         masks, outputs = answer(s_slider.value)
         n = n_slider.value
-        res = _fit(masks[:n], outputs[:n], kernel_width=w_slider.value, alpha=1.0, n_features=None)
+        res = fit_surrogate(masks[:n], outputs[:n], kernel_width=w_slider.value, alpha=1.0)
         with out:
             out.clear_output(wait=True)
             fig, ax = plt.subplots(figsize=(4, 3.2))

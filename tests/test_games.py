@@ -160,3 +160,36 @@ def test_chunk_size_follows_the_memory_budget(monkeypatch, scenes_cnn, scenes_te
     assert small < big and small * 16 <= big + 16
     # one input is 3*64*64 float32 = 48 KiB; with the activation factor 16, 16 MB holds ~21 inputs
     assert 10 <= small <= 30
+
+
+def test_tabular_game_with_a_single_output_model():
+    """A model with one output per row, (B,) or (B, 1): reported as is; probabilities and
+    targets other than 0 are refused with a message (a softmax over one output would be 1)."""
+    torch.manual_seed(0)
+    x, bg = torch.randn(3), torch.randn(8, 3)
+    w = torch.tensor([1.0, -2.0, 0.5])
+    masks = torch.tensor([[0, 0, 0], [1, 0, 1], [1, 1, 1]], dtype=torch.bool)
+    truth = torch.stack([torch.where(m, x, bg) @ w for m in masks]).mean(1)  # (3,)
+    for f in (lambda r: r @ w, lambda r: (r @ w)[:, None]):
+        for kw in ({}, {"output": "logit"}, {"target": 0}):
+            out = tabular_game(f, x, bg, **kw)(masks)
+            torch.testing.assert_close(out, truth)
+        for out_kind in ("prob", "logprob"):
+            with pytest.raises(ValueError, match="one output per class"):
+                tabular_game(f, x, bg, output=out_kind)(masks)
+    with pytest.raises(ValueError, match="one number per row"):
+        tabular_game(lambda r: r @ w, x, bg, target=1)(masks)
+
+
+def test_tabular_game_classifier_probabilities_and_target_range():
+    torch.manual_seed(0)
+    W = torch.randn(3, 4)
+    x, bg = torch.randn(3), torch.randn(8, 3)
+    masks = torch.tensor([[0, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    p = tabular_game(lambda r: r @ W, x, bg, output="prob", target=2)(masks)
+    ref = torch.stack([torch.softmax(torch.where(m, x, bg) @ W, -1)[:, 2].mean() for m in masks])
+    torch.testing.assert_close(p, ref)
+    with pytest.raises(ValueError, match=r"0\.\.3"):
+        tabular_game(lambda r: r @ W, x, bg, output="prob", target=4)(masks)
+    with pytest.raises(ValueError, match="output must be one of"):
+        tabular_game(lambda r: r @ W, x, bg, output="probability")

@@ -407,3 +407,27 @@ def test_lime_explorer_builds_without_a_front_end():
     assert game.n_calls == calls_before, "answers from the sweep are reused: no new game call"
     box.children[0].children[2].value = 2  # a seed not seen yet: one call of max_samples
     assert game.n_calls == calls_before + 40 and len(drawn) == 2
+
+
+def test_kernel_width_relation_to_the_lime_package():
+    """The lime package's kernel is sqrt(exp(-d^2 / w^2)): our exp_kernel with sigma = w * sqrt(2)
+    (what the lecture and the module docstring say)."""
+    import numpy as np
+    from lime.lime_image import LimeImageExplainer
+
+    from course_lib.methods.lime import exp_kernel
+
+    d = np.linspace(0, 1, 11)
+    theirs = LimeImageExplainer(kernel_width=0.25).base.kernel_fn(d)
+    ours = exp_kernel(torch.tensor(d), 0.25 * 2**0.5).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_result_family_names_and_old_aliases():
+    from course_lib.methods.results import PerturbationResult
+
+    game = function_game(lambda m: m @ torch.tensor([3.0, -1.0, 0.5]), 3, player_names=["a", "b", "c"])
+    res = lime(game, 50, seed=0)
+    assert isinstance(res, PerturbationResult) and res.weights is res.values and res.budget == 50
+    assert str(res).startswith("LIME") and "a +" in str(res)
+    assert "masks" not in repr(res) and "tensor(" not in repr(res)

@@ -55,3 +55,23 @@ def test_accuracy_on_the_course_reviews(smollm2):
     scores = sentiment_score_fn(model, tok)(texts)
     acc = ((scores > 0).long() == labels).double().mean().item()
     assert acc >= 0.85, f"few-shot + calibrated accuracy {acc:.2f}"
+
+
+def test_works_on_a_gpt2_layout(smollm2):
+    """No Llama assumption (``model.model``): a GPT-2-shaped model (``model.transformer``) scores the
+    same as its own plain forward pass. Random small weights; the smollm2 tokenizer supplies the ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tok = smollm2
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=2)).eval()
+    texts = ["A waste of time.", "Great battery life, really."]
+    raw = sentiment_score_fn(gpt2, tok, calibrate=None, batch_size=2)(texts)
+    ref = torch.tensor([reference_log_odds(gpt2, tok, t) for t in texts])
+    torch.testing.assert_close(raw.double(), ref.double(), atol=2e-4, rtol=1e-4)
+
+
+def test_refuses_a_model_without_a_head(smollm2):
+    model, tok = smollm2
+    with pytest.raises((ValueError, AttributeError)):
+        sentiment_score_fn(model.base_model, tok)

@@ -19,15 +19,16 @@ Conventions used by every function here:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..device import model_device, require_eval
+from ..progress import progress_bar
 
-__all__ = ["fgsm", "pgd", "attack_loss", "predict", "accuracy_under_attack", "project"]
+__all__ = ["fgsm", "pgd", "attack_loss", "predict", "accuracy_under_attack", "project_to_ball", "project"]
 
 _NORMS = ("linf", "l2")
 _LOSSES = ("ce", "margin")
@@ -43,6 +44,10 @@ def _check_images(x: torch.Tensor) -> None:
     if x.dim() != 4:
         raise ValueError(f"x should be a batch of images (B, C, H, W); got shape {tuple(x.shape)}. "
                          "For one image use x[None] or x.unsqueeze(0).")
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(f"x contains {int(bad.sum())} NaN or infinite value(s); attacks need finite pixels in [0, 1]. "
+                         "Find where they came from, or replace them (torch.nan_to_num(x).clamp(0, 1)).")
     lo, hi = float(x.min()), float(x.max())
     if lo < -1e-4 or hi > 1 + 1e-4:
         raise ValueError(
@@ -73,7 +78,7 @@ def _prepare(model: nn.Module, x: torch.Tensor, eps: float, what: str) -> torch.
     if torch.is_inference_mode_enabled():
         raise RuntimeError(f"{what} needs gradients, but it was called inside torch.inference_mode(); call it outside that block.")
     _check_images(x)
-    if not eps >= 0:
+    if not (eps >= 0 and eps < float("inf")):
         raise ValueError(f"eps should be a non-negative number in pixel units (e.g. 8/255); got {eps}")
     return model_device(model)
 
@@ -99,6 +104,11 @@ def attack_loss(logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool, l
       ``z_t - max_{j != t} z_j`` (targeted). It works on logits, so a saturated softmax
       cannot hide the gradient.
     """
+    n_classes = logits.shape[1]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        bad = labels[(labels < 0) | (labels >= n_classes)][0]
+        raise ValueError(f"class index {int(bad)} is out of range: the model has {n_classes} classes, so y and "
+                         f"target must be in 0..{n_classes - 1}")
     if loss == "ce":
         ce = F.cross_entropy(logits, labels, reduction="none")  # (B,)
         return -ce if targeted else ce
@@ -113,7 +123,7 @@ def _per_image_norm(v: torch.Tensor) -> torch.Tensor:
     return v.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (v.dim() - 1)))  # (B, 1, 1, 1)
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+def project_to_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Literal["linf", "l2"] = "linf") -> torch.Tensor:
     """Closest point to ``x_adv`` in the eps-ball around ``x`` (then clipped to [0, 1])."""
     delta = x_adv - x
     if norm == "linf":
@@ -124,6 +134,9 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf"
     else:
         raise ValueError(f"norm should be one of {_NORMS}; got {norm!r}")
     return (x + delta).clamp(0, 1)
+
+
+project = project_to_ball  # old name, kept for existing notebooks
 
 
 def _input_grad(model: nn.Module, x_adv: torch.Tensor, labels: torch.Tensor, targeted: bool, loss: str) -> torch.Tensor:
@@ -174,7 +187,7 @@ def fgsm(
     *,
     eps: float,
     target=None,
-    loss: str = "ce",
+    loss: Literal["ce", "margin"] = "ce",
     batch_size: int | None = None,
 ) -> torch.Tensor:
     """Fast gradient sign method: ``x_adv = clip(x + s * eps * sign(grad_x L), 0, 1)``.
@@ -204,11 +217,11 @@ def pgd(
     alpha: float | None = None,
     steps: int = 10,
     target=None,
-    norm: str = "linf",
+    norm: Literal["linf", "l2"] = "linf",
     random_start: bool = True,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
-    loss: str = "ce",
+    loss: Literal["ce", "margin"] = "ce",
     batch_size: int | None = None,
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) in the L-infinity or L2 ball.
@@ -253,7 +266,7 @@ def pgd(
                 step = grad.sign()
             else:
                 step = grad / (_per_image_norm(grad) + 1e-10)
-            xa = project(xa + alpha * step, xo, eps, norm)  # step ascends attack_loss
+            xa = project_to_ball(xa + alpha * step, xo, eps, norm)  # step ascends attack_loss
         x_adv[sl] = xa
     return x_adv.to(x.device)
 
@@ -266,15 +279,13 @@ def accuracy_under_attack(
     y: torch.Tensor,
     eps_values: Sequence[float],
     *,
-    attack: str = "pgd",
+    attack: Literal["fgsm", "pgd"] = "pgd",
     target=None,
     progress: bool = True,
     **kwargs,
 ) -> torch.Tensor:
     """For each eps: accuracy on ``fgsm``/``pgd`` examples (untargeted), or, with ``target``,
     the targeted success rate (fraction classified as ``target``). Returns (len(eps_values),) on CPU."""
-    from ..games import progress_bar
-
     fn = {"fgsm": fgsm, "pgd": pgd}.get(attack)
     if fn is None:
         raise ValueError(f"attack should be 'fgsm' or 'pgd'; got {attack!r}")

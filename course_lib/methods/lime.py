@@ -1,17 +1,38 @@
 """LIME (Ribeiro, Singh & Guestrin 2016, "Why should I trust you?"), on any game.
 
 The interpretable representation of an input is a binary vector z' in {0, 1}^d (superpixel,
-word or feature present or not); a game turns masks z' into model outputs f(z'). LIME
+word or feature present or not); a game turns masks z' into model outputs f(z'). This LIME
 
 1. samples masks around the all-ones vector x' = (1, ..., 1)      -> Z  (n, d)
 2. asks the game for their outputs, in one call                  -> y  (n,) or (n, K)
 3. weights each sample by its proximity to x',
        pi(z') = exp(-D(x', z')^2 / sigma^2),  D = cosine distance between x' and z'
-4. fits a weighted ridge regression  y ~ b + z' @ w  in closed form, and reports the
-   weighted R^2 of that surrogate as its *fidelity* in the neighbourhood.
+4. fits a weighted ridge regression  y ~ b + z' @ w  on all d features in closed form, and
+   reports the weighted R^2 of that surrogate as its *fidelity* in the neighbourhood.
 
-With ``n_features=K`` it keeps the K largest |w| and refits on them (the "highest weights"
-selection of the ``lime`` package; the paper's K-Lasso picks K by the Lasso path instead).
+How this differs from the ``lime`` package (lime 0.2.0.1, checked against its source):
+
+- Sampling. ``sampler="lime"`` draws how many players to switch off uniformly from 1..d-1 and
+  then which ones: it never draws the empty coalition. ``lime_text`` draws the number of
+  removed words from 1..d (the empty text is possible there); ``lime_image`` switches every
+  superpixel off with probability 1/2, independently (our ``sampler="bernoulli"``).
+  ``LimeTabularExplainer`` does not remove features at all: by default it discretises each
+  feature into training quartiles, draws bins with their training frequencies and records
+  "same bin as x" (0/1); without discretisation it draws rows from normal distributions with
+  the training means and standard deviations. It weights samples by the *Euclidean* distance
+  of the standardised rows, with width 0.75 * sqrt(d). What :func:`~course_lib.games.tabular_game`
+  builds (missing features taken from background rows) is KernelSHAP's sampling instead.
+- Kernel. The package's kernel is ``sqrt(exp(-D^2 / w^2))`` = ``exp(-D^2 / (sqrt(2) w)^2)``:
+  its ``kernel_width=0.25`` for images is our ``kernel_width = 0.25 * sqrt(2)`` (ours is the
+  sigma of the paper's formula). ``lime_text`` uses the cosine distance times 100 with width 25,
+  which is the same kernel as width 0.25 on the plain cosine distance.
+- Feature selection. The package's ``feature_selection="auto"`` uses forward selection when at
+  most 6 features are asked for, else "highest weights" (a ridge fit with alpha 0.01 on all
+  features, keep the ``num_features`` largest |coefficients|); then it refits ``Ridge(alpha=1)``
+  on the kept ones. ``lime_image`` asks for ``num_features=100000`` by default, so it keeps all
+  superpixels; ``lime_text`` and ``lime_tabular`` ask for 10. Here ``n_features=K`` is the
+  "highest weights" rule and ``None`` (default) keeps all features; the paper's K-Lasso picks
+  K features along the Lasso path instead.
 
 Explain logits or log-probabilities, not probabilities: a saturated probability barely moves
 when features are removed, and what is left is noise (the games default to logits).
@@ -19,17 +40,20 @@ when features are removed, and what is left is noise (the games default to logit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 import torch
 
-from ..games import Game
+from ..games import Game, require_finite
+from ..games import slic_segments  # noqa: F401  (moved to games with the other segmentation helpers)
+from .results import PerturbationResult
 
 __all__ = [
     "LimeResult",
     "lime",
     "lime_sweep",
+    "fit_surrogate",
     "sample_masks",
     "cosine_distance",
     "exp_kernel",
@@ -38,32 +62,39 @@ __all__ = [
 ]
 
 
-@dataclass
-class LimeResult:
-    """What one LIME run returns. Shapes for a game with d players and K outputs (K omitted if 1)."""
+@dataclass(kw_only=True, repr=False)
+class LimeResult(PerturbationResult):
+    """What one LIME run returns. Shapes for a game with d players and K outputs (K omitted if 1).
 
-    weights: torch.Tensor  # (d,) or (d, K): the surrogate's coefficients (0 for unselected features)
+    ``values`` (d,) or (d, K): the surrogate's coefficients (0 for unselected features; also
+    available as ``weights``); ``budget``: the number of samples (masks the game answered).
+    """
+
     intercept: torch.Tensor  # () or (K,)
     fidelity: torch.Tensor  # () or (K,): weighted R^2 of the surrogate on the samples
-    std_err: torch.Tensor  # like weights: standard errors of the coefficients (for CSI)
-    masks: torch.Tensor  # (n, d) bool: the samples
-    outputs: torch.Tensor  # (n,) or (n, K): the game's answers
-    sample_weights: torch.Tensor  # (n,): the kernel pi(z')
+    std_err: torch.Tensor = field(repr=False)  # like values: standard errors of the coefficients (for CSI)
+    masks: torch.Tensor = field(repr=False)  # (n, d) bool: the samples
+    outputs: torch.Tensor = field(repr=False)  # (n,) or (n, K): the game's answers
+    sample_weights: torch.Tensor = field(repr=False)  # (n,): the kernel pi(z')
 
-    def top(self, k: int, *, by_abs: bool = True) -> torch.Tensor:
-        """Indices of the k most important players (by |weight| unless ``by_abs=False``)."""
-        w = self.weights if self.weights.dim() == 1 else self.weights[:, 0]
-        return torch.topk(w.abs() if by_abs else w, k).indices
+    @property
+    def weights(self) -> torch.Tensor:
+        """The surrogate's coefficients: the same tensor as ``values`` (the name LIME's paper uses)."""
+        return self.values
 
 
-def sample_masks(n_players: int, n_samples: int, *, seed: int = 0, sampler: str = "lime", device=None) -> torch.Tensor:
+Sampler = Literal["lime", "bernoulli"]
+
+
+def sample_masks(n_players: int, n_samples: int, *, seed: int = 0, sampler: Sampler = "lime", device=None) -> torch.Tensor:
     """``n_samples`` masks ``(n_samples, n_players)`` bool; the first one is all True (the input itself).
 
-    ``sampler="lime"``: as the ``lime`` package for images and text, draw how many players to
-    switch off uniformly from 1..d-1, then which ones uniformly. The first n rows of a draw
-    of N > n masks are the draw of n masks (for the same seed). ``"bernoulli"``: every player
-    present with probability 1/2 (captum's default). Masks are drawn on the CPU from a
-    generator seeded with ``seed``, so they are the same on every device.
+    ``sampler="lime"``: draw how many players to switch off uniformly from 1..d-1, then which
+    ones uniformly (close to ``lime_text``, which draws 1..d; this sampler never draws the
+    empty coalition). ``"bernoulli"``: every player present with probability 1/2, independently
+    (what ``lime_image`` and captum's ``Lime`` do). The first n rows of a draw of N > n masks are
+    the draw of n masks (for the same seed). Masks are drawn on the CPU from a generator seeded
+    with ``seed``, so they are the same on every device.
     """
     if n_samples < 1 or n_players < 1:
         raise ValueError(f"need n_samples >= 1 and n_players >= 1; got {n_samples}, {n_players}")
@@ -89,7 +120,8 @@ def cosine_distance(masks: torch.Tensor) -> torch.Tensor:
 
 
 def exp_kernel(distance: torch.Tensor, kernel_width: float) -> torch.Tensor:
-    """pi = exp(-D^2 / sigma^2), the exponential kernel of the LIME paper."""
+    """pi = exp(-D^2 / sigma^2), the exponential kernel of the LIME paper. (The ``lime`` package
+    uses sqrt(exp(-D^2 / sigma^2)), i.e. this kernel with sigma * sqrt(2).)"""
     return torch.exp(-(distance**2) / kernel_width**2)
 
 
@@ -118,7 +150,12 @@ def weighted_ridge(Z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, alpha: 
     return coef, intercept, fidelity, std_err
 
 
-def _fit(masks, outputs, *, kernel_width, alpha, n_features) -> LimeResult:
+def fit_surrogate(masks: torch.Tensor, outputs: torch.Tensor, *, kernel_width: float = 0.25, alpha: float = 1.0,
+                  n_features: int | None = None, player_names: list[str] | None = None) -> LimeResult:
+    """LIME's steps 3-4 on samples a game already answered: masks (n, d) bool and outputs
+    (n,) or (n, K) -> the weighted ridge surrogate (for re-fitting with another kernel width or
+    fewer samples without asking the model again)."""
+    require_finite(outputs, "the game's outputs")
     squeeze = outputs.dim() == 1
     y = outputs[:, None] if squeeze else outputs  # (n, K)
     pi = exp_kernel(cosine_distance(masks), kernel_width)  # (n,)
@@ -135,7 +172,12 @@ def _fit(masks, outputs, *, kernel_width, alpha, n_features) -> LimeResult:
     out = [t.to(dtype=dtype, device=outputs.device) for t in (coef, b, r2, se)]
     if squeeze:
         out = [out[0][:, 0], out[1][0], out[2][0], out[3][:, 0]]
-    return LimeResult(out[0], out[1], out[2], out[3], masks, outputs, pi.to(dtype=dtype, device=outputs.device))
+    return LimeResult(
+        values=out[0], intercept=out[1], fidelity=out[2], std_err=out[3], masks=masks, outputs=outputs,
+        sample_weights=pi.to(dtype=dtype, device=outputs.device), budget=int(masks.shape[0]),
+        method=f"LIME ({'ridge' if n_features is None else f'{n_features} features'}, sigma={kernel_width:g})",
+        player_names=player_names,
+    )
 
 
 def lime(
@@ -146,18 +188,19 @@ def lime(
     kernel_width: float = 0.25,
     alpha: float = 1.0,
     n_features: int | None = None,
-    sampler: str = "lime",
+    sampler: Sampler = "lime",
     progress: bool | None = None,
 ) -> LimeResult:
     """Explain one input with LIME: ``n_samples`` masks, one call to ``game``, a weighted ridge fit.
 
-    kernel_width: sigma of the exponential kernel on the cosine distance (``lime``'s default
-    for images is 0.25); alpha: the ridge penalty (``lime`` uses 1); n_features: keep only the
-    K largest coefficients and refit (None: all). Deterministic for a given ``seed``.
+    kernel_width: sigma of the exponential kernel on the cosine distance (the ``lime`` package's
+    0.25 for images is 0.25 * sqrt(2) here, see the module docstring); alpha: the ridge penalty
+    (``lime`` uses 1); n_features: keep only the K largest coefficients and refit (None: all).
+    Deterministic for a given ``seed``; tensors come back on the game's device.
     """
     masks = sample_masks(game.n_players, n_samples, seed=seed, sampler=sampler, device=game.device)
     outputs = game(masks, progress=progress)
-    return _fit(masks, outputs, kernel_width=kernel_width, alpha=alpha, n_features=n_features)
+    return fit_surrogate(masks, outputs, kernel_width=kernel_width, alpha=alpha, n_features=n_features, player_names=game.player_names)
 
 
 def lime_sweep(
@@ -168,7 +211,7 @@ def lime_sweep(
     kernel_widths: Sequence[float] = (0.25,),
     alpha: float = 1.0,
     n_features: int | None = None,
-    sampler: str = "lime",
+    sampler: Sampler = "lime",
     progress: bool | None = None,
 ) -> dict[tuple[int, int, float], LimeResult]:
     """Many LIME runs for a stability study, with ONE call to the game.
@@ -187,16 +230,6 @@ def lime_sweep(
         m, y = all_masks[i * n_max : (i + 1) * n_max], outputs[i * n_max : (i + 1) * n_max]
         for n in sizes:
             for kw in kernel_widths:
-                results[(s, n, kw)] = _fit(m[:n], y[:n], kernel_width=kw, alpha=alpha, n_features=n_features)
+                results[(s, n, kw)] = fit_surrogate(m[:n], y[:n], kernel_width=kw, alpha=alpha, n_features=n_features,
+                                          player_names=game.player_names)
     return results
-
-
-def slic_segments(x: torch.Tensor, n_segments: int = 50, *, compactness: float = 10.0, sigma: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """SLIC superpixels (Achanta et al. 2012, scikit-image) of one image x (3, H, W) in [0, 1] -> (H, W) long labels 0..d-1."""
-    from skimage.segmentation import slic
-
-    img = x.detach().float().cpu().permute(1, 2, 0).numpy()  # (H, W, 3)
-    seg = slic(img, n_segments=n_segments, compactness=compactness, sigma=sigma, start_label=0)
-    seg = torch.as_tensor(seg, dtype=torch.long)
-    _, seg = torch.unique(seg, return_inverse=True)
-    return seg.to(x.device)

@@ -8,7 +8,7 @@ to the pixels; tokens are discrete, so there is no gradient to climb. Three ways
   embeddings ``e_1..e_n`` (passed as ``inputs_embeds``) to minimise
   ``-log p(target | e) + lam * mean_i ||e_i - E[nn(e_i)]||``, where ``nn(e_i)`` is the
   vocabulary token whose embedding is closest in *cosine* similarity. The regulariser pulls
-  every soft embedding onto a real token; the result is read back with :func:`project`.
+  every soft embedding onto a real token; the result is read back with :func:`project_to_tokens`.
 * **PEZ** (Wen et al. 2023, "Hard Prompts Made Easy"): keep a continuous prompt, but run the
   model on its *projection* and apply that gradient to the continuous prompt (a
   straight-through estimator), so the loss is always the loss of a real token prompt.
@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..device import model_device, require_eval
-from ..games import progress_bar
+from ..progress import progress_bar
 
 __all__ = [
     "PromptInversion",
     "encode_target",
     "allowed_tokens",
     "token_embeddings",
+    "project_to_tokens",
     "project",
     "nearest_token_distance",
     "NearestTokens",
@@ -97,7 +98,7 @@ class PromptInversion:
 # ----------------------------------------------------------------------------- vocabulary
 
 
-def encode_target(tok, target: str | torch.Tensor) -> torch.Tensor:
+def encode_target(tokenizer, target: str | torch.Tensor) -> torch.Tensor:
     """Token ids (T,) of ``target``, without special tokens.
 
     Mind the leading space: for GPT-style tokenisers " girl" (the word after another word)
@@ -106,9 +107,12 @@ def encode_target(tok, target: str | torch.Tensor) -> torch.Tensor:
     if isinstance(target, torch.Tensor):
         ids = target.reshape(-1).long().cpu()
     else:
-        ids = torch.tensor(tok(target, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        ids = torch.tensor(tokenizer(target, add_special_tokens=False)["input_ids"], dtype=torch.long)
     if ids.numel() == 0:
         raise ValueError(f"target {target!r} encodes to no tokens; give a non-empty string such as ' Paris'.")
+    n_vocab = len(tokenizer)
+    if int(ids.min()) < 0 or int(ids.max()) >= n_vocab:
+        raise ValueError(f"target token ids must be in 0..{n_vocab - 1} (the tokenizer's vocabulary); got {ids.tolist()}")
     return ids
 
 
@@ -117,24 +121,24 @@ def token_embeddings(model: nn.Module) -> torch.Tensor:
     return model.get_input_embeddings().weight
 
 
-def allowed_tokens(tok, vocab_size: int | None = None, *, ascii_only: bool = True) -> torch.Tensor:
+def allowed_tokens(tokenizer, vocab_size: int | None = None, *, ascii_only: bool = True) -> torch.Tensor:
     """(V,) bool: tokens a prompt may use: not special, and (if ``ascii_only``) decoding to
     non-empty printable ASCII. ``vocab_size`` is the embedding matrix's row count, which may
     exceed the tokenizer's (padding rows are never allowed)."""
-    n = len(tok) if vocab_size is None else vocab_size
+    n = len(tokenizer) if vocab_size is None else vocab_size
     ok = torch.zeros(n, dtype=torch.bool)
-    special = set(tok.all_special_ids)
-    for i in range(min(n, len(tok))):
+    special = set(tokenizer.all_special_ids)
+    for i in range(min(n, len(tokenizer))):
         if i in special:
             continue
-        s = tok.decode([i])
+        s = tokenizer.decode([i])
         if not s:
             continue
         ok[i] = (s.isascii() and s.isprintable()) if ascii_only else True
     return ok
 
 
-def project(embeds: torch.Tensor, E: torch.Tensor, *, k: int = 1, allowed: torch.Tensor | None = None,
+def project_to_tokens(embeds: torch.Tensor, E: torch.Tensor, *, k: int = 1, allowed: torch.Tensor | None = None,
             E_unit: torch.Tensor | None = None):
     """k nearest vocabulary tokens of each embedding by cosine similarity.
 
@@ -142,10 +146,15 @@ def project(embeds: torch.Tensor, E: torch.Tensor, *, k: int = 1, allowed: torch
     Tokens where ``allowed`` (V,) is False are never returned. ``E_unit`` = E with unit rows,
     if the caller already has it (saves normalising E on every step).
     """
+    if not bool(torch.isfinite(embeds).all()):
+        raise ValueError("embeds contains NaN or infinite values; a diverged optimisation? Lower the learning rate.")
     e = F.normalize(embeds.detach().to(E.dtype), dim=-1)  # (..., d)
     Eu = F.normalize(E.detach(), dim=-1) if E_unit is None else E_unit
     sims, ids = _cosine_topk(e.reshape(-1, e.shape[-1]), Eu, k, _mask_bias(allowed, Eu))
     return ids.reshape(e.shape[:-1] + (k,)), sims.reshape(e.shape[:-1] + (k,))
+
+
+project = project_to_tokens  # old name, kept for existing notebooks
 
 
 def _mask_bias(allowed: torch.Tensor | None, E_unit: torch.Tensor) -> torch.Tensor | None:
@@ -171,7 +180,7 @@ def nearest_token_distance(embeds: torch.Tensor, E: torch.Tensor, *, allowed: to
     (the cosine-nearest allowed token). Differentiable in ``embeds``; the choice of the
     nearest token is not (it is a hard argmax). An optimiser calling this every step can pass
     a :class:`NearestTokens` (built with the same ``E`` and ``allowed``) to find the tokens."""
-    ids = project(embeds, E, allowed=allowed, E_unit=E_unit)[0][..., 0] if nearest is None else nearest(embeds)
+    ids = project_to_tokens(embeds, E, allowed=allowed, E_unit=E_unit)[0][..., 0] if nearest is None else nearest(embeds)
     return (embeds - E[ids]).norm(dim=-1)
 
 
@@ -187,7 +196,7 @@ class NearestTokens:
     shortlist can now have a cosine above ``floor + delta``. When the best token of the pooled
     shortlists beats that bound for every embedding, it is the nearest token of the whole
     vocabulary; otherwise the call searches everything again. The answer is always the one
-    :func:`project` gives (up to exact ties); ``full_searches / calls`` says how often the
+    :func:`project_to_tokens` gives (up to exact ties); ``full_searches / calls`` says how often the
     bound could not vouch.
     """
 
@@ -226,8 +235,8 @@ class NearestTokens:
 # ----------------------------------------------------------------------------- scoring
 
 
-def _prefix_embeds(model, tok, prefix: str, device) -> torch.Tensor:
-    ids = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+def _prefix_embeds(model, tokenizer, prefix: str, device) -> torch.Tensor:
+    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     return token_embeddings(model)[torch.tensor(ids, dtype=torch.long, device=device)]  # (P, d)
 
 
@@ -259,78 +268,78 @@ def score_prompts(model, ids: torch.Tensor, target_ids: torch.Tensor, *, prefix_
     return torch.cat(out)
 
 
-def p_target(model, tok, prompt: str | torch.Tensor, target: str | torch.Tensor, *, prefix: str = "") -> torch.Tensor:
+def p_target(model, tokenizer, prompt: str | torch.Tensor, target: str | torch.Tensor, *, prefix: str = "") -> torch.Tensor:
     """p(target | prompt) for a prompt given as text or ids (n,) or (M, n): the product of
     the target tokens' probabilities. Text prompts are tokenised as they would be typed."""
     device = model_device(model)
     if isinstance(prompt, str):
-        prompt = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+        prompt = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     ids = prompt.reshape(-1, prompt.shape[-1]) if prompt.dim() else prompt.view(1, 1)
-    t = encode_target(tok, target)
-    ce = score_prompts(model, ids, t, prefix_embeds=_prefix_embeds(model, tok, prefix, device))
+    t = encode_target(tokenizer, target)
+    ce = score_prompts(model, ids, t, prefix_embeds=_prefix_embeds(model, tokenizer, prefix, device))
     p = torch.exp(-ce * t.numel()).cpu()
     return p[0] if prompt.dim() == 1 or isinstance(prompt, str) else p
 
 
 @torch.no_grad()
-def next_token_distribution(model, tok, prompt: str, *, k: int = 10):
+def next_token_distribution(model, tokenizer, prompt: str, *, k: int = 10):
     """Top-``k`` next tokens after ``prompt``: ``(tokens as strings, probabilities (k,))``."""
     device = model_device(model)
-    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], device=device)
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
     probs = model(input_ids=ids, logits_to_keep=1).logits[0, -1].float().softmax(-1)
     p, top = probs.topk(k)
-    return [tok.decode([i]) for i in top.tolist()], p.cpu()
+    return [tokenizer.decode([i]) for i in top.tolist()], p.cpu()
 
 
 @torch.no_grad()
-def greedy_continuation(model, tok, ids: torch.Tensor, *, max_new_tokens: int = 5) -> list[str]:
+def greedy_continuation(model, tokenizer, ids: torch.Tensor, *, max_new_tokens: int = 5) -> list[str]:
     """Greedy continuation of each token prompt (M, n) or (n,), decoded (the new text only)."""
     device = model_device(model)
     ids = ids.reshape(-1, ids.shape[-1]).to(device)
     out = model.generate(
         input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
-    return tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 
-def roundtrip_ok(tok, ids: torch.Tensor) -> torch.Tensor:
+def roundtrip_ok(tokenizer, ids: torch.Tensor) -> torch.Tensor:
     """(M,) bool: decoding each prompt (M, n) to text and encoding it again gives the same ids.
     When it does not, the text a reader sees is not the prompt that was scored."""
     ids = ids.reshape(-1, ids.shape[-1]).cpu()
-    texts = tok.batch_decode(ids)
-    return torch.tensor([tok(s, add_special_tokens=False)["input_ids"] == row.tolist() for s, row in zip(texts, ids)])
+    texts = tokenizer.batch_decode(ids)
+    return torch.tensor([tokenizer(s, add_special_tokens=False)["input_ids"] == row.tolist() for s, row in zip(texts, ids)])
 
 
 # ----------------------------------------------------------------------------- set-up shared by the methods
 
 
-def _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed):
+def _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed):
     require_eval(model, "prompt inversion")
     device = model_device(model)
     E = token_embeddings(model)  # (V, d)
-    t = encode_target(tok, target)
+    t = encode_target(tokenizer, target)
     if allowed is None:
-        allowed = allowed_tokens(tok, E.shape[0])
+        allowed = allowed_tokens(tokenizer, E.shape[0])
     allowed = allowed.to(device)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     if init is not None:
-        ids0 = tok(init, add_special_tokens=False)["input_ids"]
+        ids0 = tokenizer(init, add_special_tokens=False)["input_ids"]
         if len(ids0) != n_tokens:
             raise ValueError(f"init {init!r} has {len(ids0)} tokens, but n_tokens={n_tokens}; make them agree.")
         ids = torch.tensor(ids0).repeat(n_restarts, 1)
     else:
         pool = allowed.nonzero().squeeze(1).cpu()
         ids = pool[torch.randint(0, len(pool), (n_restarts, n_tokens), generator=gen)]
-    return device, E, t, allowed, gen, ids.to(device), _prefix_embeds(model, tok, prefix, device)
+    return device, E, t, allowed, gen, ids.to(device), _prefix_embeds(model, tokenizer, prefix, device)
 
 
-def _result(model, tok, method, target, t, best_ids, history, best_history, prefix_embeds, soft=None, batch_size=64):
+def _result(model, tokenizer, method, target, t, best_ids, history, best_history, prefix_embeds, soft=None, batch_size=64):
     best_ids = best_ids.cpu()
     loss = score_prompts(model, best_ids, t, prefix_embeds=prefix_embeds, batch_size=batch_size).cpu()  # judged afresh
     return PromptInversion(
-        method=method, target=target if isinstance(target, str) else tok.decode(t), target_ids=t, ids=best_ids,
-        text=tok.batch_decode(best_ids), p_target=torch.exp(-loss * t.numel()), loss=loss,
+        method=method, target=target if isinstance(target, str) else tokenizer.decode(t), target_ids=t, ids=best_ids,
+        text=tokenizer.batch_decode(best_ids), p_target=torch.exp(-loss * t.numel()), loss=loss,
         history=torch.stack(history).cpu(), best_history=torch.stack(best_history).cpu(),
         soft=None if soft is None else soft.detach().cpu(),
     )
@@ -354,7 +363,7 @@ class _Best:
 
 
 def soft_prompt(
-    model: nn.Module, tok, target: str, *, n_tokens: int = 5, n_restarts: int = 4, steps: int = 60,
+    model: nn.Module, tokenizer, target: str, *, n_tokens: int = 5, n_restarts: int = 4, steps: int = 60,
     lr: float = 0.02, lam: float = 1.0, ramp: bool = True, eval_every: int = 5, init_scale: float = 0.5, prefix: str = "", init: str | None = None,
     allowed: torch.Tensor | None = None, seed: int = 0, progress: bool = True, callback=None,
 ) -> PromptInversion:
@@ -369,7 +378,7 @@ def soft_prompt(
     ``callback(step, objective)``, if given, is called after every step with the (R,) objective
     (e.g. to plot it live).
     """
-    device, E, t, allowed, gen, ids, pre = _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed)
+    device, E, t, allowed, gen, ids, pre = _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed)
     if init is None:  # start near the centre of the vocabulary, not on a token the regulariser would hold on to
         V = E[allowed]
         noise = torch.randn(ids.shape + (E.shape[1],), generator=gen).to(device)
@@ -401,11 +410,11 @@ def soft_prompt(
         best_history.append(best.loss.clone())
         if callback is not None:
             callback(step, history[-1])
-    return _result(model, tok, "soft prompt", target, t, best.ids, history, best_history, pre, soft=soft)
+    return _result(model, tokenizer, "soft prompt", target, t, best.ids, history, best_history, pre, soft=soft)
 
 
 def pez(
-    model: nn.Module, tok, target: str, *, n_tokens: int = 5, n_restarts: int = 4, steps: int = 60,
+    model: nn.Module, tokenizer, target: str, *, n_tokens: int = 5, n_restarts: int = 4, steps: int = 60,
     lr: float = 0.05, weight_decay: float = 0.0, prefix: str = "", init: str | None = None,
     allowed: torch.Tensor | None = None, seed: int = 0, progress: bool = True, callback=None,
 ) -> PromptInversion:
@@ -416,7 +425,7 @@ def pez(
     (straight-through). The loss at each step is the loss of a real token prompt.
     ``callback(step, loss)`` is called after every step with the (R,) projected loss.
     """
-    device, E, t, allowed, gen, ids, pre = _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed)
+    device, E, t, allowed, gen, ids, pre = _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed)
     soft = E[ids].detach().clone().requires_grad_(True)  # (R, n, d)
     opt = torch.optim.AdamW([soft], lr=lr, weight_decay=weight_decay)
     nearest = NearestTokens(E, allowed=allowed)
@@ -436,7 +445,7 @@ def pez(
             callback(step, history[-1])
     proj = nearest(soft)  # the last step's update, scored too
     best_history[-1] = best.update(proj, score_prompts(model, proj, t, prefix_embeds=pre))
-    return _result(model, tok, "PEZ", target, t, best.ids, history, best_history, pre, soft=soft)
+    return _result(model, tokenizer, "PEZ", target, t, best.ids, history, best_history, pre, soft=soft)
 
 
 # ----------------------------------------------------------------------------- GCG
@@ -475,7 +484,7 @@ def _onehot_grad(model, E, ids, t, pre) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gcg(
-    model: nn.Module, tok, target: str, *, n_tokens: int = 5, n_restarts: int = 1, steps: int = 20,
+    model: nn.Module, tokenizer, target: str, *, n_tokens: int = 5, n_restarts: int = 1, steps: int = 20,
     search_width: int = 64, topk: int = 64, n_replace: int = 1, batch_size: int = 64, prefix: str = "",
     init: str | None = None, allowed: torch.Tensor | None = None, filter_roundtrip: bool = True,
     seed: int = 0, progress: bool = True,
@@ -488,7 +497,7 @@ def gcg(
     ``filter_roundtrip`` candidates that do not survive decode -> encode are skipped.
     Cost per step: one forward+backward of R prompts and R * search_width forwards.
     """
-    device, E, t, allowed, gen, ids, pre = _setup(model, tok, target, n_tokens, n_restarts, prefix, seed, init, allowed)
+    device, E, t, allowed, gen, ids, pre = _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed)
     R = ids.shape[0]
     best = _Best(ids)
     history, best_history = [], []
@@ -500,7 +509,7 @@ def gcg(
         flat = cands.view(R * search_width, n_tokens)
         cl = score_prompts(model, flat, t, prefix_embeds=pre, batch_size=batch_size).view(R, search_width)
         if filter_roundtrip:
-            cl = cl.masked_fill(~roundtrip_ok(tok, flat).view(R, search_width).to(cl.device), float("inf"))
+            cl = cl.masked_fill(~roundtrip_ok(tokenizer, flat).view(R, search_width).to(cl.device), float("inf"))
         j = cl.argmin(dim=1)
         moved = torch.isfinite(cl[torch.arange(R), j])
         ids = torch.where(moved[:, None], cands[torch.arange(R), j], ids)
@@ -508,13 +517,13 @@ def gcg(
         best.update(ids, step_loss)
         history.append(step_loss)
         best_history.append(best.loss.clone())
-    return _result(model, tok, "GCG", target, t, best.ids, history, best_history, pre, batch_size=batch_size)
+    return _result(model, tokenizer, "GCG", target, t, best.ids, history, best_history, pre, batch_size=batch_size)
 
 
 # ----------------------------------------------------------------------------- aggregation
 
 
-def token_counts(tok, results, *, threshold: float = 0.5, strip: bool = True) -> collections.Counter:
+def token_counts(tokenizer, results, *, threshold: float = 0.5, strip: bool = True) -> collections.Counter:
     """How often each token occurs in the *successful* prompts (p >= threshold) of one or
     more :class:`PromptInversion` results. Counts every occurrence; tokens are decoded and
     (with ``strip``) stripped of surrounding spaces, so " art" and "art" count together."""
@@ -523,6 +532,6 @@ def token_counts(tok, results, *, threshold: float = 0.5, strip: bool = True) ->
     for res in results:
         for row in res.ids[res.success(threshold)].tolist():
             for i in row:
-                s = tok.decode([i])
+                s = tokenizer.decode([i])
                 c[s.strip() if strip else s] += 1
     return c

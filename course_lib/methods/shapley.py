@@ -6,7 +6,8 @@ A game ``v`` maps coalitions ``S`` of the ``d`` players to numbers (see
 
     m(S) = sum_{T subset of S} (-1)^(|S| - |T|) v(T)          (the "pure" effect of S)
 
-computed by an in-place subset-sum butterfly in ``O(d 2**d)``. Every index is then a
+computed by an in-place subset-sum butterfly in ``O(d 2**d)`` (summing over all subsets of
+every coalition directly costs ``O(3**d)``). Every index is then a
 weighted sum of Moebius coefficients (Grabisch 1997; Fujimoto, Kojadinovic & Marichal 2006):
 
     Shapley value           phi_i  = sum_{S containing i}      m(S) / |S|
@@ -22,11 +23,12 @@ Coalition ``S`` has index ``sum_{i in S} 2**i`` in the enumeration: bit ``i`` is
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..games import Game
+from ..games import Game, require_finite
+from .results import PerturbationResult
 
 __all__ = [
     "ShapleyResult",
@@ -46,44 +48,57 @@ __all__ = [
 MAX_EXACT_PLAYERS = 20  # 2**20 coalitions is about a million model evaluations
 
 
-@dataclass
-class ShapleyResult:
+class _GameEnds:
+    """Old names of ``v_empty`` and ``v_full``, kept working for existing notebooks."""
+
+    @property
+    def baseline(self) -> torch.Tensor:
+        """Old name of ``v_empty`` (v of the empty coalition; not the fill value of a game)."""
+        return self.v_empty
+
+    @property
+    def full(self) -> torch.Tensor:
+        """Old name of ``v_full``."""
+        return self.v_full
+
+
+@dataclass(kw_only=True, repr=False)
+class ShapleyResult(_GameEnds, PerturbationResult):
     """Shapley values of one game.
 
-    values: (d,) or (d, K); baseline: v(empty) () or (K,); full: v(all players);
+    values: (d,) or (d, K); v_empty: v(empty coalition) () or (K,); v_full: v(all players);
     budget: coalitions the game was asked for (model evaluations); method: how it was computed.
-    Efficiency: ``values.sum(0) == full - baseline`` (exactly for every method here).
+    Efficiency: ``values.sum(0) == v_full - v_empty`` (exactly for every method here).
     """
 
-    values: torch.Tensor
-    baseline: torch.Tensor
-    full: torch.Tensor
-    budget: int
-    method: str
-    player_names: list[str] | None = None
+    v_empty: torch.Tensor
+    v_full: torch.Tensor
 
 
-@dataclass
-class Interactions:
+@dataclass(kw_only=True, repr=False)
+class Interactions(_GameEnds, PerturbationResult):
     """Exact Shapley values and pairwise interactions of one game (all from one enumeration).
 
-    shapley: (d, ...) Shapley values; sii: (d, d, ...) Shapley interaction index (Grabisch &
-    Roubens 1999), zero on the diagonal; shap_interaction: (d, d, ...) SHAP interaction values
-    (Lundberg et al. 2020), SII / 2 off the diagonal, main effects on it, rows sum to ``shapley``;
-    ksii_main (d, ...) and ksii_pairs (d, d, ...): 2-SII (Bordt & von Luxburg 2023), whose mains
-    plus pairs (i < j) sum to ``full - baseline``; moebius: (2**d, ...) the Moebius coefficients.
+    values: (d, ...) Shapley values (also ``shapley``); sii: (d, d, ...) Shapley interaction
+    index (Grabisch & Roubens 1999), zero on the diagonal; shap_interaction: (d, d, ...) SHAP
+    interaction values (Lundberg et al. 2020), SII / 2 off the diagonal, main effects on it, rows
+    sum to ``values``; ksii_main (d, ...) and ksii_pairs (d, d, ...): 2-SII, the k-SII of Fumagalli
+    et al. (2023) (the n-Shapley values of Bordt & von Luxburg 2023) for k = 2, whose
+    mains plus pairs (i < j) sum to ``v_full - v_empty``; moebius: (2**d, ...) the Moebius coefficients.
     """
 
-    shapley: torch.Tensor
-    sii: torch.Tensor
-    shap_interaction: torch.Tensor
-    ksii_main: torch.Tensor
-    ksii_pairs: torch.Tensor
-    moebius: torch.Tensor
-    baseline: torch.Tensor
-    full: torch.Tensor
-    budget: int
-    player_names: list[str] | None = None
+    sii: torch.Tensor = field(repr=False)
+    shap_interaction: torch.Tensor = field(repr=False)
+    ksii_main: torch.Tensor = field(repr=False)
+    ksii_pairs: torch.Tensor = field(repr=False)
+    moebius: torch.Tensor = field(repr=False)
+    v_empty: torch.Tensor
+    v_full: torch.Tensor
+
+    @property
+    def shapley(self) -> torch.Tensor:
+        """Old name of ``values``: the Shapley values."""
+        return self.values
 
 
 # ----------------------------------------------------------------------------- enumeration
@@ -165,6 +180,7 @@ def _enumerate(game: Game):
     before = game.n_calls
     masks = all_masks(game.n_players, game.device)
     v = game(masks)
+    require_finite(v, "the game's outputs")
     dtype = _work_dtype(v.device)
     m = moebius(v.to(dtype, copy=True), inplace=True)
     return masks, v.to(dtype), m, game.n_calls - before
@@ -174,7 +190,7 @@ def exact_shapley(game: Game) -> ShapleyResult:
     """Exact Shapley values from one batched evaluation of all 2**d coalitions."""
     masks, v, m, spent = _enumerate(game)
     phi = shapley_from_moebius(m, masks)
-    return ShapleyResult(phi, v[0], v[-1], spent, "exact", game.player_names)
+    return ShapleyResult(values=phi, v_empty=v[0], v_full=v[-1], budget=spent, method="exact", player_names=game.player_names)
 
 
 def exact_interactions(game: Game) -> Interactions:
@@ -187,7 +203,9 @@ def exact_interactions(game: Game) -> Interactions:
     diag = shap_iv.diagonal(dim1=0, dim2=1)  # (..., d): view into shap_iv
     diag.copy_(torch.movedim(phi - half.sum(1), 0, -1))
     ksii_main = phi - half.sum(1)  # Bernoulli weight B_1 = -1/2 on each pair
-    return Interactions(phi, sii, shap_iv, ksii_main, sii.clone(), m, v[0], v[-1], spent, game.player_names)
+    return Interactions(values=phi, sii=sii, shap_interaction=shap_iv, ksii_main=ksii_main, ksii_pairs=sii.clone(),
+                        moebius=m, v_empty=v[0], v_full=v[-1], budget=spent, method="exact (all coalitions)",
+                        player_names=game.player_names)
 
 
 # ----------------------------------------------------------------------------- KernelSHAP
@@ -259,12 +277,14 @@ def kernel_shap(game: Game, budget: int, *, seed: int = 0, paired: bool = True) 
         inner = masks[1:-1]
         w = torch.ones(inner.shape[0], dtype=torch.float64, device=dev)
         method = f"kernel ({'paired ' if paired else ''}sampling)"
+    require_finite(v, "the game's outputs")
     dtype = _work_dtype(v.device)
     v = v.to(dtype)
     flat = v.reshape(v.shape[0], -1)  # (M, K)
     v0, v1 = flat[0], flat[-1]
     phi = _constrained_wls(inner.to(dtype), flat[1:-1] - v0, w.to(dtype), v1 - v0)  # (d, K)
-    return ShapleyResult(phi.reshape(d, *v.shape[1:]), v[0], v[-1], game.n_calls - before, method, game.player_names)
+    return ShapleyResult(values=phi.reshape(d, *v.shape[1:]), v_empty=v[0], v_full=v[-1], budget=game.n_calls - before,
+                         method=method, player_names=game.player_names)
 
 
 # ----------------------------------------------------------------------------- permutations
@@ -298,6 +318,7 @@ def permutation_shapley(game: Game, budget: int, *, seed: int = 0, antithetic: b
     empty_full = torch.stack([torch.zeros(d, dtype=torch.bool), torch.ones(d, dtype=torch.bool)])
     masks = torch.cat([empty_full[:1], prefix.reshape(-1, d), empty_full[1:]], 0).to(dev)
     v = game(masks)
+    require_finite(v, "the game's outputs")
     dtype = _work_dtype(v.device)
     flat = v.to(dtype).reshape(v.shape[0], -1)  # (M, K)
     K = flat.shape[1]
@@ -306,5 +327,5 @@ def permutation_shapley(game: Game, budget: int, *, seed: int = 0, antithetic: b
     phi = torch.zeros(P, d, K, dtype=dtype, device=dev)
     phi.scatter_(1, perms.to(dev)[:, :, None].expand(P, d, K), gains)
     phi = phi.mean(0)
-    return ShapleyResult(phi.reshape(d, *v.shape[1:]), v[0].to(dtype), v[-1].to(dtype), game.n_calls - before,
-                         f"permutation ({P} permutations)", game.player_names)
+    return ShapleyResult(values=phi.reshape(d, *v.shape[1:]), v_empty=v[0].to(dtype), v_full=v[-1].to(dtype),
+                         budget=game.n_calls - before, method=f"permutation ({P} permutations)", player_names=game.player_names)

@@ -47,7 +47,8 @@ test: fetch
 release: install
 	@for a in $$(ls solutions); do $(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
 
-## make grade: autograde every submission in submitted/<student>/<assignment>/ and write feedback/
+## make grade: autograde every submission in submitted/<student>/<assignment>/, write feedback/, and print
+## per submission the score, each test cell's time, timeouts and tampering flags (course-lib grade-report)
 ## (regenerates the release first: nbgrader keeps the original test cells in gradebook.db)
 grade: release
 	@test -d submitted || { echo "Put submissions in submitted/<student>/<assignment>/ first (nbgrader collect or zip_collect)."; exit 1; }
@@ -55,7 +56,8 @@ grade: release
 	  if ls -d submitted/*/$$a >/dev/null 2>&1; then \
 	    $(BIN)/nbgrader autograde $$a && $(BIN)/nbgrader generate_feedback $$a || exit 1; fi; done
 	$(BIN)/nbgrader export --to grades.csv
-	@echo "Scores in grades.csv, feedback in feedback/<student>/<assignment>/."
+	$(BIN)/course-lib grade-report
+	@echo "Scores in grades.csv, feedback in feedback/<student>/<assignment>/, timeouts and tampering flags above and in grading-report.json."
 
 ## make bench: speed of each method against its peer library (not part of make test)
 bench: fetch

@@ -48,15 +48,62 @@ def is_test_cell(cell) -> bool:
 # --------------------------------------------------------------------------------- execution
 
 
+# Run silently in the kernel before the first cell: a snapshot of the shell's error handling.
+GUARD_INIT = """
+def __course_lib_guard_init():
+    import sys, IPython
+    ip = IPython.core.getipython.get_ipython()
+    cls = type(ip)
+    names = ("showtraceback", "showsyntaxerror", "run_cell", "run_cell_async", "run_code", "run_ast_nodes", "transform_cell")
+    snap = {
+        "lists": {k: list(getattr(ip, k)) for k in ("ast_transformers", "input_transformers_post", "input_transformers_cleanup")},
+        "events": {k: list(v) for k, v in ip.events.callbacks.items()},
+        "methods": {k: cls.__dict__.get(k) for k in names},
+        "ip": ip, "sys": sys,
+    }
+
+    def restore():
+        ip, sys = snap["ip"], snap["sys"]
+        for k, v in snap["lists"].items():
+            getattr(ip, k)[:] = v
+        for k, v in snap["events"].items():
+            ip.events.callbacks[k][:] = v
+        for k, v in snap["methods"].items():
+            ip.__dict__.pop(k, None)
+            if v is not None and type(ip).__dict__.get(k) is not v:
+                setattr(type(ip), k, v)
+        ip.custom_exceptions = ()
+        sys.excepthook = sys.__excepthook__
+        sys.settrace(None)
+        sys.setprofile(None)
+    return restore
+__course_lib_guard = __course_lib_guard_init()
+del __course_lib_guard_init
+"""
+# Run silently before every test cell: put the snapshot back.
+GUARD = "__course_lib_guard()"
+
+
 class CourseExecute(Execute):
-    """nbgrader's Execute, with completion tokens, timing, timeout messages and tolerated stderr."""
+    """nbgrader's Execute, with completion tokens, a guard, timing, timeout messages and tolerated stderr."""
+
+    def _silent(self, code: str) -> bool:
+        try:
+            reply = self.wait_for_reply(self.kc.execute(code, silent=True, store_history=False, allow_stdin=False))
+        except Exception:  # noqa: BLE001  (a kernel that does not answer: the cells will show it)
+            return False
+        return bool(reply) and reply["content"].get("status") == "ok"
 
     def preprocess_cell(self, cell, resources, index):
+        if index == 0:  # before any of the notebook's code has run
+            self._guard_ready = self._silent(GUARD_INIT)
         if cell.cell_type != "code":
             return super().preprocess_cell(cell, resources, index)
         test = is_test_cell(cell)
         source, token = cell.source, "course-lib-done-" + secrets.token_hex(12)
         if test:
+            if not (self._guard_ready and self._silent(GUARD)):
+                cell.metadata.setdefault(META, {})["guard_failed"] = True
             cell.source = f"{source}\n\nprint({token!r})"
         t0 = time.monotonic()
         try:
@@ -253,9 +300,11 @@ class TamperScan(NbGraderPreprocessor):
 
 
 def notebook_summary(nb) -> dict:
-    """Per test cell: points, passed, seconds, timeout, hidden error; and the tamper flags."""
-    cells = []
-    for cell in nb.cells:
+    """Per test cell: points, passed, seconds, timeout, hidden error; timeouts anywhere; tamper flags."""
+    cells, timeouts = [], []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and cell.metadata.get(META, {}).get("timeout"):
+            timeouts.append(_nbgrader(cell).get("grade_id") or f"cell {i}")
         if not is_test_cell(cell):
             continue
         m = cell.metadata.get(META, {})
@@ -267,9 +316,10 @@ def notebook_summary(nb) -> dict:
             "seconds": m.get("seconds"),
             "timeout": bool(m.get("timeout")),
             "hidden_error": bool(m.get("hidden_error")),
+            "guard_failed": bool(m.get("guard_failed")),
             "error": (errors[0].get("ename", "") + ": " + str(errors[0].get("evalue", ""))[:120]) if errors else "",
         })
-    return {"cells": cells, "tamper": nb.metadata.get(META, {}).get("tamper", [])}
+    return {"cells": cells, "timeouts": timeouts, "tamper": nb.metadata.get(META, {}).get("tamper", [])}
 
 
 def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
@@ -288,10 +338,11 @@ def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
                 student = sub.student.id
                 row = {"assignment": assignment, "student": student, "score": sub.code_score,
                        "max_score": sub.max_code_score, "manual_max": sub.max_written_score,
-                       "cells": [], "tamper": []}
+                       "cells": [], "timeouts": [], "tamper": []}
                 for path in sorted((root / "autograded" / student / assignment).glob("*.ipynb")):
                     s = notebook_summary(nbformat.read(str(path), as_version=4))
                     row["cells"] += s["cells"]
+                    row["timeouts"] += s["timeouts"]
                     row["tamper"] += s["tamper"]
                 rows.append(row)
     for row in rows:
@@ -301,14 +352,16 @@ def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
         for c in row["cells"]:
             note = "TIMEOUT" if c["timeout"] else "HIDDEN ERROR" if c["hidden_error"] else ("ok" if c["passed"] else c["error"])
             out(f"    {c['grade_id']:32s} {c['points']:4g} pts {c['seconds'] if c['seconds'] is not None else '?':>7} s  {note}")
-        if any(c["timeout"] for c in failed):
-            out("    ! timeouts: " + ", ".join(c["grade_id"] for c in failed if c["timeout"]))
-        if row["tamper"] or any(c["hidden_error"] for c in row["cells"]):
+        if row["timeouts"]:
+            out("    ! TIMEOUT (stopped at the time limit, then the rest was graded): " + ", ".join(row["timeouts"]))
+        if row["tamper"] or any(c["hidden_error"] or c["guard_failed"] for c in row["cells"]):
             out("    ! TAMPERING suspected, check by hand:")
             for f in row["tamper"]:
                 out(f"        {f['cell']}, line {f['line']}: {f['what']}")
             for c in row["cells"]:
                 if c["hidden_error"]:
                     out(f"        {c['grade_id']}: the test cell did not finish but showed no error")
+                if c["guard_failed"]:
+                    out(f"        {c['grade_id']}: the grading guard could not reset the kernel's error handling")
     (root / "grading-report.json").write_text(json.dumps(rows, indent=1))
     return rows

@@ -1,4 +1,4 @@
-"""``course-lib doctor | fetch | train-zoo | export-paper | final-grades``."""
+"""``course-lib doctor | fetch | train-zoo | grade-report | export-paper | final-grades``."""
 from __future__ import annotations
 
 import argparse
@@ -70,6 +70,20 @@ def train_zoo(args) -> int:
     return 0
 
 
+def grade_report(args) -> int:
+    from .autograde import grade_report as report
+
+    try:
+        rows = report(args.root)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    flagged = sum(1 for r in rows if r["tamper"] or r["timeouts"] or any(c["hidden_error"] for c in r["cells"]))
+    print(f"\n{len(rows)} submission(s); {flagged} with timeouts or tampering flags to check by hand. "
+          f"Details in {Path(args.root) / 'grading-report.json'}.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="course-lib", description="Models and checks for the interpretability course.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="names to train (default: all)")
     p.add_argument("--out", help="output folder (default: the package's weights folder)")
     p.set_defaults(func=train_zoo)
+    p = sub.add_parser("grade-report", help="after nbgrader autograde: scores, timeouts and tampering flags per submission")
+    p.add_argument("root", nargs="?", default=".", help="the course folder (with gradebook.db and autograded/)")
+    p.set_defaults(func=grade_report)
     from . import late_policy, paper  # the final project's commands (light imports)
 
     paper.add_command(sub)

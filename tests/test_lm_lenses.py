@@ -107,6 +107,10 @@ def test_capture_is_independent_of_batch_size_and_padding_side(kind):
         got = L.capture_activations(model, CharTokenizer(side), TEXTS, [0, 2, 3], batch_size=bs, progress=False)
         for layer in (0, 2, 3):
             torch.testing.assert_close(got["acts"][layer], ref["acts"][layer], atol=1e-4, rtol=1e-4)
+    # stopping the pass after block 1 gives the same layer-1 stream as the full pass
+    early = L.capture_activations(model, CharTokenizer(), TEXTS, [1], progress=False)["acts"][1]
+    full = L.capture_activations(model, CharTokenizer(), TEXTS, [1, 3], progress=False)["acts"][1]
+    torch.testing.assert_close(early, full, atol=1e-5, rtol=1e-5)
     # each text alone, no padding at all, agrees too
     alone = L.residual_stream(model, torch.tensor([CharTokenizer()._ids(TEXTS[3])]))[0][3, 0]
     sel = ref["doc"] == 3

@@ -114,16 +114,45 @@ def _capture_input(module: nn.Module) -> Iterator[dict]:
         handle.remove()
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the last wanted block has run."""
+
+
+@contextmanager
+def _stop_after(module: nn.Module) -> Iterator[None]:
+    def hook(_m, _i, _o):
+        raise _Stop
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
-def residual_stream(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def residual_stream(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                    up_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(resid, logits)``: the residual stream before block 0 and after every block, ``(L+1, B, T, D)``,
-    and the model's own logits ``(B, T, V)``, from one forward pass."""
+    and the model's own logits ``(B, T, V)``, from one forward pass.
+
+    With ``up_to=l`` the pass stops after block ``l-1``: ``resid`` is ``(l+1, B, T, D)``, logits None
+    (the later blocks cost nothing)."""
     names = find_layers(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    with _capture_input(get_module(model, names.blocks[0])) as emb, capture(model, names.blocks) as acts:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask)).logits
-    resid = torch.stack([emb["x"]] + [_hidden(acts[n]) for n in names.blocks])
+    blocks = names.blocks if up_to is None else names.blocks[:max(up_to, 1)]
+    logits = None
+    with _capture_input(get_module(model, names.blocks[0])) as emb, capture(model, blocks) as acts:
+        try:
+            if up_to is None:
+                logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask)).logits
+            else:
+                with _stop_after(get_module(model, blocks[-1])):
+                    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask))
+        except _Stop:
+            pass
+    resid = torch.stack([emb["x"]] + [_hidden(acts[n]) for n in blocks])
     return resid, logits
 
 
@@ -174,7 +203,7 @@ def capture_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
 
     Returns ``{"acts": {layer: (N, D) float32}, "token_ids": (N,), "doc": (N,), "pos": (N,)}``,
     tokens in text order. The result does not depend on ``batch_size`` or the padding side.
-    With ``cache_dir`` the activations are stored there in float16 with a sha256, and loaded
+    The forward pass stops after the last block asked for. With ``cache_dir`` the activations are stored there in float16 with a sha256, and loaded
     (checked) on the next call with the same model, texts, layers and ``max_length``.
     """
     from safetensors.torch import load_file, save_file
@@ -200,7 +229,7 @@ def capture_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
         batch = list(texts[start:start + batch_size])
         enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        resid, _ = residual_stream(model, ids, mask)  # (L+1, B, T, D)
+        resid, _ = residual_stream(model, ids, mask, up_to=max(layers))  # (max(layers)+1, B, T, D)
         keep = mask.bool()
         for l in layers:
             out[l].append(resid[l][keep].float().cpu())

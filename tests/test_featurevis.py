@@ -259,3 +259,14 @@ def test_dataset_search_regions_sit_on_the_strongest_position(model, data):
         t, l, b, r = res.boxes[i].tolist()
         assert b - t == 16 and r - l == 16 and t <= 4 * y + 2 <= b and l <= 4 * x + 2 <= r
         torch.testing.assert_close(res.patches[i], res.images[i, :, t:b, l:r])
+
+
+def test_radial_spectrum_is_flat_for_white_noise_and_keeps_the_energy():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(16, 3, 32, 32, generator=g)
+    freq, power = fv.radial_spectrum(noise, n_bins=8)
+    assert freq.shape == power.shape == (8,) and (freq.diff() > 0).all()
+    assert (power[1:] / power[1:].mean() - 1).abs().max() < 0.15  # white noise: the same power at every frequency
+    smooth = fv._box_blur(fv._box_blur(noise.clamp(-2, 2)))
+    _, ps = fv.radial_spectrum(smooth, n_bins=8)
+    assert ps[-1] < 0.05 * ps[1]  # blurring removes the high frequencies

@@ -44,7 +44,7 @@ __all__ = [
     "l1", "l2", "total_variation", "blur_penalty",
     "Pixels", "Fourier", "opponent_colours", "colour_basis",
     "pad", "jitter", "scale", "rotate", "compose", "DEFAULT_TRANSFORMS",
-    "render", "RenderResult", "activations", "evaluate", "dataset_search", "SearchResult",
+    "render", "RenderResult", "activations", "evaluate", "dataset_search", "SearchResult", "radial_spectrum",
 ]
 
 INPUT, LOGITS = "input", "logits"
@@ -218,8 +218,9 @@ def _box_blur(x: torch.Tensor, k: int = 3) -> torch.Tensor:
 def blur_penalty(k: int = 3) -> Objective:
     """Squared distance of the image to its own (fixed) box-blurred copy, per pixel (B,).
 
-    The gradient of ``-penalty`` moves every pixel a little towards the blurred image: a blur
-    step at every iteration, as in Nguyen, Yosinski & Clune (2015) / Olah et al. (2017).
+    The gradient of ``-penalty`` moves every pixel a little towards the blurred image, like the
+    blur applied between steps by Yosinski et al. (2015, "Understanding neural networks through
+    deep visualization").
     """
     return Objective(lambda acts: ((acts[INPUT] - _box_blur(acts[INPUT], k).detach()) ** 2).mean((1, 2, 3)), [INPUT], "blur")
 
@@ -586,3 +587,23 @@ def dataset_search(
         res.boxes = torch.stack([top_, left, top_ + patch_size, left + patch_size], 1).to(images.device)
         res.patches = torch.stack([top[i, :, y : y + patch_size, x : x + patch_size] for i, (y, x) in enumerate(zip(top_.tolist(), left.tolist()))])
     return res
+
+
+# ============================================================================ analysis
+
+def radial_spectrum(images: torch.Tensor, n_bins: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean power of ``images`` (N, C, H, W) in rings of spatial frequency, without the mean colour.
+
+    Returns ``(freq, power)``, both (n_bins,): ring centres in cycles per pixel (0 to 0.5*sqrt(2))
+    and the mean of ``|FFT|^2`` (orthonormal FFT, averaged over images and channels) in each ring.
+    Natural images fall off roughly as 1/f^2; noise is flat.
+    """
+    x = images - images.mean((2, 3), keepdim=True)
+    power = torch.fft.fft2(x, norm="ortho").abs().pow(2).mean((0, 1))  # (H, W)
+    h, w = power.shape
+    f = (torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None] ** 2).sqrt().to(power.device)
+    edges = torch.linspace(0, float(f.max()) + 1e-6, n_bins + 1, device=power.device)
+    idx = torch.bucketize(f.flatten(), edges[1:-1])  # (H*W,) ring of each frequency
+    total = torch.zeros(n_bins, device=power.device).index_add_(0, idx, power.flatten())
+    count = torch.zeros(n_bins, device=power.device).index_add_(0, idx, torch.ones_like(power.flatten()))
+    return (edges[:-1] + edges[1:]) / 2, total / count.clamp_min(1)

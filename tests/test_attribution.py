@@ -150,7 +150,8 @@ def test_occlusion_is_the_leave_one_out_value_of_the_patch_game(scenes_cnn, scen
     loo = segment_map(v[0] - v[1:], seg)
     torch.testing.assert_close(A.occlusion(scenes_cnn, x[None], t, patch=16, baseline=0.2)[0], loo, atol=1e-5, rtol=1e-5)
     res = A.leave_one_out(game)
-    assert res.budget == 17 and "16 players" in str(res)
+    assert res.budget == 17 and res.method == "leave-one-out" and "leave-one-out, budget 17" in str(res)
+    assert "tensor(" in repr(res) and len(repr(res)) < 300, "big tensors stay out of the repr"
 
 
 def test_occlusion_does_not_depend_on_the_batch_size(scenes_cnn, scenes_test):
@@ -165,7 +166,7 @@ def test_leave_one_out_of_a_closed_form_game():
     game = function_game(lambda m: 3 * m[:, 0] + 2 * m[:, 0] * m[:, 1] + m[:, 2], 3)
     res = A.leave_one_out(game)
     torch.testing.assert_close(res.values, torch.tensor([5.0, 2.0, 1.0]))
-    assert float(res.full) == 6.0
+    assert float(res.v_full) == 6.0
     part = A.leave_one_out(game, players=[1])
     torch.testing.assert_close(part.values, torch.tensor([0.0, 2.0, 0.0]))
     assert part.budget == 2

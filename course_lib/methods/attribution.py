@@ -31,6 +31,7 @@ from torch import nn
 from ..device import model_device, require_eval, require_unit_range
 from ..games import Game, grid_segments, image_game, segment_map
 from ..hooks import capture, get_module
+from .results import PerturbationResult
 
 __all__ = [
     "saliency",
@@ -249,25 +250,16 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, *, layer: str = "feature
 # ----------------------------------------------------------------------------- occlusion: leave-one-out of a game
 
 
-@dataclass
-class LeaveOneOutResult:
+@dataclass(kw_only=True, repr=False)
+class LeaveOneOutResult(PerturbationResult):
     """Leave-one-out values of one game: ``values[i] = v(all) - v(all without player i)``.
 
-    values: (d,) or (d, K); full: v(all players); budget: coalitions the game was asked for;
-    method: "leave-one-out". Unlike Shapley values they need not sum to full - v(empty).
+    values: (d,) or (d, K); v_full: v(all players); budget: coalitions the game was asked for;
+    method: "leave-one-out". Unlike Shapley values they need not sum to v_full - v(empty).
     """
 
-    values: torch.Tensor
-    full: torch.Tensor
-    budget: int
+    v_full: torch.Tensor
     method: str = "leave-one-out"
-    player_names: list[str] | None = None
-
-    def __str__(self) -> str:
-        v = self.values if self.values.dim() == 1 else self.values[:, 0]
-        top = torch.argsort(v.abs(), descending=True)[:3].tolist()
-        names = self.player_names or [f"player {i}" for i in range(len(v))]
-        return f"LeaveOneOutResult({len(v)} players, budget {self.budget}; top: " + ", ".join(f"{names[i]} {v[i]:+.3g}" for i in top) + ")"
 
 
 def leave_one_out(game: Game, players: Sequence[int] | None = None, *, progress: bool | None = None) -> LeaveOneOutResult:
@@ -280,7 +272,7 @@ def leave_one_out(game: Game, players: Sequence[int] | None = None, *, progress:
     out = game(masks, progress=progress)  # (1 + n, ...)
     values = torch.zeros((d,) + tuple(out.shape[1:]), dtype=out.dtype, device=out.device)
     values[idx] = out[0] - out[1:]
-    return LeaveOneOutResult(values, out[0], masks.shape[0], player_names=game.player_names)
+    return LeaveOneOutResult(values=values, v_full=out[0], budget=masks.shape[0], player_names=game.player_names)
 
 
 def _window_groups(size: int, patch: int, stride: int) -> list[list[int]]:

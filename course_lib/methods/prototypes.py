@@ -1,0 +1,161 @@
+"""Prototypes, class entanglement and feature isolation, built on :mod:`featurevis`.
+
+A *prototype* of a class is a regularised class visualisation: an image that maximises the
+class logit under transformation robustness and image priors (Tagade & Rumbelow 2023,
+"Prototype Generation: Robust Feature Visualisation for Data Independent Interpretability").
+The paper *evaluates* prototypes (it does not optimise them with this) by the Spearman rank
+correlation, layer by layer, between a prototype's spatially pooled activations and the mean
+pooled activations of the class's natural images: a prototype that the network processes like
+its natural images ranks the channels in the same order.
+
+- :func:`prototypes`: all classes in one batch, ``n`` per class;
+- :func:`pooled_activations`, :func:`spearman`, :func:`spearman_score`: the evaluation;
+- :func:`entanglement`: how strongly each class's prototypes drive every class's logit, next to
+  :func:`confusion_matrix` and :func:`class_weight_similarity`;
+- :func:`isolate`: which region of one input drives class ``a`` *rather than* ``b`` (the
+  gradient of the logit difference times the input, pooled over patches).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..device import model_device, require_eval
+from . import featurevis as fv
+
+__all__ = ["prototypes", "pooled_activations", "spearman", "spearman_score", "entanglement",
+           "confusion_matrix", "class_weight_similarity", "isolate", "DEFAULT_LAYERS"]
+
+DEFAULT_LAYERS = ("conv1", "conv2", "conv3", "features")
+
+
+def prototypes(
+    model: nn.Module,
+    classes: Sequence[int] | None = None,
+    *,
+    n: int = 1,
+    steps: int = 128,
+    tv: float = 10.0,
+    l1: float = 5.0,
+    diversity: float = 0.0,
+    diversity_layer: str = "features",
+    seed: int = 0,
+    progress: bool = True,
+    **render_kwargs,
+) -> fv.RenderResult:
+    """Prototypes for ``classes`` (default: every class of the model's output), ``n`` each, one batch.
+
+    Objective per class: ``logit_c - tv * TV - l1 * L1 (+ diversity * diversity)`` with the Fourier
+    parameterisation and the default transformations of :func:`featurevis.render`. Returns its
+    :class:`featurevis.RenderResult`: images (K*n, 3, H, W), class-major.
+    """
+    if classes is None:
+        dev = model_device(model)
+        with torch.no_grad():
+            n_classes = model(torch.full((1, 3, 64, 64), 0.5, device=dev)).shape[1]
+        classes = range(n_classes)
+    objs = []
+    for c in classes:
+        o = fv.class_logit(int(c)) - tv * fv.total_variation() - l1 * fv.l1()
+        if diversity:
+            o = o + diversity * fv.diversity(diversity_layer)
+        objs.append(o)
+    return fv.render(model, objs, n=n, steps=steps, seed=seed, progress=progress, **render_kwargs)
+
+
+@torch.no_grad()
+def pooled_activations(model: nn.Module, images: torch.Tensor, layers: Sequence[str] = DEFAULT_LAYERS,
+                       *, batch_size: int = 100) -> dict[str, torch.Tensor]:
+    """Spatially averaged activations ``{layer: (N, C)}`` of ``images``, in chunks of ``batch_size`` (on the CPU)."""
+    require_eval(model, "pooled_activations")
+    dev = model_device(model)
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    for s in range(0, len(images), batch_size):
+        with fv.activations(model, layers) as acts:
+            model(images[s : s + batch_size].to(dev))
+        for name in layers:
+            a = acts[name]
+            out[name].append((a.mean((2, 3)) if a.dim() == 4 else a).cpu())
+    return {name: torch.cat(v) for name, v in out.items()}
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n along the last axis, ties sharing their average rank (as scipy.stats.rankdata)."""
+    x = x.double()
+    order = x.argsort(dim=-1, stable=True)
+    sorted_x = x.gather(-1, order)
+    n = x.shape[-1]
+    pos = torch.arange(1, n + 1, dtype=torch.float64, device=x.device).expand_as(x)
+    ranks_sorted = torch.empty_like(pos)
+    for row in range(x.reshape(-1, n).shape[0]):  # tie groups differ per row
+        sx, ps = sorted_x.reshape(-1, n)[row], pos.reshape(-1, n)[row]
+        _, inverse, counts = torch.unique_consecutive(sx, return_inverse=True, return_counts=True)
+        sums = torch.zeros(len(counts), dtype=torch.float64, device=x.device).index_add_(0, inverse, ps)
+        ranks_sorted.reshape(-1, n)[row] = (sums / counts)[inverse]
+    ranks = torch.empty_like(ranks_sorted)
+    ranks.scatter_(-1, order, ranks_sorted)
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation along the last axis (broadcasting): Pearson correlation of the ranks."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = torch.broadcast_tensors(ra, rb)
+    ra = ra - ra.mean(-1, keepdim=True)
+    rb = rb - rb.mean(-1, keepdim=True)
+    return ((ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1)).clamp_min(1e-12)).float()
+
+
+def spearman_score(model: nn.Module, images: torch.Tensor, class_images: torch.Tensor,
+                   layers: Sequence[str] = DEFAULT_LAYERS) -> torch.Tensor:
+    """(N, L): for each image and layer, the Spearman correlation between the image's pooled
+    activations and the mean pooled activations of ``class_images`` (the class's natural images)."""
+    mine = pooled_activations(model, images, layers)
+    ref = pooled_activations(model, class_images, layers)
+    return torch.stack([spearman(mine[name], ref[name].mean(0, keepdim=True)) for name in layers], 1)
+
+
+@torch.no_grad()
+def entanglement(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
+    """(K, K): entry ``[i, j]`` is the mean logit of class ``j`` over the prototypes of class ``i``
+    (``labels`` says which class each image is a prototype of). One batched forward pass.
+    Large off-diagonal entries mean class i's prototype also looks like class j to the model."""
+    require_eval(model, "entanglement")
+    logits = model(images.to(model_device(model))).cpu()  # (N, K)
+    k = n_classes or logits.shape[1]
+    labels = torch.as_tensor(labels).cpu()
+    total = torch.zeros(k, logits.shape[1]).index_add_(0, labels, logits)
+    return total / torch.bincount(labels, minlength=k).clamp_min(1)[:, None]
+
+
+@torch.no_grad()
+def confusion_matrix(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 100) -> torch.Tensor:
+    """(K, K) counts: row = true class, column = predicted class."""
+    require_eval(model, "confusion_matrix")
+    dev = model_device(model)
+    preds = torch.cat([model(images[s : s + batch_size].to(dev)).argmax(1).cpu() for s in range(0, len(images), batch_size)])
+    k = int(max(preds.max(), torch.as_tensor(labels).max())) + 1
+    return torch.bincount(torch.as_tensor(labels).cpu() * k + preds, minlength=k * k).view(k, k)
+
+
+def class_weight_similarity(linear: nn.Linear) -> torch.Tensor:
+    """(K, K) cosine similarity between the rows (class weight vectors) of the final linear layer."""
+    w = torch.nn.functional.normalize(linear.weight.detach().cpu(), dim=1)
+    return w @ w.T
+
+
+def isolate(model: nn.Module, x: torch.Tensor, a: int, b: int, *, patch: int = 8) -> torch.Tensor:
+    """Where ``x`` (B, 3, H, W) drives class ``a`` rather than ``b``: gradient x input of the
+    logit difference ``z_a - z_b``, summed over colours and over ``patch`` x ``patch`` squares,
+    (B, H/patch, W/patch). Positive: the square pushes towards ``a``; negative: towards ``b``."""
+    require_eval(model, "isolate")
+    dev = model_device(model)
+    xx = x.detach().to(dev).requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xx)
+        (grad,) = torch.autograd.grad((logits[:, a] - logits[:, b]).sum(), xx)
+    # gradient x (input - grey): the first-order change of z_a - z_b from greying out each pixel, with the sign flipped
+    contrib = (grad * (xx.detach() - 0.5)).sum(1, keepdim=True)  # (B, 1, H, W)
+    return torch.nn.functional.avg_pool2d(contrib, patch)[:, 0].mul(patch * patch).to(x.device)

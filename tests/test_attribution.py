@@ -58,6 +58,8 @@ def test_smoothgrad_is_captum_noise_tunnel_and_deterministic(scenes_cnn, scenes_
     )
     torch.testing.assert_close(ours, ref.detach(), atol=1e-6, rtol=1e-5)
     assert not torch.allclose(ours, A.smoothgrad(scenes_cnn, x, y, noise=0.1, n_samples=4, seed=6, absolute=False))
+    chunked = A.smoothgrad(scenes_cnn, x, y, noise=0.1, n_samples=4, seed=5, absolute=False, batch_size=3)
+    torch.testing.assert_close(chunked, ours, atol=1e-6, rtol=1e-5)  # the batch size only chunks
 
 
 def test_integrated_gradients_of_a_linear_model_is_exact():

@@ -131,28 +131,39 @@ def smoothgrad(
     n_samples: int = 32,
     seed: int = 0,
     absolute: bool = True,
-    batch_size: int | None = None,
+    batch_size: int | None = 128,
 ) -> torch.Tensor:
     """SmoothGrad: the mean gradient of the target logit over ``n_samples`` copies of ``x`` with
     Gaussian noise of standard deviation ``noise`` (in pixel units; images live in [0, 1], so this
     is the paper's sigma / (x_max - x_min), best at 10-20 %). The mean is taken over signed
     gradients, then ``absolute`` takes |.|, as in the paper. ``noise=0`` gives :func:`saliency`.
-    Uses captum's NoiseTunnel; deterministic for a ``seed``."""
-    from captum.attr import NoiseTunnel, Saliency
+
+    The noisy copies are drawn exactly as captum's ``NoiseTunnel`` draws them (one normal draw,
+    inputs repeated ``n_samples`` times in place), from a generator seeded with ``seed``, so the
+    result equals ``NoiseTunnel(Saliency(model))`` after ``torch.manual_seed(seed)``; the gradients
+    (captum's ``Saliency``) are then taken in chunks of ``batch_size`` model inputs. NoiseTunnel's
+    own chunking is not used: it draws different noise for different chunk sizes."""
+    from captum.attr import Saliency
 
     if not (noise >= 0 and math.isfinite(noise)):
         raise ValueError(f"smoothgrad: noise is a standard deviation and must be a finite number >= 0; got {noise}")
     if n_samples < 1:
         raise ValueError(f"smoothgrad: n_samples must be at least 1; got {n_samples}")
     x, target = _prepare(model, x, target, "smoothgrad")
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        g = NoiseTunnel(Saliency(model)).attribute(
-            x, nt_type="smoothgrad", nt_samples=n_samples, nt_samples_batch_size=batch_size, stdevs=float(noise),
-            target=target, abs=False,
-        )
-    g = g.detach()
+    x = x.detach()
+    B = x.shape[0]
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    std = torch.full((B * n_samples,) + tuple(x.shape[1:]), float(noise), dtype=x.dtype, device=x.device)
+    noisy = x.repeat_interleave(n_samples, 0) + torch.normal(0.0, std, generator=gen)  # (B * n, ...), image-major
+    del std
+    t = target if isinstance(target, int) else target.repeat_interleave(n_samples)
+    bs = batch_size or noisy.shape[0]
+    sal = Saliency(model)
+    grads = []
+    for s in range(0, noisy.shape[0], bs):
+        chunk = noisy[s : s + bs].requires_grad_(True)
+        grads.append(sal.attribute(chunk, target=t if isinstance(t, int) else t[s : s + bs], abs=False).detach())
+    g = torch.cat(grads).view(B, n_samples, *x.shape[1:]).mean(1)  # (B, ...)
     return g.abs() if absolute else g
 
 
@@ -172,7 +183,7 @@ def integrated_gradients(
     baseline: torch.Tensor | float | str = 0.0,
     *,
     n_steps: int = 64,
-    batch_size: int | None = 256,
+    batch_size: int | None = 128,
     return_delta: bool = False,
 ):
     """Integrated gradients along the straight line from ``baseline`` to ``x``:
@@ -199,8 +210,10 @@ def integrated_gradients(
                              f"got {tuple(base.shape)}")
     if n_steps < 1:
         raise ValueError(f"integrated_gradients: n_steps must be at least 1; got {n_steps}")
+    # captum evaluates n_steps * B path points in chunks of internal_batch_size (at least B, or it warns)
+    chunk = None if batch_size is None else max(int(batch_size), x.shape[0])
     out = IntegratedGradients(model).attribute(
-        x, baselines=base, target=target, n_steps=n_steps, internal_batch_size=batch_size, return_convergence_delta=return_delta
+        x, baselines=base, target=target, n_steps=n_steps, internal_batch_size=chunk, return_convergence_delta=return_delta
     )
     return (out[0].detach(), out[1].detach()) if return_delta else out.detach()
 

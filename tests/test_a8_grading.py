@@ -182,3 +182,39 @@ def logit_lens(model, input_ids):
     assert not res["test_logit_lens"].passed and not res["test_logit_lens_hidden"].passed
     assert "write the method yourself" in res["test_logit_lens"].error
     assert all(r.passed for g, r in res.items() if "lens" not in g)
+
+
+def test_control_task_thresholds_hold_for_any_random_stream():
+    # The hidden check's data and thresholds, against 30 seeds of two different random streams.
+    import numpy as np
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    token_ids = torch.randint(0, 3000, (30000,), generator=g)
+    y = (torch.rand(30000, generator=g) < 0.3).long()
+    types, inverse = torch.unique(token_ids, return_inverse=True)
+    for seed in range(30):
+        torch_stream = (torch.rand(len(types), generator=torch.Generator().manual_seed(seed)) < y.float().mean()).long()
+        numpy_stream = torch.from_numpy((np.random.default_rng(seed).random(len(types)) < 0.3).astype(np.int64))
+        for per_type in (torch_stream, numpy_stream):
+            assert 0.25 < per_type.float().mean().item() < 0.35
+            assert (per_type[inverse] == y).float().mean().item() < 0.7
+
+
+def test_probe_thresholds_hold_for_other_solvers_and_splits():
+    # The planted-direction and pure-noise checks of the hidden tests, with sklearn at two strengths over 30 seeds.
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    for seed in range(30):
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, 2, (400,), generator=g)
+        direction = torch.randn(20, generator=g)
+        x = torch.randn(400, 20, generator=g) + 4.0 * y[:, None] * direction / direction.norm()
+        perm = torch.randperm(400, generator=g)
+        xn, yn = torch.randn(300, 200, generator=g), torch.randint(0, 2, (300,), generator=g)
+        for c in (0.1, 100.0):
+            clf = LogisticRegression(C=c, max_iter=3000).fit(x[perm[:300]].numpy(), y[perm[:300]].numpy())
+            assert (clf.predict(x[perm[300:]].numpy()) == y[perm[300:]].numpy()).mean() > 0.85
+            clf = LogisticRegression(C=c, max_iter=3000).fit(xn[:150].numpy(), yn[:150].numpy())
+            assert (clf.predict(xn[150:].numpy()) == yn[150:].numpy()).mean() < 0.7

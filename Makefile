@@ -36,7 +36,7 @@ doctor: install
 
 ## make lab: install (once), fetch the offline models (once), open JupyterLab at the course root
 lab: fetch
-	$(BIN)/jupyter lab --notebook-dir=. $(ROOT_FLAG) $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=. --LabApp.app_settings_dir=$(CURDIR)/jupyter/lab-settings $(ROOT_FLAG) $(LAB_ARGS)
 
 ## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip)
 test: fetch

@@ -314,3 +314,15 @@ def test_soft_prompt_succeeds_softly_and_projects_on_smollm2(smol, allowed):
     reg = P.soft_prompt(model, tok, " the", n_tokens=4, n_restarts=4, steps=25, lr=0.05, lam=1.0, eval_every=5,
                         allowed=allowed, seed=0, progress=False)
     assert reg.p_target.max() > 0.05, str(reg)
+
+
+def test_allowed_tokens_block_slurs(smollm2):
+    from course_lib.methods.prompts import allowed_tokens, blocked_words
+
+    model, tok = smollm2
+    V = model.get_input_embeddings().weight.shape[0]
+    ok, everything = allowed_tokens(tok, V), allowed_tokens(tok, V, block_offensive=False)
+    removed = [tok.decode([i]) for i in (everything & ~ok).nonzero().squeeze(1).tolist()]
+    assert removed, "the blocklist should remove some tokens of SmolLM2's vocabulary"
+    assert all("".join(c for c in s.lower() if c.isalpha()) in blocked_words() for s in removed), removed
+    assert not (ok & ~everything).any()

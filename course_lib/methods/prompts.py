@@ -121,13 +121,24 @@ def token_embeddings(model: nn.Module) -> torch.Tensor:
     return model.get_input_embeddings().weight
 
 
-def allowed_tokens(tokenizer, vocab_size: int | None = None, *, ascii_only: bool = True) -> torch.Tensor:
+def blocked_words() -> frozenset[str]:
+    """Slurs and insults that prompt searches may not use (``course_lib/data/blocked_words.txt``)."""
+    from importlib.resources import files
+
+    text = files("course_lib").joinpath("data/blocked_words.txt").read_text(encoding="utf-8")
+    return frozenset(w.strip() for w in text.splitlines() if w.strip() and not w.startswith("#"))
+
+
+def allowed_tokens(tokenizer, vocab_size: int | None = None, *, ascii_only: bool = True, block_offensive: bool = True) -> torch.Tensor:
     """(V,) bool: tokens a prompt may use: not special, and (if ``ascii_only``) decoding to
-    non-empty printable ASCII. ``vocab_size`` is the embedding matrix's row count, which may
-    exceed the tokenizer's (padding rows are never allowed)."""
+    non-empty printable ASCII; with ``block_offensive``, no token that is a word of
+    ``blocked_words()`` (optimisers do find slurs "useful", and the lectures print what they find).
+    ``vocab_size`` is the embedding matrix's row count, which may exceed the tokenizer's (padding
+    rows are never allowed)."""
     n = len(tokenizer) if vocab_size is None else vocab_size
     ok = torch.zeros(n, dtype=torch.bool)
     special = set(tokenizer.all_special_ids)
+    blocked = blocked_words() if block_offensive else frozenset()
     for i in range(min(n, len(tokenizer))):
         if i in special:
             continue
@@ -135,6 +146,8 @@ def allowed_tokens(tokenizer, vocab_size: int | None = None, *, ascii_only: bool
         if not s:
             continue
         ok[i] = (s.isascii() and s.isprintable()) if ascii_only else True
+        if ok[i] and blocked and "".join(ch for ch in s.lower() if ch.isalpha()) in blocked:
+            ok[i] = False
     return ok
 
 

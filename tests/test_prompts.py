@@ -23,8 +23,10 @@ def smol():
 
 @pytest.fixture(scope="module")
 def allowed(smol):
+    # the pool these seeded thresholds were measured on (the slur blocklist removes 3 tokens and so
+    # shifts every seeded draw); test_allowed_tokens_block_slurs covers the blocklist itself
     model, tok = smol
-    return P.allowed_tokens(tok, P.token_embeddings(model).shape[0])
+    return P.allowed_tokens(tok, P.token_embeddings(model).shape[0], block_offensive=False)
 
 
 def tiny_lm(kind: str, vocab_size: int, seed: int = 0):

@@ -182,8 +182,7 @@ def stability_curve(game, sample_sizes, seeds, k):
 }
 
 
-def test_reference_solution_gets_full_marks():
-    assert score(run_graded(A1)) == (FULL, FULL)
+# The reference solution's full marks are checked by the real nbgrader round trip (test_nbgrader.py).
 
 
 def test_correct_solutions_written_differently_get_full_marks():
@@ -211,5 +210,5 @@ class forbid:
     def __enter__(self): return self
     def __exit__(self, *a): return False
 '''
-    res = run_graded(A1, {"sample_masks": stub})
+    res = run_graded(A1, {"sample_masks": stub}, stop_after="test_sample_masks")
     assert not res["test_sample_masks"].passed, "a stub sampler with the check helpers rebound got the sampler's points"

@@ -132,9 +132,7 @@ def _only_failing(res, failing):
 PGD_TESTS = {"test_pgd_valid", "test_pgd_success", "test_fish_volcano"}  # all rest on targeted_pgd
 
 
-def test_reference_solution_gets_full_marks():
-    res = run_graded(A3)
-    assert score(res) == (FULL, FULL), {k: r.error for k, r in res.items() if not r.passed}
+# The reference solution's full marks are checked by the real nbgrader round trip (test_nbgrader.py).
 
 
 def test_correct_but_different_code_gets_full_marks():
@@ -173,5 +171,5 @@ def test_wrong_curves_lose_the_curve_points(mistake):
 
 def test_rebinding_the_check_helpers_does_not_help():
     stub = PGD_WRONG["no-op"] + "\ncheck = check_shape = lambda *a, **k: None\n"
-    res = run_graded(A3, {"targeted_pgd": stub})
+    res = run_graded(A3, {"targeted_pgd": stub}, stop_after="test_pgd_valid")
     assert not res["test_pgd_valid"].passed

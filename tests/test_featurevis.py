@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import load_dataset, load_model
+from course_lib import load_dataset
 from course_lib.hooks import capture
 from course_lib.methods import featurevis as fv
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("scenes-cnn", device="cpu")
+def model(scenes_cnn):  # the session's model from conftest.py, loaded once
+    return scenes_cnn
 
 
 @pytest.fixture(scope="module")

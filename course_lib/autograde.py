@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 import secrets
 import time
 from pathlib import Path
@@ -346,7 +345,6 @@ def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
                     row["tamper"] += s["tamper"]
                 rows.append(row)
     for row in rows:
-        failed = [c for c in row["cells"] if not c["passed"]]
         out(f"{row['assignment']:22s} {row['student']:16s} auto {row['score']:g}/{row['max_score']:g}"
             + (f" (+{row['manual_max']:g} graded by hand)" if row["manual_max"] else ""))
         for c in row["cells"]:

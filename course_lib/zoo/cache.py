@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -50,3 +52,16 @@ def verify(path: Path, expected: str, *, what: str, fix: str) -> None:
             f"{what} at {path} is damaged or not the expected file (sha256 {got[:12]}..., expected {expected[:12]}...). "
             f"It was not used. {fix}"
         )
+
+
+def pip_download_wheel(requirement: str, pattern: str, folder: str | Path, *, hint: str) -> Path:
+    """Download one wheel (no dependencies) with this interpreter's pip into ``folder``; return its path.
+
+    ``pattern`` is the glob its file name matches; ``hint`` ends the error message when the index is unreachable.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", requirement, "-d", str(folder)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(Path(folder).glob(pattern))
+    if done.returncode != 0 or not wheels:
+        raise ConnectionError(f"pip could not download {requirement}:\n{done.stderr.strip()[-800:]}\n{hint}")
+    return wheels[0]

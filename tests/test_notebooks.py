@@ -46,6 +46,25 @@ def _record(name, seconds, peak_gib):
     REPORT.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
+ALL_COMMITTED = NOTEBOOKS + sorted(ROOT.glob("assignments/*/*.ipynb"))
+
+
+@pytest.mark.parametrize("path", ALL_COMMITTED, ids=[str(p.relative_to(ROOT)) for p in ALL_COMMITTED])
+def test_notebook_is_saved_as_jupyter_saves_it(path):
+    """Opening a notebook in JupyterLab must change nothing (no tab marked as modified on open):
+    the committed bytes are what Jupyter's own writer (nbformat 4.5, cell ids, sorted keys) produces."""
+    raw = path.read_text(encoding="utf-8")
+    nb = nbformat.reads(raw, as_version=4)
+    assert (nb.nbformat, nb.nbformat_minor) == (4, 5), f"{path.name} is nbformat {nb.nbformat}.{nb.nbformat_minor}; save it as 4.5"
+    assert all("id" in c for c in nb.cells), f"{path.name} has cells without ids; JupyterLab adds them on open"
+    saved = nbformat.writes(nb)
+    saved += "" if saved.endswith("\n") else "\n"
+    assert raw == saved, (
+        f"{path.name} is not in the form Jupyter saves it; rewrite it with "
+        f"`python -c \"import nbformat as n; p='{path.relative_to(ROOT)}'; n.write(n.read(p, 4), p)\"`"
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[str(p.relative_to(ROOT)) for p in NOTEBOOKS])
 def test_notebook_runs(path):

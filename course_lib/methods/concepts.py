@@ -1,0 +1,623 @@
+"""Concepts and data: TCAV (Kim et al., 2018) and which training images support a prediction.
+
+Public API (names and signatures are stable; lecture 09 and assignment a9 build on them):
+
+    concept_images(kind, n=50, *, seed=0, split="train", cue_class=None, colour="red",
+                   shapes=ROUND_SHAPES) -> (n, 3, 64, 64)        # concept sets from `scenes`
+    random_sets(n_sets, n=50, *, seed=0, split="train") -> list of (n, 3, 64, 64)
+    layer_activations(model, x, layer="conv3", *, batch_size=64) -> (N, D)  flattened, on the CPU
+    compute_cav(concept_acts, random_acts, *, seed=0, C=1.0, holdout=0.25) -> CAV
+    directional_derivatives(model, x, cavs, target, *, layer="conv3", batch_size=64)
+        -> (B, R) for one target, (T, B, R) for a list of T targets
+    tcav_scores(model, x, cavs, target, *, layer="conv3", batch_size=64) -> (R,) or (T, R)
+    tcav_significance(concept_scores, random_scores, *, alpha=0.05) -> (p_value, significant)
+    tcav(model, x, concept, randoms, target, *, layer="conv3", alpha=0.05, seed=0,
+         concept_name="concept", batch_size=64, progress=True) -> TCAVResult
+    penultimate_features(model, x, *, layer="features", batch_size=128) -> (N, C)
+    data_attribution(model, x_test, train_x, train_y=None, *, method="cosine", layer="features",
+                     target=None, batch_size=128) -> DataAttributionResult
+
+**Concept activation vector (CAV).** Collect the activations ``f_l(x)`` of a layer ``l`` for
+images that show a concept and for random images, fit a linear classifier between them; the
+CAV ``v_C`` is the unit normal of its decision boundary, pointing towards the concept.
+
+**Directional derivative.** ``S_{C,k,l}(x) = grad_{f_l} h_k(f_l(x)) . v_C``, where ``h_k`` maps
+the layer's activations to the *logit* of class ``k`` (not its softmax probability: the
+probability's gradient is the logit's gradient minus a mix of the other classes' gradients, so
+its sign also depends on them). Positive: moving the activations towards the concept raises
+the class logit.
+
+**TCAV score.** ``TCAV_{C,k,l} = |{x in X_k : S_{C,k,l}(x) > 0}| / |X_k|``, the fraction of the
+class's images whose logit rises along the concept. One CAV is one draw: train CAVs of the
+concept against ``R`` different random sets and, as the null distribution, CAVs of random sets
+against each other (set ``i`` against set ``i+1 mod R``), and compare the two samples of TCAV
+scores with a two-sided t-test. That is what the authors' reference code does
+(``scipy.stats.ttest_ind(random_scores, concept_scores)``, as does captum's TCAV tutorial); the
+paper's text states the null hypothesis as "a TCAV score of 0.5" (a one-sample test), which
+assumes the random CAVs' scores centre on 0.5. They need not: when most images share one
+gradient direction a random CAV scores near 0 or 1, so we test against the random CAVs.
+
+*Multiple testing.* Every (concept, class, layer) triple tested is another test at level
+``alpha``: with 20 of them, one "significant" concept is expected by chance. Correct for it
+(Bonferroni, as the paper does: compare p with ``alpha / n_tests``) before claiming anything.
+
+All CAVs are seeded (the seed picks the held-out split that measures a CAV's accuracy), and
+every function gives the same answer for any ``batch_size``. The gradients of all targets and
+all CAVs come from one forward pass and one batched backward pass per chunk of images.
+
+**Data attribution.** :func:`data_attribution` scores every training image by how much it
+supports the prediction on a test image, in the penultimate (spatially pooled) feature space:
+``"cosine"`` is the kNN view (nearest training images, Papernot & McDaniel 2018's DkNN idea);
+``"representer"`` weights each training image's feature similarity ``f_i . f_t`` by its
+representer coefficient ``alpha_ik = -(softmax_k(x_i) - [y_i = k])`` (Yeh et al., 2018), i.e.
+how hard the training loss pulls its logit ``k`` (positive: supports class ``k``; the paper's
+exact form needs a last layer trained with L2 regularisation, its ``1/(2 lambda n)`` factor only
+scales the scores). TracIn (Pruthi et al., 2020) needs training checkpoints, which the shipped
+zoo models do not keep.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..device import model_device, require_eval, require_unit_range
+from ..hooks import get_module
+from ..progress import progress_bar
+from .results import PerturbationResult
+
+__all__ = [
+    "ROUND_SHAPES",
+    "COLOURS",
+    "concept_images",
+    "random_sets",
+    "layer_activations",
+    "CAV",
+    "compute_cav",
+    "directional_derivatives",
+    "tcav_scores",
+    "tcav_significance",
+    "TCAVResult",
+    "tcav",
+    "penultimate_features",
+    "DataAttributionResult",
+    "data_attribution",
+]
+
+ROUND_SHAPES = ("star", "moon", "heart", "ring")
+COLOURS = {
+    "red": (0.9, 0.1, 0.1),
+    "green": (0.1, 0.75, 0.15),
+    "blue": (0.1, 0.2, 0.9),
+    "yellow": (0.95, 0.9, 0.1),
+    "cyan": (0.1, 0.85, 0.9),
+    "white": (0.97, 0.97, 0.97),
+    "black": (0.03, 0.03, 0.03),
+}
+_KIND_OFFSET = {"cue": 10_000, "colour": 20_000, "shape": 30_000, "random": 40_000}
+
+
+# ----------------------------------------------------------------------------- concept sets
+
+
+def concept_images(
+    kind: str,
+    n: int = 50,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    cue_class: int | None = None,
+    colour: str | Sequence[float] = "red",
+    shapes: Sequence[str] = ROUND_SHAPES,
+) -> torch.Tensor:
+    """``n`` images (n, 3, 64, 64) in [0, 1] that show a concept, generated by ``scenes``.
+
+    - ``"cue"``: scenes of all classes with the magenta cue square in the slot of class
+      ``cue_class`` (an int), or in a random slot per image (``cue_class=None``);
+    - ``"colour"``: scenes of all classes whose object is repainted in ``colour`` (a name from
+      :data:`COLOURS` or an RGB triple), keeping its shading;
+    - ``"shape"``: scenes of the classes in ``shapes`` only (default: the round ones);
+    - ``"random"``: scenes of all classes, no cue (the counterexamples).
+
+    Deterministic for ``(kind, n, seed, split)``; different kinds use different scenes.
+    """
+    from ..zoo.scenes import CLASS_NAMES, CUE_COLOUR, CUE_SIZE, cue_slot, make_scenes
+
+    if kind not in _KIND_OFFSET:
+        raise ValueError(f"concept_images: kind must be one of {list(_KIND_OFFSET)}; got {kind!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"concept_images: n must be a positive int; got {n!r}")
+    scene_seed = _KIND_OFFSET[kind] + 1000 * int(seed)
+    if kind == "shape":
+        shapes = tuple(shapes)
+        unknown = [s for s in shapes if s not in CLASS_NAMES]
+        if unknown or not shapes:
+            raise ValueError(f"concept_images: shapes must be class names of scenes {list(CLASS_NAMES)}; got {list(shapes)}")
+        return make_scenes(n, split=split, seed=scene_seed, classes=shapes).images
+    data = make_scenes(n, split=split, seed=scene_seed)
+    images = data.images.clone()  # (n, 3, 64, 64)
+    if kind == "cue":
+        K = len(CLASS_NAMES)
+        if cue_class is None:
+            g = torch.Generator().manual_seed(scene_seed)
+            slots = torch.randint(0, K, (n,), generator=g).tolist()
+        else:
+            if isinstance(cue_class, bool) or not isinstance(cue_class, int) or not 0 <= cue_class < K:
+                raise ValueError(f"concept_images: cue_class must be a class index in 0..{K - 1} or None; got {cue_class!r}")
+            slots = [cue_class] * n
+        for i, k in enumerate(slots):
+            r0, c0 = cue_slot(k)
+            images[i, :, r0 : r0 + CUE_SIZE, c0 : c0 + CUE_SIZE] = torch.tensor(CUE_COLOUR)[:, None, None]
+    elif kind == "colour":
+        rgb = COLOURS.get(colour) if isinstance(colour, str) else tuple(float(c) for c in colour)
+        if rgb is None or len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
+            raise ValueError(f"concept_images: colour must be one of {list(COLOURS)} or an RGB triple in [0, 1]; got {colour!r}")
+        target = torch.tensor(rgb, dtype=images.dtype)[:, None]  # (3, 1)
+        for i in range(n):
+            m = data.masks[i]  # (64, 64) bool
+            pix = images[i][:, m]  # (3, P)
+            shade = pix.mean(0, keepdim=True) / pix.mean().clamp_min(1e-3)  # (1, P), keeps the shading
+            images[i][:, m] = (target * shade).clamp(0.0, 1.0)
+    return images
+
+
+def random_sets(n_sets: int, n: int = 50, *, seed: int = 0, split: str = "train") -> list[torch.Tensor]:
+    """``n_sets`` disjoint random sets of ``n`` scenes each (all classes, no cue), seeded."""
+    if not isinstance(n_sets, int) or n_sets < 2:
+        raise ValueError(f"random_sets: the random-concept test needs at least 2 random sets; got n_sets={n_sets!r}")
+    return [concept_images("random", n, seed=int(seed) * 1000 + i, split=split) for i in range(n_sets)]
+
+
+# ----------------------------------------------------------------------------- activations and CAVs
+
+
+def _check_images(x, what: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} takes images as a tensor (N, 3, H, W); got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{what} takes a batch of images (N, C, H, W); got shape {tuple(x.shape)}. Use x[None] for one image.")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what}: the batch of images is empty")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what}: the images contain NaN or infinite values")
+
+
+def _check_batch_size(batch_size, what: str) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{what}: batch_size must be a positive int; got {batch_size!r}")
+    return batch_size
+
+
+@torch.no_grad()
+def layer_activations(model: nn.Module, x: torch.Tensor, layer: str = "conv3", *, batch_size: int = 64) -> torch.Tensor:
+    """The activations of module ``layer`` for images ``x``, flattened per image: (N, D), float32 on the CPU."""
+    require_eval(model, "layer_activations")
+    _check_images(x, "layer_activations")
+    batch_size = _check_batch_size(batch_size, "layer_activations")
+    module = get_module(model, layer)
+    dev = model_device(model)
+    out: list[torch.Tensor] = []
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _i, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer_activations: module {layer!r} returns a {type(output).__name__}, not a tensor; pick another layer")
+        store["a"] = output.detach()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        for s in range(0, x.shape[0], batch_size):
+            model(x[s : s + batch_size].to(dev))
+            out.append(store["a"].flatten(1).float().cpu())  # (b, D)
+    finally:
+        handle.remove()
+    return torch.cat(out)
+
+
+@dataclass(kw_only=True, repr=False)
+class CAV:
+    """A concept activation vector: the unit normal of a linear boundary between concept and random
+    activations, pointing towards the concept. ``accuracy`` is measured on a held-out split."""
+
+    direction: torch.Tensor  # (D,), unit norm, float32 on the CPU
+    accuracy: float  # held-out accuracy of the linear classifier
+    intercept: float  # of the classifier, in units where ``direction`` has norm 1
+    seed: int
+    concept: str = "concept"
+    layer: str | None = None
+
+    def __repr__(self) -> str:
+        where = f" at {self.layer!r}" if self.layer else ""
+        return f"CAV({self.concept!r}{where}, D={self.direction.numel()}, held-out accuracy {self.accuracy:.3f}, seed={self.seed})"
+
+    __str__ = __repr__
+
+
+def _as_acts(a, what: str, name: str) -> torch.Tensor:
+    if not isinstance(a, torch.Tensor):
+        a = torch.as_tensor(np.asarray(a))
+    if a.dim() < 2:
+        raise ValueError(f"{what}: {name} must be activations (N, D) (or (N, C, H, W), flattened); got shape {tuple(a.shape)}")
+    a = a.detach().flatten(1).to("cpu", torch.float64)
+    if a.shape[0] < 2:
+        raise ValueError(f"{what}: {name} needs at least 2 examples; got {a.shape[0]}")
+    if not torch.isfinite(a).all():
+        raise ValueError(f"{what}: {name} contains NaN or infinite values")
+    return a
+
+
+def _logistic_newton(Z: torch.Tensor, y: torch.Tensor, C: float, iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-regularised logistic regression, sklearn's objective ``C * sum(log-loss) + |w|^2 / 2``
+    (intercept not penalised), by Newton's method: exact and deterministic. Z (n, r), y (n,) in {0, 1}."""
+    n, r = Z.shape
+    A = torch.cat([Z, torch.ones(n, 1, dtype=Z.dtype)], 1)  # (n, r + 1)
+    P = torch.eye(r + 1, dtype=Z.dtype)
+    P[r, r] = 1e-10  # the intercept is (almost) free
+    theta = torch.zeros(r + 1, dtype=Z.dtype)
+    for _ in range(iters):
+        p = torch.sigmoid(A @ theta)
+        grad = C * A.T @ (p - y) + P @ theta
+        H = C * (A.T * (p * (1 - p))) @ A + P
+        step = torch.linalg.solve(H, grad)
+        theta = theta - step
+        if step.abs().max() < 1e-10 * (1 + theta.abs().max()):
+            break
+    return theta[:r], theta[r]
+
+
+def compute_cav(concept_acts: torch.Tensor, random_acts: torch.Tensor, *, seed: int = 0, C: float = 1.0,
+                holdout: float = 0.25, concept: str = "concept", layer: str | None = None) -> CAV:
+    """Fit an L2-regularised logistic regression (inverse strength ``C``) between ``concept_acts``
+    (N_c, D) and ``random_acts`` (N_r, D) and return its unit normal, pointing towards the concept.
+
+    A seeded ``holdout`` fraction of each set measures the held-out accuracy; the CAV is fitted on
+    the rest. With D much larger than N the fit runs in the span of the training rows (exact for
+    an L2 penalty: the optimum lies there), so a 25k-dimensional layer takes milliseconds.
+    """
+    what = "compute_cav"
+    xc, xr = _as_acts(concept_acts, what, "concept_acts"), _as_acts(random_acts, what, "random_acts")
+    if xc.shape[1] != xr.shape[1]:
+        raise ValueError(f"{what}: concept_acts have D={xc.shape[1]} features, random_acts D={xr.shape[1]}; take both at the same layer")
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"{what}: holdout must be a fraction in [0, 1); got {holdout}")
+    if not C > 0:
+        raise ValueError(f"{what}: C must be positive; got {C}")
+    g = torch.Generator().manual_seed(int(seed))
+
+    def split(a):
+        perm = torch.randperm(a.shape[0], generator=g)
+        k = int(round(holdout * a.shape[0])) if a.shape[0] >= 4 else 0
+        return a[perm[k:]], a[perm[:k]]
+
+    (tc, hc), (tr, hr) = split(xc), split(xr)
+    X = torch.cat([tc, tr])  # (n, D)
+    y = torch.cat([torch.ones(len(tc)), torch.zeros(len(tr))]).double()
+    # The optimum of an L2-penalised linear model lies in the row span of X: fit there, in the
+    # coordinates Z = U S of X = U S V^T (from the n x n Gram matrix, never a D x D one).
+    evals, U = torch.linalg.eigh(X @ X.T)
+    keep = evals > evals.max() * 1e-12
+    s_ = evals[keep].sqrt()
+    U = U[:, keep]  # (n, r)
+    coef, b = _logistic_newton(U * s_, y, C)  # (r,), scalar
+    w = X.T @ (U @ (coef / s_))  # (D,) = V coef
+    norm = w.norm()
+    if norm == 0:
+        raise ValueError(f"{what}: the classifier found no direction (are the concept and random activations identical?)")
+    b = float(b) / float(norm)
+    w = w / norm
+    if len(hc) and len(hr):
+        margin_c, margin_r = hc @ w + b, hr @ w + b
+        acc = float(((margin_c > 0).sum() + (margin_r <= 0).sum()) / (len(hc) + len(hr)))
+    else:
+        acc = float(((tc @ w + b > 0).sum() + (tr @ w + b <= 0).sum()) / len(X))
+    return CAV(direction=w.float(), accuracy=acc, intercept=b, seed=int(seed), concept=concept, layer=layer)
+
+
+def _cav_matrix(cavs, what: str) -> torch.Tensor:
+    """CAV, tensor (D,) or (R, D), or a list of those -> (R, D) float32."""
+    if isinstance(cavs, CAV):
+        cavs = [cavs]
+    if isinstance(cavs, torch.Tensor):
+        m = cavs[None] if cavs.dim() == 1 else cavs
+    else:
+        cavs = list(cavs)
+        if not cavs:
+            raise ValueError(f"{what}: no CAVs given")
+        m = torch.stack([(c.direction if isinstance(c, CAV) else torch.as_tensor(c)).flatten() for c in cavs])
+    if m.dim() != 2:
+        raise ValueError(f"{what}: cavs must be a CAV, a vector (D,), a matrix (R, D) or a list of them; got shape {tuple(m.shape)}")
+    return m.detach().float()
+
+
+# ----------------------------------------------------------------------------- directional derivatives
+
+
+def _targets(target, k: int, what: str) -> tuple[list[int], bool]:
+    single = isinstance(target, (int, np.integer)) and not isinstance(target, bool)
+    ts = [int(target)] if single else [int(t) for t in (target.tolist() if isinstance(target, torch.Tensor) else target)]
+    if not ts:
+        raise ValueError(f"{what}: no target classes given")
+    bad = [t for t in ts if not 0 <= t < k]
+    if bad:
+        raise ValueError(f"{what}: target {bad[0]} is out of range; this model has {k} outputs (0..{k - 1})")
+    return ts, single
+
+
+def _layer_gradients(model: nn.Module, x: torch.Tensor, layer: str, targets: list[int]) -> torch.Tensor:
+    """d logit_t / d f_layer for every target t: (T, b, D), from one forward and one batched backward."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _i, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"module {layer!r} returns a {type(output).__name__}, not a tensor; pick another layer")
+        leaf = output.detach().requires_grad_(True)  # gradients stop here: nothing below the layer is differentiated
+        store["leaf"] = leaf
+        return leaf * 1  # not the leaf itself, so an in-place op above (ReLU(inplace=True)) is allowed
+
+    handle = get_module(model, layer).register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = model(x)  # (b, K)
+            leaf = store["leaf"]
+            T = len(targets)
+            sel = torch.zeros(T, *logits.shape, device=logits.device, dtype=logits.dtype)  # (T, b, K)
+            sel[torch.arange(T), :, torch.tensor(targets)] = 1.0
+            try:
+                (grads,) = torch.autograd.grad(logits, leaf, grad_outputs=sel, is_grads_batched=True)  # (T, b, ...)
+            except RuntimeError:  # an op without a batching rule: one backward per target
+                grads = torch.stack([torch.autograd.grad(logits, leaf, grad_outputs=sel[t], retain_graph=t < T - 1)[0]
+                                     for t in range(T)])
+    finally:
+        handle.remove()
+    return grads.flatten(2)  # (T, b, D)
+
+
+def directional_derivatives(model: nn.Module, x: torch.Tensor, cavs, target, *, layer: str = "conv3",
+                            batch_size: int = 64) -> torch.Tensor:
+    """``S(x) = grad_{f_l} logit_target . v`` for every image and CAV.
+
+    ``cavs``: a :class:`CAV`, a vector (D,), a matrix (R, D) or a list. ``target``: one class (int),
+    giving (B, R), or a list of T classes, giving (T, B, R). One forward pass and one batched
+    backward pass per chunk of ``batch_size`` images, all targets and CAVs at once; on x's device.
+    """
+    what = "directional_derivatives"
+    require_eval(model, what)
+    _check_images(x, what)
+    batch_size = _check_batch_size(batch_size, what)
+    dev = model_device(model)
+    V = _cav_matrix(cavs, what).to(dev)  # (R, D)
+    with torch.no_grad():
+        k = model(x[:1].to(dev)).shape[-1]
+    targets, single = _targets(target, k, what)
+    out = []
+    for s in range(0, x.shape[0], batch_size):
+        g = _layer_gradients(model, x[s : s + batch_size].detach().to(dev), layer, targets)  # (T, b, D)
+        if g.shape[-1] != V.shape[1]:
+            raise ValueError(f"{what}: the CAVs have D={V.shape[1]} but layer {layer!r} has {g.shape[-1]} activations per image; "
+                             "compute the CAVs at the same layer")
+        out.append(torch.einsum("tbd,rd->tbr", g, V.to(g.dtype)).detach())
+    S = torch.cat(out, dim=1).to(x.device)  # (T, B, R)
+    return S[0] if single else S
+
+
+def tcav_scores(model: nn.Module, x: torch.Tensor, cavs, target, *, layer: str = "conv3", batch_size: int = 64) -> torch.Tensor:
+    """TCAV scores: the fraction of images whose target logit rises along each CAV. (R,) for one
+    target, (T, R) for a list of targets."""
+    S = directional_derivatives(model, x, cavs, target, layer=layer, batch_size=batch_size)
+    return (S > 0).float().mean(-2)
+
+
+def tcav_significance(concept_scores, random_scores, *, alpha: float = 0.05) -> tuple[float, bool]:
+    """Two-sided Student t-test (pooled variance) of the concept's TCAV scores against the
+    random CAVs' scores, as the TCAV reference code does: ``(p_value, p < alpha)``.
+
+    Test many (concept, class, layer) triples and some pass by chance: divide ``alpha`` by the
+    number of tests (Bonferroni) before calling a concept significant.
+    """
+    from scipy.stats import ttest_ind
+
+    c = np.asarray(torch.as_tensor(concept_scores).detach().cpu(), dtype=float).ravel()
+    r = np.asarray(torch.as_tensor(random_scores).detach().cpu(), dtype=float).ravel()
+    if len(c) < 2 or len(r) < 2:
+        raise ValueError(f"tcav_significance: needs at least 2 concept and 2 random scores; got {len(c)} and {len(r)}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"tcav_significance: alpha must lie in (0, 1); got {alpha}")
+    if np.ptp(np.r_[c, r]) == 0:  # all scores equal: no evidence either way
+        return 1.0, False
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # scipy warns about nearly identical samples: silent in graded cells
+        p = float(ttest_ind(r, c).pvalue)
+    if not np.isfinite(p):  # zero variance within both samples but different means
+        p = 0.0
+    return p, bool(p < alpha)
+
+
+# ----------------------------------------------------------------------------- the whole test
+
+
+@dataclass(kw_only=True, repr=False)
+class TCAVResult(PerturbationResult):
+    """TCAV of one concept for T target classes.
+
+    ``values`` (T,): the mean TCAV score over the R concept-vs-random CAVs; ``scores`` (T, R) and
+    ``random_scores`` (T, R) (random set i vs i+1); ``p_values`` (T,) and ``significant`` (T,) from
+    the two-sided t-test at level ``alpha``; ``cav_accuracy`` (R,) held-out; ``budget``: images
+    passed forward through the model.
+    """
+
+    scores: torch.Tensor = field(default=None, repr=False)  # (T, R)
+    random_scores: torch.Tensor = field(default=None, repr=False)  # (T, R)
+    p_values: torch.Tensor = field(default=None)  # (T,)
+    significant: torch.Tensor = field(default=None)  # (T,) bool
+    cav_accuracy: torch.Tensor = field(default=None, repr=False)  # (R,)
+    concept: str = "concept"
+    layer: str = ""
+    targets: list[int] = field(default_factory=list)
+    alpha: float = 0.05
+    cavs: list[CAV] = field(default_factory=list, repr=False)
+    random_cavs: list[CAV] = field(default_factory=list, repr=False)
+
+    def __str__(self) -> str:
+        parts = []
+        for i, name in enumerate(self.player_names or [str(t) for t in self.targets]):
+            mark = "significant" if bool(self.significant[i]) else "not significant"
+            parts.append(f"{name} {float(self.values[i]):.2f} (random {float(self.random_scores[i].mean()):.2f}, "
+                         f"p={float(self.p_values[i]):.2g}, {mark})")
+        acc = float(self.cav_accuracy.mean()) if self.cav_accuracy is not None else float("nan")
+        return (f"TCAV of {self.concept!r} at {self.layer!r} ({self.scores.shape[1]} random sets, CAV accuracy {acc:.2f}, "
+                f"alpha={self.alpha}): " + "; ".join(parts))
+
+
+def tcav(model: nn.Module, x: torch.Tensor, concept: torch.Tensor, randoms: Sequence[torch.Tensor], target, *,
+         layer: str = "conv3", alpha: float = 0.05, seed: int = 0, concept_name: str = "concept",
+         batch_size: int = 64, progress: bool = True) -> TCAVResult:
+    """TCAV with its random-concept test, for images ``x`` (B, 3, H, W) of the target class(es).
+
+    ``concept``: concept images (N_c, 3, H, W); ``randoms``: R >= 2 random image sets. Trains R
+    concept-vs-random CAVs and R random-vs-random CAVs (set i vs set i+1 mod R, seeded
+    ``seed + i``), scores all of them for every target in one batched pass over ``x``, and t-tests
+    each target's concept scores against its random scores. ``target``: an int or a list of classes;
+    the result always has one row per target. Use the images of one class per target for the
+    paper's TCAV_{C,k}; passing the same images for several targets asks how *those* images'
+    logits move.
+    """
+    what = "tcav"
+    require_eval(model, what)
+    _check_images(x, what)
+    _check_images(concept, f"{what} (concept)")
+    randoms = list(randoms)
+    if len(randoms) < 2:
+        raise ValueError(f"{what}: the random-concept test needs at least 2 random sets; got {len(randoms)}. Use random_sets(n_sets).")
+    for i, r in enumerate(randoms):
+        _check_images(r, f"{what} (random set {i})")
+    for name, t in [("x", x), ("concept", concept)] + [(f"random set {i}", r) for i, r in enumerate(randoms)]:
+        if t.shape[1:] != x.shape[1:]:
+            raise ValueError(f"{what}: {name} has images of shape {tuple(t.shape[1:])}, x has {tuple(x.shape[1:])}")
+        require_unit_range(t, name)
+    with torch.no_grad():
+        k = model(x[:1].to(model_device(model))).shape[-1]
+    targets, _ = _targets(target, k, what)
+    R = len(randoms)
+    acts_c = layer_activations(model, concept, layer, batch_size=batch_size)
+    acts_r = [layer_activations(model, r, layer, batch_size=batch_size)
+              for r in progress_bar(randoms, desc="random activations", enabled=progress)]
+    cavs = [compute_cav(acts_c, acts_r[i], seed=seed + i, concept=concept_name, layer=layer) for i in range(R)]
+    random_cavs = [compute_cav(acts_r[i], acts_r[(i + 1) % R], seed=seed + i, concept=f"random {i}", layer=layer)
+                   for i in range(R)]
+    V = torch.stack([c.direction for c in cavs + random_cavs])  # (2R, D)
+    scores = tcav_scores(model, x, V, list(targets), layer=layer, batch_size=batch_size).cpu()  # (T, 2R)
+    sc, sr = scores[:, :R], scores[:, R:]
+    tests = [tcav_significance(sc[t], sr[t], alpha=alpha) for t in range(len(targets))]
+    names = getattr(model, "class_names", None)
+    return TCAVResult(
+        values=sc.mean(1), budget=int(x.shape[0] + concept.shape[0] + sum(r.shape[0] for r in randoms)),
+        method=f"TCAV ({R} random sets, two-sided t-test)",
+        player_names=[names[t] if names is not None and t < len(names) else f"class {t}" for t in targets],
+        scores=sc, random_scores=sr, p_values=torch.tensor([p for p, _ in tests]),
+        significant=torch.tensor([s for _, s in tests]), cav_accuracy=torch.tensor([c.accuracy for c in cavs]),
+        concept=concept_name, layer=layer, targets=list(targets), alpha=alpha, cavs=cavs, random_cavs=random_cavs,
+    )
+
+
+# ----------------------------------------------------------------------------- data attribution
+
+
+@torch.no_grad()
+def penultimate_features(model: nn.Module, x: torch.Tensor, *, layer: str = "features", batch_size: int = 128) -> torch.Tensor:
+    """The activations of ``layer`` averaged over space (what a GAP head sees): (N, C), float32 on the CPU."""
+    require_eval(model, "penultimate_features")
+    _check_images(x, "penultimate_features")
+    batch_size = _check_batch_size(batch_size, "penultimate_features")
+    module = get_module(model, layer)
+    dev = model_device(model)
+    store: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out.detach()))
+    out = []
+    try:
+        for s in range(0, x.shape[0], batch_size):
+            model(x[s : s + batch_size].to(dev))
+            a = store["a"]
+            out.append((a.mean((2, 3)) if a.dim() == 4 else a.flatten(1)).float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(out)
+
+
+@dataclass(kw_only=True, repr=False)
+class DataAttributionResult(PerturbationResult):
+    """Training-image scores for test images: ``values`` (N_train,) for one test image or
+    (N_train, B) for B; ``top(k, output=j)`` gives the k most supporting training images of test
+    image j (``by_abs=False`` is the default here). ``budget``: images passed through the model."""
+
+    targets: torch.Tensor | None = field(default=None, repr=False)  # (B,) classes explained (representer)
+
+    def top(self, k: int, *, by_abs: bool = False, output: int = 0) -> torch.Tensor:
+        return super().top(k, by_abs=by_abs, output=output)
+
+    def __str__(self) -> str:
+        v = self.values if self.values.dim() == 1 else self.values[:, 0]
+        shown = self.top(5).tolist()
+        parts = ", ".join(f"{self.name(i)} {float(v[i]):+.3g}" for i in shown)
+        more = "" if self.values.dim() == 1 else f" (test image 0 of {self.values.shape[1]})"
+        return f"{self.method}: most supporting of {self.n_players} training images{more}: {parts}"
+
+
+def data_attribution(model: nn.Module, x_test: torch.Tensor, train_x: torch.Tensor, train_y: torch.Tensor | None = None, *,
+                     method: str = "cosine", layer: str = "features", target=None, batch_size: int = 128) -> DataAttributionResult:
+    """Which training images support the model's prediction on ``x_test`` (B, 3, H, W)?
+
+    - ``method="cosine"``: cosine similarity of pooled ``layer`` features (the kNN view);
+    - ``method="representer"``: ``alpha_ik * (f_i . f_t)`` with ``alpha_ik = [y_i = k] - softmax_k(x_i)``
+      (needs ``train_y``); ``target`` (int or (B,)) is the class ``k`` explained, default the
+      predicted class of each test image.
+
+    Returns :class:`DataAttributionResult` with ``values`` (N_train, B) (or (N_train,) for one image,
+    x_test of shape (3, H, W)), on x_test's device.
+    """
+    what = "data_attribution"
+    require_eval(model, what)
+    single = isinstance(x_test, torch.Tensor) and x_test.dim() == 3
+    xt = x_test[None] if single else x_test
+    _check_images(xt, what)
+    _check_images(train_x, f"{what} (train_x)")
+    if train_x.shape[1:] != xt.shape[1:]:
+        raise ValueError(f"{what}: train_x has images of shape {tuple(train_x.shape[1:])}, x_test {tuple(xt.shape[1:])}")
+    if method not in ("cosine", "representer"):
+        raise ValueError(f"{what}: method must be 'cosine' or 'representer'; got {method!r}")
+    ft = penultimate_features(model, xt, layer=layer, batch_size=batch_size)  # (B, C)
+    fi = penultimate_features(model, train_x, layer=layer, batch_size=batch_size)  # (N, C)
+    targets = None
+    if method == "cosine":
+        values = torch.nn.functional.normalize(fi, dim=1) @ torch.nn.functional.normalize(ft, dim=1).T  # (N, B)
+    else:
+        if train_y is None:
+            raise ValueError(f"{what}: method='representer' needs train_y, the training labels (N,)")
+        train_y = torch.as_tensor(train_y).long().cpu()
+        if train_y.shape != (train_x.shape[0],):
+            raise ValueError(f"{what}: train_y must have shape ({train_x.shape[0]},); got {tuple(train_y.shape)}")
+        dev = model_device(model)
+        with torch.no_grad():
+            p_train = torch.cat([model(train_x[s : s + batch_size].to(dev)).softmax(-1).cpu()
+                                 for s in range(0, train_x.shape[0], batch_size)])  # (N, K)
+            K = p_train.shape[1]
+            if target is None:
+                targets = torch.cat([model(xt[s : s + batch_size].to(dev)).argmax(-1).cpu() for s in range(0, xt.shape[0], batch_size)])
+            else:
+                ts, _ = _targets(target if not isinstance(target, torch.Tensor) or target.dim() else int(target), K, what)
+                targets = torch.tensor(ts).expand(xt.shape[0]) if len(ts) == 1 else torch.tensor(ts)
+                if targets.shape[0] != xt.shape[0]:
+                    raise ValueError(f"{what}: target must be one class or one per test image ({xt.shape[0]}); got {len(ts)}")
+        if int(train_y.max()) >= K or int(train_y.min()) < 0:
+            raise ValueError(f"{what}: train_y holds labels outside 0..{K - 1}")
+        alpha = torch.nn.functional.one_hot(train_y, K).float() - p_train  # (N, K)
+        values = alpha[:, targets] * (fi @ ft.T)  # (N, B)
+    values = values.to(xt.device)
+    return DataAttributionResult(
+        values=values[:, 0] if single else values, budget=int(xt.shape[0] + train_x.shape[0]),
+        method=f"data attribution ({method}, {layer!r} pooled)",
+        player_names=[f"train {i}" for i in range(train_x.shape[0])], targets=targets,
+    )

@@ -13,10 +13,12 @@ NODEPS_SPEC ?= torchattacks==3.5.1 nanogcg==0.3.0
 LAB_ARGS ?=
 # Jupyter refuses to start as root unless told to (containers, CI)
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+# apt-get (make browser) needs root
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test install fetch doctor grade release bench clean-venv
+.PHONY: lab test install fetch doctor grade release bench clean-venv site browser
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,8 +40,14 @@ doctor: install
 lab: fetch
 	$(BIN)/jupyter lab --notebook-dir=. --LabApp.app_settings_dir=$(CURDIR)/jupyter/lab-settings $(ROOT_FLAG) $(LAB_ARGS)
 
-## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip)
-test: fetch
+## make browser: Debian's Chromium (and a CJK font for the Chinese labels) for the website's browser test
+## (tests/test_site.py); nothing to do once installed
+browser:
+	@dpkg -s chromium fonts-wqy-zenhei >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; }
+
+## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip, website)
+test: fetch browser
 	$(BIN)/course-lib doctor
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -58,6 +66,11 @@ grade: release
 	$(BIN)/nbgrader export --to grades.csv
 	$(BIN)/course-lib grade-report
 	@echo "Scores in grades.csv, feedback in feedback/<student>/<assignment>/, timeouts and tampering flags above and in grading-report.json."
+
+## make site: the course website in build/site/ (open build/site/index.html): lectures with their outputs, taken
+## from the copies the notebook tests executed (only missing or changed lectures are executed again)
+site: fetch
+	$(BIN)/python website/build_site.py
 
 ## make bench: speed of each method against its peer library (not part of make test)
 bench: fetch

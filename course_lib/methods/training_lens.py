@@ -40,7 +40,7 @@ from ..progress import progress_bar
 
 __all__ = [
     "TrainConfig", "AttnOnlyTransformer", "TrainingRun", "periodic_tokens", "repeated_tokens",
-    "induction_score", "in_context_loss", "train_induction", "load_or_train",
+    "induction_score", "previous_token_score", "in_context_loss", "train_induction", "load_or_train",
 ]
 
 
@@ -131,6 +131,12 @@ def induction_score(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
     return (picked * w).sum(-1).sum(-2) / (w.sum() * 1.0)  # sum over T and B: (..., H)
 
 
+def previous_token_score(patterns: torch.Tensor) -> torch.Tensor:
+    """Mean attention from each position to the one just before it: (..., B, H, T, T) -> (..., H).
+    A *previous-token head* scores near 1; uniform causal attention about ``mean(1 / (t + 1))``."""
+    return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1).mean(-2)
+
+
 @torch.no_grad()
 def in_context_loss(model: nn.Module, tokens: torch.Tensor) -> tuple[float, float]:
     """``(first, second)``: mean next-token cross-entropy (nats) on the first and second half of
@@ -156,8 +162,8 @@ class TrainConfig:
     min_period: int = 4
     max_period: int = 16
     batch: int = 32
-    steps: int = 600
-    lr: float = 2e-3
+    steps: int = 400
+    lr: float = 3e-3
     weight_decay: float = 0.01
     checkpoint_every: int = 10
     eval_period: int = 16  # the [r, r] evaluation sequences
@@ -189,13 +195,14 @@ class TrainingRun:
         return AttnOnlyTransformer(c.vocab, c.d_model, c.n_layers, c.n_heads, c.seq_len)
 
     def model_at(self, step: int) -> AttnOnlyTransformer:
-        """The model at checkpoint ``step`` (must be one of ``steps``), in eval mode."""
+        """The model at checkpoint ``step`` (must be one of ``steps``), in eval mode and frozen
+        (``requires_grad=False``: a replay is for looking, not for training)."""
         if step not in self.steps:
             raise ValueError(f"no checkpoint at step {step}; checkpoints every {self.config.checkpoint_every} steps, "
                              f"e.g. {self.steps[:3]} ... {self.steps[-1]}")
         model = self.new_model()
         model.load_state_dict(self.checkpoints[self.steps.index(step)])
-        return model.eval()
+        return model.eval().requires_grad_(False)
 
     def first_step_above(self, threshold: float, layer: int = -1) -> int | None:
         """The first checkpointed step whose best head in ``layer`` has induction score > ``threshold``."""

@@ -1,0 +1,238 @@
+"""a7_prototypes's graded tests: correct solutions written differently pass, plausible wrong ones lose points."""
+from pathlib import Path
+
+import pytest
+
+from gradeutil import run_graded, score
+
+NB = Path(__file__).resolve().parents[1] / "solutions" / "a7_prototypes" / "a7_prototypes.ipynb"
+
+# An independent rewrite of every exercise: scipy-free ranks by sorting with a loop over tie groups,
+# sum pooling read by hooks that append to a list, a score built image by image, entanglement with one
+# forward pass per class, and feature isolation by occlusion instead of gradient x (input - grey).
+DIFFERENT_BUT_RIGHT = {
+    "spearman": """
+def _ranks(v):
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    out = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1  # positions i..j hold ranks i+1..j+1
+        i = j + 1
+    return out
+
+def spearman(a, b):
+    rb = torch.tensor(_ranks(b.tolist()))
+    rb = rb - rb.mean()
+    res = []
+    for row in a:
+        ra = torch.tensor(_ranks(row.tolist()))
+        ra = ra - ra.mean()
+        res.append((ra @ rb) / torch.sqrt((ra @ ra) * (rb @ rb)))
+    return torch.stack(res).float()
+""",
+    "pooled_activations": """
+def pooled_activations(model, x, layers):
+    seen = []
+    handles = []
+    try:
+        for name in layers:
+            mod = model.get_submodule(name)
+            handles.append(mod.register_forward_hook(lambda m, i, o, name=name: seen.append((name, o.sum(dim=(-2, -1)).clone()))))
+        with torch.inference_mode():
+            model(x)
+    finally:
+        while handles:
+            handles.pop().remove()
+    return {name: value for name, value in seen}
+""",
+    "spearman_score": """
+def spearman_score(model, images, class_images, layers):
+    typical = {k: v.mean(0) for k, v in pooled_activations(model, class_images, layers).items()}
+    rows = []
+    for n in range(len(images)):
+        acts = pooled_activations(model, images[n : n + 1], layers)
+        rows.append(torch.cat([spearman(acts[l], typical[l]) for l in layers]))
+    return torch.stack(rows)
+""",
+    "entanglement": """
+def entanglement(model, images, labels, n_classes):
+    rows = []
+    with torch.no_grad():
+        for i in range(n_classes):
+            rows.append(model(images[labels == i]).mean(0))
+    return torch.stack(rows)
+""",
+    "isolation_map": """
+def isolation_map(model, x, a, b, patch=8):
+    def diff(y):
+        with torch.no_grad():
+            z = model(y)
+        return z[:, a] - z[:, b]
+    base = diff(x)
+    nh, nw = x.shape[2] // patch, x.shape[3] // patch
+    out = torch.empty(x.shape[0], nh, nw)
+    for i in range(nh):
+        for j in range(nw):
+            y = x.clone()
+            y[:, :, i * patch : (i + 1) * patch, j * patch : (j + 1) * patch] = 0.5
+            out[:, i, j] = base - diff(y)
+    return out
+""",
+}
+
+_POOLED = """
+def pooled_activations(model, x, layers):
+    mods = dict(model.named_modules())
+    store = {{}}
+    hs = [mods[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, {what})) for n in layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hs:
+            h.remove()
+    return store
+"""
+
+_ISO = """
+def isolation_map(model, x, a, b, patch=8):
+    x = x.detach().clone().requires_grad_(True)
+    z = model(x)
+    (g,) = torch.autograd.grad(({target}).sum(), x)
+    c = (g * ({input})).sum(1)
+    n, h, w = c.shape
+    return c.reshape(n, h // patch, patch, w // patch, patch).{pool}((2, 4))
+"""
+
+_ENT = """
+def entanglement(model, images, labels, n_classes):
+    with torch.no_grad():
+        z = model(images)
+    {body}
+"""
+
+WRONG = {
+    "Pearson instead of Spearman": ("spearman", """
+def spearman(a, b):
+    a = a.double() - a.double().mean(1, keepdim=True)
+    b = b.double() - b.double().mean()
+    return (a @ b) / (a.norm(dim=1) * b.norm())
+"""),
+    "ordinal ranks without tie handling": ("spearman", """
+def spearman(a, b):
+    ra = a.argsort(1).argsort(1).double() + 1
+    rb = b.argsort().argsort().double() + 1
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean()
+    return (ra @ rb) / (ra.norm(dim=1) * rb.norm())
+"""),
+    "ranks along the images instead of the channels": ("spearman", """
+def spearman(a, b):
+    ra = a.argsort(0).argsort(0).double() + 1
+    rb = b.argsort().argsort().double() + 1
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean()
+    return (ra @ rb) / (ra.norm(dim=1) * rb.norm())
+"""),
+    "pooling over the batch instead of space": ("pooled_activations", _POOLED.format(what="o.mean(0)")),
+    "pooling over the batch and space": ("pooled_activations", _POOLED.format(what="o.mean((0, 2, 3)).expand(o.shape[0], -1)")),
+    "max pooling over space": ("pooled_activations", _POOLED.format(what="o.amax((2, 3))")),
+    "module input instead of output": ("pooled_activations", _POOLED.format(what="i[0].mean((2, 3))")),
+    "hooks not removed when the forward pass fails": ("pooled_activations", """
+def pooled_activations(model, x, layers):
+    mods = dict(model.named_modules())
+    store = {}
+    hs = [mods[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o.mean((2, 3)))) for n in layers]
+    with torch.no_grad():
+        model(x)
+    for h in hs:
+        h.remove()
+    return store
+"""),
+    "mean of correlations with each class image": ("spearman_score", """
+def spearman_score(model, images, class_images, layers):
+    mine = pooled_activations(model, images, layers)
+    ref = pooled_activations(model, class_images, layers)
+    return torch.stack([torch.stack([spearman(mine[l], r) for r in ref[l]]).mean(0) for l in layers], 1)
+"""),
+    "score matrix transposed (layers, images)": ("spearman_score", """
+def spearman_score(model, images, class_images, layers):
+    mine = pooled_activations(model, images, layers)
+    ref = pooled_activations(model, class_images, layers)
+    return torch.stack([spearman(mine[l], ref[l].mean(0)) for l in layers])
+"""),
+    "reference from the scored images instead of the class": ("spearman_score", """
+def spearman_score(model, images, class_images, layers):
+    mine = pooled_activations(model, images, layers)
+    return torch.stack([spearman(mine[l], mine[l].mean(0)) for l in layers], 1)
+"""),
+    "entanglement matrix transposed": ("entanglement", _ENT.format(
+        body="return torch.stack([z[labels == i].mean(0) for i in range(n_classes)]).T")),
+    "softmax probabilities instead of logits (entanglement)": ("entanglement", _ENT.format(
+        body="p = z.softmax(1)\n    return torch.stack([p[labels == i].mean(0) for i in range(n_classes)])")),
+    "sum instead of mean over a class's prototypes": ("entanglement", _ENT.format(
+        body="return torch.stack([z[labels == i].sum(0) for i in range(n_classes)])")),
+    "assumes class-major order with equal counts": ("entanglement", _ENT.format(
+        body="return z.reshape(n_classes, -1, z.shape[1]).mean(1)")),
+    "softmax probabilities instead of logits (isolation)": ("isolation_map", _ISO.format(
+        target="z.softmax(1)[:, a] - z.softmax(1)[:, b]", input="x.detach() - 0.5", pool="sum")),
+    "isolation sign flipped (b rather than a)": ("isolation_map", _ISO.format(
+        target="z[:, b] - z[:, a]", input="x.detach() - 0.5", pool="sum")),
+    "gradient x input without the grey reference": ("isolation_map", _ISO.format(
+        target="z[:, a] - z[:, b]", input="x.detach()", pool="sum")),
+    "only the logit of a, not the difference": ("isolation_map", _ISO.format(
+        target="z[:, a]", input="x.detach() - 0.5", pool="sum")),
+    "mean over the square instead of the sum": ("isolation_map", _ISO.format(
+        target="z[:, a] - z[:, b]", input="x.detach() - 0.5", pool="mean")),
+    "calls course_lib's spearman": ("spearman", """
+from course_lib.methods.prototypes import spearman as _lib_spearman
+
+def spearman(a, b):
+    return _lib_spearman(a, b[None])
+"""),
+    "calls course_lib's pooled activations": ("pooled_activations", """
+def pooled_activations(model, x, layers):
+    from course_lib.methods import prototypes as P
+    return P.pooled_activations(model, x, layers)
+"""),
+    "calls course_lib's spearman_score": ("spearman_score", """
+import course_lib.methods.prototypes as _P
+
+def spearman_score(model, images, class_images, layers):
+    return _P.spearman_score(model, images, class_images, layers)
+"""),
+    "calls course_lib's entanglement": ("entanglement", """
+from course_lib.methods.prototypes import entanglement as _ent
+
+def entanglement(model, images, labels, n_classes):
+    return _ent(model, images, labels, n_classes)
+"""),
+    "calls course_lib's isolate": ("isolation_map", """
+def isolation_map(model, x, a, b, patch=8):
+    from course_lib.methods.prototypes import isolate
+    return isolate(model, x, a, b, patch=patch)
+"""),
+}
+
+TESTS = {"spearman": "test_spearman", "pooled_activations": "test_pooled_activations", "spearman_score": "test_spearman_score",
+         "entanglement": "test_entanglement", "isolation_map": "test_isolation"}
+
+
+def test_a_different_correct_solution_gets_full_marks():
+    # the reference solution's full marks are checked by the nbgrader round trip (test_nbgrader.py)
+    res = run_graded(NB, DIFFERENT_BUT_RIGHT)
+    got, full = score(res)
+    assert full == 14 and got == full, {k: r.error for k, r in res.items() if not r.passed}
+
+
+@pytest.mark.parametrize("mistake", list(WRONG))
+def test_plausible_mistakes_lose_points(mistake):
+    cell, code = WRONG[mistake]
+    res = run_graded(NB, {cell: code}, stop_after=TESTS[cell])  # later exercises cannot be affected
+    failed = [r for r in res.values() if not r.passed]
+    assert failed, f"the mistake '{mistake}' still got full marks"
+    assert {r.grade_id for r in failed} == {TESTS[cell]}, f"'{mistake}' cost points elsewhere: {[r.grade_id for r in failed]}"
+    assert all(r.error.startswith("AssertionError") for r in failed), [r.error for r in failed]

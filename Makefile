@@ -69,8 +69,9 @@ grade: release
 
 ## make site: the course website in build/site/ (open build/site/index.html): lectures with their outputs, taken
 ## from the copies the notebook tests executed (only missing or changed lectures are executed again)
+## (make site SITE_ARGS="--skip-missing" or SITE_ARGS="--only 02_": a quick preview without executing the rest)
 site: fetch
-	$(BIN)/python website/build_site.py
+	$(BIN)/python website/build_site.py $(SITE_ARGS)
 
 ## make bench: speed of each method against its peer library (not part of make test)
 bench: fetch

@@ -225,7 +225,7 @@ def stage(lectures: list[Path]) -> None:
     for lec in lectures:
         nb = prepare_lecture(json.loads(executed_copy(lec).read_text(encoding="utf-8")))
         write_if_changed(SRC / "lectures" / lec.name, json.dumps(nb, ensure_ascii=False, indent=1).encode(), staged)
-        lecture_rows.append(f"| {{doc}}`{title_of(nb, lec.stem)} <lectures/{lec.stem}>` |")
+        lecture_rows.append(f"* {{doc}}`{title_of(nb, lec.stem)} <lectures/{lec.stem}>`")
     for folder in sorted(p for p in (ROOT / "assignments").iterdir() if p.is_dir()):
         for f in sorted(folder.iterdir()):
             if f.suffix not in (".ipynb", ".md"):

@@ -46,7 +46,7 @@ html_theme_options = {
     "use_repository_button": False,
     "navigation_with_keys": False,
 }
-html_sidebars = {"**": ["navbar-logo.html", "search-field.html", "glossary-link.html", "sbt-sidebar-nav.html"]}
+html_sidebars = {"**": ["navbar-logo.html", "glossary-link.html", "sbt-sidebar-nav.html"]}  # search: in the header
 templates_path = ["_templates"]
 
 # --- math, offline: MathJax 3 with every TeX extension in one file, plus its fonts

@@ -157,6 +157,12 @@ def test_no_solution_or_hidden_test_reaches_the_site(site):
         leaks += [f"{f.relative_to(site)}: marker {m!r}" for m in markers if m in text]
         leaks += [f"{f.relative_to(site)}: line of {src}: {line[:80]!r}" for line, src in secrets.items() if line in text]
     assert not leaks, "solutions or hidden tests on the website:\n" + "\n".join(leaks[:20])
+    # the check has teeth: code lines of a released notebook are found, the same way, on its page
+    released = sorted((ROOT / "assignments").glob("a*/*.ipynb"))[0]
+    page = _visible_text(site / "assignments" / released.parent.name / (released.stem + ".html"))
+    code = [" ".join(line.split()) for c in json.loads(released.read_text())["cells"] if c["cell_type"] == "code"
+            for line in _cell_text(c).splitlines() if len(line.strip()) >= 25]
+    assert code and all(line in page for line in code), "the leak check cannot see code on a rendered page"
     assert not list(site.rglob("*.ipynb")), "raw notebooks are copied into the website"
     assert not (SRC / "solutions").exists()
 

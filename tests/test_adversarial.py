@@ -7,7 +7,7 @@ from torch import nn
 
 from gradeutil import run_graded, score
 
-from course_lib.methods.adversarial import accuracy_under_attack, attack_loss, fgsm, pgd, predict, project
+from course_lib.methods.adversarial import accuracy_under_attack, attack_loss, fgsm, pgd, predict, project_to_ball
 
 import torchattacks
 
@@ -56,12 +56,12 @@ def test_projection_is_the_closest_point():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 3, 5, 5, generator=g)
     z = torch.rand(4, 3, 5, 5, generator=g) * 3 - 1  # far outside the ball and [0, 1]
-    p = project(z, x, 0.1, "linf")
+    p = project_to_ball(z, x, 0.1, "linf")
     # L-inf ball intersected with the box is a box: the projection is a coordinate-wise clip
     torch.testing.assert_close(p, torch.minimum(torch.maximum(z, (x - 0.1).clamp(0, 1)), (x + 0.1).clamp(0, 1)))
     inside = x + 0.05 * torch.sign(torch.randn(4, 3, 5, 5, generator=g))
     inside = inside.clamp(0, 1)
-    torch.testing.assert_close(project(inside, x, 0.1, "linf"), inside)  # points in the set stay put
+    torch.testing.assert_close(project_to_ball(inside, x, 0.1, "linf"), inside)  # points in the set stay put
 
 
 def test_pgd_is_at_least_as_strong_as_fgsm(scenes_cnn, batch):

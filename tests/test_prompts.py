@@ -59,7 +59,7 @@ def test_projection_equals_brute_force_nearest_neighbours():
     E = torch.randn(200, 16, generator=g) * torch.rand(200, 1, generator=g) * 5  # norms vary a lot
     allowed = torch.rand(200, generator=g) > 0.3
     embeds = torch.randn(3, 4, 16, generator=g)
-    ids, cos = P.project(embeds, E, k=3, allowed=allowed)
+    ids, cos = P.project_to_tokens(embeds, E, k=3, allowed=allowed)
     assert ids.shape == (3, 4, 3)
     assert torch.equal(ids, brute_force_nearest(embeds, E, allowed, 3))
     assert allowed[ids].all()
@@ -70,10 +70,10 @@ def test_projection_is_cosine_not_euclidean():
     E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.21]])  # token 2: small norm, near the origin
     e = torch.tensor([[2.0, 1.8]])
     # by hand: cos(e, E0) = 0.743, cos(e, E1) = 0.669, cos(e, E2) = 0.997 -> token 2; Euclidean: 2.06, 2.15, 2.40 -> token 0
-    assert P.project(e, E)[0].item() == 2
+    assert P.project_to_tokens(e, E)[0].item() == 2
     assert torch.cdist(e, E).argmin().item() != 2  # the two metrics disagree here
     # a long vector along token 0 projects to token 0, however long
-    assert P.project(torch.tensor([[100.0, 1.0]]), E)[0].item() == 0
+    assert P.project_to_tokens(torch.tensor([[100.0, 1.0]]), E)[0].item() == 0
 
 
 def test_projection_on_real_embeddings_recovers_tokens(smol, allowed):
@@ -81,7 +81,7 @@ def test_projection_on_real_embeddings_recovers_tokens(smol, allowed):
     E = P.token_embeddings(model)
     ids = torch.tensor([[tok(" Paris", add_special_tokens=False)["input_ids"][0], 1234, 5678]])
     ids = ids[:, allowed[ids[0]]]
-    got = P.project(E[ids] * 3.0, E, allowed=allowed)[0][..., 0]  # scaling does not change cosine
+    got = P.project_to_tokens(E[ids] * 3.0, E, allowed=allowed)[0][..., 0]  # scaling does not change cosine
     assert torch.equal(got, ids)
     assert torch.equal(got, brute_force_nearest(E[ids], E[:], allowed, 1)[..., 0])
 
@@ -312,7 +312,7 @@ def test_soft_prompt_succeeds_softly_and_projects_on_smollm2(smol, allowed):
     assert soft_p.max() > 0.5  # the soft prompt itself works...
     assert res.p_target.max() < soft_p.max()  # ...its projection works less well: judge the projection
     assert res.p_target.max() > 0.05, str(res)  # but the best projection still beats 'x x x x' (0.004) >10x
-    assert P.project(res.soft, E, allowed=allowed)[0].shape == (4, 4, 1)
+    assert P.project_to_tokens(res.soft, E, allowed=allowed)[0].shape == (4, 4, 1)
     reg = P.soft_prompt(model, tok, " the", n_tokens=4, n_restarts=4, steps=25, lr=0.05, lam=1.0, eval_every=5,
                         allowed=allowed, seed=0, progress=False)
     assert reg.p_target.max() > 0.05, str(reg)

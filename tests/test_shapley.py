@@ -88,8 +88,8 @@ def fever_cough(name):
 
 def test_fever_cough_a_exact_table():
     r = exact_interactions(fever_cough("fever-cough-a"))
-    assert r.baseline.item() == 20.0 and r.full.item() == 80.0
-    torch.testing.assert_close(r.shapley, torch.tensor([30.0, 30.0], dtype=torch.float64))
+    assert r.v_empty.item() == 20.0 and r.v_full.item() == 80.0
+    torch.testing.assert_close(r.values, torch.tensor([30.0, 30.0], dtype=torch.float64))
     torch.testing.assert_close(r.sii, torch.tensor([[0.0, 20.0], [20.0, 0.0]], dtype=torch.float64))
     # SHAP interaction values: interaction 10 off the diagonal, main effects 20 on it
     torch.testing.assert_close(r.shap_interaction, torch.tensor([[20.0, 10.0], [10.0, 20.0]], dtype=torch.float64))
@@ -101,7 +101,7 @@ def test_fever_cough_b_consistency():
     a = exact_shapley(fever_cough("fever-cough-a"))
     b = exact_shapley(fever_cough("fever-cough-b"))
     torch.testing.assert_close(b.values, torch.tensor([30.0, 35.0], dtype=torch.float64))
-    assert b.baseline.item() == 25.0
+    assert b.v_empty.item() == 25.0
     assert b.values[1] >= a.values[1]  # cough matters more in B, so its value must not drop
 
 
@@ -120,12 +120,12 @@ def test_fever_cough_estimators_are_exact_for_two_players(name):
 def test_exact_matches_brute_force_formulas(d, seed):
     table = random_table(d, seed)
     r = exact_interactions(table_game(table, d))
-    torch.testing.assert_close(r.shapley, brute_shapley(table, d))
+    torch.testing.assert_close(r.values, brute_shapley(table, d))
     torch.testing.assert_close(r.sii, brute_sii(table, d))
-    torch.testing.assert_close(r.shap_interaction.sum(1), r.shapley)  # rows sum to phi
+    torch.testing.assert_close(r.shap_interaction.sum(1), r.values)  # rows sum to phi
     off = ~torch.eye(d, dtype=torch.bool)
     torch.testing.assert_close(r.shap_interaction[off], r.sii[off] / 2)
-    total = r.full - r.baseline
+    total = r.v_full - r.v_empty
     torch.testing.assert_close(r.ksii_main.sum() + r.ksii_pairs.triu(1).sum(), total)
 
 
@@ -177,7 +177,7 @@ def test_additivity():
     a = exact_interactions(table_game(t1, d))
     b = exact_interactions(table_game(t2, d))
     ab = exact_interactions(table_game(t1 + 2 * t2, d))
-    torch.testing.assert_close(ab.shapley, a.shapley + 2 * b.shapley)
+    torch.testing.assert_close(ab.values, a.values + 2 * b.values)
     torch.testing.assert_close(ab.sii, a.sii + 2 * b.sii)
 
 
@@ -185,13 +185,13 @@ def test_multi_output_games_are_per_output():
     d, k = 5, 3
     table = random_table(d, 4, k)
     r = exact_interactions(table_game(table, d))
-    assert r.shapley.shape == (d, k) and r.sii.shape == (d, d, k) and r.shap_interaction.shape == (d, d, k)
+    assert r.values.shape == (d, k) and r.sii.shape == (d, d, k) and r.shap_interaction.shape == (d, d, k)
     for c in range(k):
         one = exact_interactions(table_game(table[:, c].contiguous(), d))
-        torch.testing.assert_close(r.shapley[:, c], one.shapley)
+        torch.testing.assert_close(r.values[:, c], one.values)
         torch.testing.assert_close(r.shap_interaction[..., c], one.shap_interaction)
     ks = kernel_shap(table_game(table, d), budget=2**d)
-    torch.testing.assert_close(ks.values, r.shapley)
+    torch.testing.assert_close(ks.values, r.values)
     ps = permutation_shapley(table_game(table, d), budget=50, seed=0)
     assert ps.values.shape == (d, k)
 
@@ -275,7 +275,7 @@ def test_parity_with_shapiq_exact_computer():
 
     ref = shapiq.ExactComputer(game=value, n_players=d)
     sv = ref(index="SV", order=1)
-    np.testing.assert_allclose(sv.get_n_order_values(1), ours.shapley.numpy(), atol=1e-6)
+    np.testing.assert_allclose(sv.get_n_order_values(1), ours.values.numpy(), atol=1e-6)
     sii = ref(index="SII", order=2)
     np.testing.assert_allclose(sii.get_n_order_values(2), ours.sii.numpy(), atol=1e-6)
     ksii = ref(index="k-SII", order=2)
@@ -311,7 +311,7 @@ def test_parity_with_shap_kernel_explainer_full_budget():
     game = tabular_game(model, x, bg)
     np.testing.assert_allclose(kernel_shap(game, budget=2**d).values.numpy(), ref, atol=1e-5)
     np.testing.assert_allclose(exact_shapley(game).values.numpy(), ref, atol=1e-5)
-    np.testing.assert_allclose(float(exact_shapley(game).baseline), explainer.expected_value, atol=1e-5)
+    np.testing.assert_allclose(float(exact_shapley(game).v_empty), explainer.expected_value, atol=1e-5)
 
 
 def test_diabetes_mlp_all_ten_features():
@@ -320,10 +320,10 @@ def test_diabetes_mlp_all_ten_features():
     game = tabular_game(model, data["X"][0], data["X"][:50], feature_names=data["feature_names"])
     r = exact_interactions(game)
     assert r.budget == 1024 and r.sii.shape == (10, 10)
-    torch.testing.assert_close(r.shapley.sum(), r.full - r.baseline, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(r.values.sum(), r.v_full - r.v_empty, atol=1e-4, rtol=1e-5)
     with torch.no_grad():
         pred = model(data["X"][:1]).double()[0]
-    torch.testing.assert_close(r.full, pred, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(r.v_full, pred, atol=1e-4, rtol=1e-5)
 
 
 def test_image_game_results_do_not_depend_on_batch_size():
@@ -338,4 +338,4 @@ def test_image_game_results_do_not_depend_on_batch_size():
         out.append((exact_interactions(game), kernel_shap(game, budget=10, seed=0)))
     torch.testing.assert_close(out[0][0].shap_interaction, out[1][0].shap_interaction, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[0][1].values, out[1][1].values, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out[0][0].full.float(), model(x[None])[0, 0].double().float(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(out[0][0].v_full.float(), model(x[None])[0, 0].double().float(), atol=1e-4, rtol=1e-5)

@@ -28,7 +28,7 @@ from torch import nn
 from ..device import model_device, require_eval
 from ..progress import progress_bar
 
-__all__ = ["fgsm", "pgd", "attack_loss", "predict", "accuracy_under_attack", "project_to_ball", "project"]
+__all__ = ["fgsm", "pgd", "attack_loss", "predict", "accuracy_under_attack", "project_to_ball"]
 
 _NORMS = ("linf", "l2")
 _LOSSES = ("ce", "margin")
@@ -136,7 +136,6 @@ def project_to_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Lite
     return (x + delta).clamp(0, 1)
 
 
-project = project_to_ball  # old name, kept for existing notebooks
 
 
 def _input_grad(model: nn.Module, x_adv: torch.Tensor, labels: torch.Tensor, targeted: bool, loss: str) -> torch.Tensor:

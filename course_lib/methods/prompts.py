@@ -38,7 +38,6 @@ __all__ = [
     "allowed_tokens",
     "token_embeddings",
     "project_to_tokens",
-    "project",
     "nearest_token_distance",
     "NearestTokens",
     "target_loss",
@@ -167,7 +166,6 @@ def project_to_tokens(embeds: torch.Tensor, E: torch.Tensor, *, k: int = 1, allo
     return ids.reshape(e.shape[:-1] + (k,)), sims.reshape(e.shape[:-1] + (k,))
 
 
-project = project_to_tokens  # old name, kept for existing notebooks
 
 
 def _mask_bias(allowed: torch.Tensor | None, E_unit: torch.Tensor) -> torch.Tensor | None:

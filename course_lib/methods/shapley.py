@@ -48,22 +48,8 @@ __all__ = [
 MAX_EXACT_PLAYERS = 20  # 2**20 coalitions is about a million model evaluations
 
 
-class _GameEnds:
-    """Old names of ``v_empty`` and ``v_full``, kept working for existing notebooks."""
-
-    @property
-    def baseline(self) -> torch.Tensor:
-        """Old name of ``v_empty`` (v of the empty coalition; not the fill value of a game)."""
-        return self.v_empty
-
-    @property
-    def full(self) -> torch.Tensor:
-        """Old name of ``v_full``."""
-        return self.v_full
-
-
 @dataclass(kw_only=True, repr=False)
-class ShapleyResult(_GameEnds, PerturbationResult):
+class ShapleyResult(PerturbationResult):
     """Shapley values of one game.
 
     values: (d,) or (d, K); v_empty: v(empty coalition) () or (K,); v_full: v(all players);
@@ -76,10 +62,10 @@ class ShapleyResult(_GameEnds, PerturbationResult):
 
 
 @dataclass(kw_only=True, repr=False)
-class Interactions(_GameEnds, PerturbationResult):
+class Interactions(PerturbationResult):
     """Exact Shapley values and pairwise interactions of one game (all from one enumeration).
 
-    values: (d, ...) Shapley values (also ``shapley``); sii: (d, d, ...) Shapley interaction
+    values: (d, ...) Shapley values; sii: (d, d, ...) Shapley interaction
     index (Grabisch & Roubens 1999), zero on the diagonal; shap_interaction: (d, d, ...) SHAP
     interaction values (Lundberg et al. 2020), SII / 2 off the diagonal, main effects on it, rows
     sum to ``values``; ksii_main (d, ...) and ksii_pairs (d, d, ...): 2-SII, the k-SII of Fumagalli
@@ -94,11 +80,6 @@ class Interactions(_GameEnds, PerturbationResult):
     moebius: torch.Tensor = field(repr=False)
     v_empty: torch.Tensor
     v_full: torch.Tensor
-
-    @property
-    def shapley(self) -> torch.Tensor:
-        """Old name of ``values``: the Shapley values."""
-        return self.values
 
 
 # ----------------------------------------------------------------------------- enumeration

@@ -103,7 +103,7 @@ def test_bench_exact_shapley_12_features():
           f"shapiq SV / ours = {t_sq / t_exact:.1f}x (target >= 20x)")
     # correctness of the exact-budget peers; speed targets are printed, not asserted (shared CPUs)
     assert rows[5][2] < 1e-4, "shap.KernelExplainer at full enumeration should match exact values"
-    torch.testing.assert_close(phi.sum(), ours.full - ours.baseline)
+    torch.testing.assert_close(phi.sum(), ours.v_full - ours.v_empty)
 
 
 def test_bench_pairwise_interactions_10_features():

@@ -43,7 +43,7 @@ lab: fetch
 ## make browser: Debian's Chromium (and a CJK font for the Chinese labels) for the website's browser test
 ## (tests/test_site.py); nothing to do once installed
 browser:
-	@dpkg -s chromium fonts-wqy-zenhei >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	@dpkg -s chromium fonts-wqy-zenhei >/dev/null 2>&1 || ! command -v apt-get >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; }
 
 ## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip, website)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "build" / "site"
 SRC = ROOT / "build" / "site-src"
 REPORTS = ROOT / "tests" / "reports"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("COURSE_SITE_CHROMIUM", "/usr/bin/chromium")  # Debian's; elsewhere point it at a Chromium
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SITE_ARGS = shlex.split(os.environ.get("COURSE_SITE_ARGS", ""))
@@ -81,7 +81,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def browser():
     assert Path(CHROMIUM).is_file(), (
-        f"{CHROMIUM} is missing: install Debian's chromium (`make browser`, run by `make test`)"
+        f"{CHROMIUM} is missing: install Debian's chromium (`make browser`, run by `make test`), "
+        "or set COURSE_SITE_CHROMIUM to a Chromium or Chrome executable"
     )
     from playwright.sync_api import sync_playwright
 

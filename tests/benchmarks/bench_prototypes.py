@@ -1,0 +1,128 @@
+"""Prototypes on scenes-cnn, in one run (issue 13):
+
+- prototypes for all 10 classes in one batch vs 10 separate runs (one class each): the speed-up of
+  the batch; and the batched run's time per step vs a plain forward + backward (to the input) of a
+  batch of the same size, the floor any implementation pays (target <= 1.15x). The same batched run
+  without the random transformations is reported too: it separates the optimisation loop's own
+  overhead from the cost of transformation robustness (pad, jitter, scale and rotate with
+  ``grid_sample``, applied once per class so that every class gets the same draws; measured on a
+  shared 2-core CPU: about 1.0-1.15x without the transformations, 1.7-1.8x with them, in CPU time);
+- the Spearman evaluation of the whole test split in one pass (pooled activations of every image
+  once, then each image against its class's mean, four layers), with its time, next to the same
+  scores computed class by class with ``spearman_score``.
+
+Runs alternate and the best of several repeats counts, so a shared CPU hurts both sides alike.
+Run with ``make bench``; compare ratios, not absolute times. ``COURSE_LIB_BENCH_QUICK=1`` shrinks
+everything to check that the file runs.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))
+STEPS = 8 if QUICK else 64
+N_TEST = 100 if QUICK else 500  # load_dataset's default test split
+REPEATS = 1 if QUICK else 3
+
+
+def _model():
+    from course_lib import load_model
+
+    model = load_model("scenes-cnn")
+    return model, next(model.parameters()).device
+
+
+def _timed(fn, dev) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): on a shared CPU the CPU time is the steadier figure."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _best(fns: dict, dev) -> tuple[dict, dict]:
+    """Best wall time and best CPU time of each function over REPEATS alternating runs."""
+    for fn in fns.values():  # warm-up
+        fn()
+    wall = {k: float("inf") for k in fns}
+    cpu = dict(wall)
+    for _ in range(REPEATS):
+        for k, fn in fns.items():
+            w, c = _timed(fn, dev)
+            wall[k], cpu[k] = min(wall[k], w), min(cpu[k], c)
+    return wall, cpu
+
+
+def test_prototypes_one_batch_vs_separate_runs_vs_plain_passes():
+    from course_lib.methods.prototypes import prototypes
+
+    model, dev = _model()
+    k = 10
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(k, 3, 64, 64, generator=g).to(dev)
+
+    def plain():  # what every step must do at least: a forward and a backward pass of the batch to the input
+        for _ in range(STEPS):
+            xx = x.clone().requires_grad_(True)
+            model(xx).diagonal().sum().backward()
+
+    fns = {
+        "one batch": lambda: prototypes(model, steps=STEPS, seed=0, progress=False),
+        "one batch, no transforms": lambda: prototypes(model, steps=STEPS, seed=0, progress=False, transforms=None),
+        "10 separate runs": lambda: [prototypes(model, [c], steps=STEPS, seed=0, progress=False) for c in range(k)],
+        "plain fwd+bwd": plain,
+    }
+    best, cpu = _best(fns, dev)
+    print(f"\nprototypes, {k} classes, {STEPS} steps on {dev} ({torch.get_num_threads()} threads), best of {REPEATS}, "
+          f"load average {os.getloadavg()[0]:.1f}:")
+    for name, v in best.items():
+        print(f"  {name:26s} wall {v * 1000:9.1f} ms ({v / STEPS * 1000:7.2f} ms per step)   CPU {cpu[name] * 1000:9.1f} ms")
+    for what, t in (("wall", best), ("CPU", cpu)):
+        print(f"  [{what}] speed-up of one batch over separate runs: {t['10 separate runs'] / t['one batch']:.2f}x; "
+              f"one batch / plain forward+backward: {t['one batch'] / t['plain fwd+bwd']:.2f}x (target <= 1.15); "
+              f"without transformations: {t['one batch, no transforms'] / t['plain fwd+bwd']:.2f}x")
+    # the two runs give the same prototype for a class (same seed, same transformations)
+    one = prototypes(model, steps=2, seed=0, progress=False).images
+    alone = prototypes(model, [3], steps=2, seed=0, progress=False).images
+    assert torch.allclose(one[3], alone[0], atol=1e-4)
+    assert best["one batch"] < best["10 separate runs"] and best["one batch"] / best["plain fwd+bwd"] <= 4.0  # loose guards
+
+
+def test_spearman_evaluation_of_the_test_split_in_one_pass():
+    from course_lib import load_dataset
+    from course_lib.methods import prototypes as P
+
+    model, dev = _model()
+    data = load_dataset("scenes", split="test", n=N_TEST, seed=0)
+    layers = list(P.DEFAULT_LAYERS)
+    k = len(data.class_names)
+
+    def one_pass():  # (N, L): every image against the mean of its own class, from one pass over the images
+        acts = P.pooled_activations(model, data.images, layers, batch_size=250)
+        out = []
+        for name in layers:
+            means = torch.stack([acts[name][data.labels == c].mean(0) for c in range(k)])  # (K, C)
+            out.append(P.spearman(acts[name], means[data.labels]))
+        return torch.stack(out, 1)
+
+    def by_class():  # the same scores with spearman_score, one class at a time (two passes per class)
+        out = torch.empty(len(data), len(layers))
+        for c in range(k):
+            own = data.labels == c
+            out[own] = P.spearman_score(model, data.images[own], data.images[own], layers)
+        return out
+
+    best, cpu = _best({"one pass": one_pass, "class by class": by_class}, dev)
+    torch.testing.assert_close(one_pass(), by_class(), atol=1e-5, rtol=1e-5)
+    print(f"\nSpearman evaluation of {len(data)} test images x {len(layers)} layers on {dev}, best of {REPEATS}, "
+          f"load average {os.getloadavg()[0]:.1f}:")
+    for name, v in best.items():
+        print(f"  {name:15s} wall {v * 1000:9.1f} ms   CPU {cpu[name] * 1000:9.1f} ms")
+    print(f"  one pass is {best['class by class'] / best['one pass']:.2f}x faster than class by class")
+    assert best["one pass"] <= 2.0 * best["class by class"]  # loose guard for a shared machine

@@ -102,6 +102,7 @@ def test_reproducible_with_seed():
     c = TL.train_induction(cfg, seed=6, progress=False)
     assert a.steps == b.steps == [0, 6, 12]
     assert a.loss == b.loss
+    assert len(a.seconds_at) == 3 and a.seconds_at == sorted(a.seconds_at)
     for sa, sb in zip(a.checkpoints, b.checkpoints):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(a.checkpoints[-1]["unembed.weight"], c.checkpoints[-1]["unembed.weight"])

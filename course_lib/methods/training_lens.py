@@ -189,6 +189,7 @@ class TrainingRun:
     seconds: float = 0.0  # training wall time (0 when loaded from the cache)
     source: str = "trained"  # "trained" or the cache path it was loaded from
     extra: dict = field(default_factory=dict)
+    seconds_at: list[float] = field(default_factory=list)  # wall time since the start at each checkpoint (empty when loaded)
 
     def new_model(self) -> AttnOnlyTransformer:
         c = self.config
@@ -237,7 +238,7 @@ def train_induction(config: TrainConfig = TrainConfig(), *, seed: int = 0, progr
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     g = torch.Generator().manual_seed(seed + 1)  # the training stream
     eval_tokens = repeated_tokens(c.eval_batch, c.eval_period, c.vocab, seed=seed + 2)
-    steps, ckpts, scores, icl, losses = [], [], [], [], []
+    steps, ckpts, scores, icl, losses, seconds_at = [], [], [], [], [], []
 
     def keep(step):
         s, l = _evaluate(model, eval_tokens)
@@ -245,6 +246,7 @@ def train_induction(config: TrainConfig = TrainConfig(), *, seed: int = 0, progr
         ckpts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         scores.append(s)
         icl.append(l)
+        seconds_at.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     keep(0)
@@ -259,7 +261,8 @@ def train_induction(config: TrainConfig = TrainConfig(), *, seed: int = 0, progr
         if step % c.checkpoint_every == 0 or step == c.steps:
             keep(step)
     seconds = time.perf_counter() - t0
-    return TrainingRun(c, seed, steps, ckpts, losses, eval_tokens, torch.stack(scores), torch.stack(icl), seconds)
+    return TrainingRun(c, seed, steps, ckpts, losses, eval_tokens, torch.stack(scores), torch.stack(icl), seconds,
+                       seconds_at=seconds_at)
 
 
 # ----------------------------------------------------------------------------- cache

@@ -34,6 +34,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SITE_ARGS = shlex.split(os.environ.get("COURSE_SITE_ARGS", ""))
 MAX_SITE_MB = 50
+# the budget is 2 min each on a quiet 2-core machine; the asserts leave 2x for a shared, busy one
+MAX_BUILD_S = MAX_BROWSER_S = 240
 PAGE_TIMEOUT_MS = 30_000
 
 
@@ -57,6 +59,7 @@ def site():
     _record(build_seconds=round(seconds, 1), build_executed_lectures=executed, size_mb=round(size_mb, 2),
             load_average=os.getloadavg()[0])
     print(f"\nmake site: {seconds:.0f} s{' (executed lectures)' if executed else ''}, {size_mb:.1f} MB")
+    assert executed or seconds <= MAX_BUILD_S, f"make site took {seconds:.0f} s from executed notebooks (budget 120 s)"
     return SITE
 
 
@@ -308,3 +311,4 @@ def test_every_page_in_the_browser(site, server, browser):
     print(f"\nbrowser: {len(pages)} pages, {n_links} internal links, {n_math} formulas, "
           f"{sum(n_figs.values())} lecture figures in {seconds:.0f} s")
     assert not problems, f"{len(problems)} problem(s) in the browser:\n" + "\n".join(problems[:40])
+    assert seconds <= MAX_BROWSER_S, f"the browser test took {seconds:.0f} s (budget 120 s)"

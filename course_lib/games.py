@@ -51,18 +51,33 @@ def require_finite(x: torch.Tensor, name: str = "x") -> None:
             )
 
 
-def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16, device: torch.device | str | None = None) -> int:
+def _weight_bytes(model) -> int:
+    """Bytes of a module's parameters and buffers (0 for a plain function)."""
+    if not isinstance(model, torch.nn.Module):
+        return 0
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def default_batch_size(
+    bytes_per_input: int, *, activation_factor: int = 16, device: torch.device | str | None = None, model_bytes: int = 0
+) -> int:
     """Model inputs per chunk so that one chunk's activations stay near a memory budget.
 
-    The budget is ``$COURSE_LIB_MEMORY_MB`` if set, else 256 MB on a GPU and 32 MB on the CPU:
-    on a CPU, chunks whose activations fit in the caches are faster (measured on 2 cores:
-    1000 forward passes of scenes-cnn took 0.5 s in chunks of 32 and 1.3 s in chunks of 341)
-    and use a fraction of the memory. ``activation_factor`` is a rough ratio of a forward pass's
-    activation memory to its input size.
+    The budget is ``$COURSE_LIB_MEMORY_MB`` if set, else 256 MB on a GPU and 32 MB on the CPU
+    plus 8 times the model's weights (``model_bytes``). A small model is limited by its
+    activations: chunks that fit in the caches are faster (on 2 cores, 1000 forward passes of
+    scenes-cnn took 0.5 s in chunks of 32 and 1.3 s in chunks of 341). A large one is limited by
+    reading its weights once per chunk: with ResNet-18 (45 MB of weights) at 128x128, chunks of 10
+    ran 2.3x slower than chunks of 128, so a chunk's activations should outweigh the weights.
+    ``activation_factor`` is a rough ratio of a forward pass's activation memory to its input size.
+    ``tests/benchmarks/bench_chunking.py`` checks the result against the best fixed batch size.
     """
     env = os.environ.get("COURSE_LIB_MEMORY_MB")
     on_gpu = device is not None and torch.device(device).type in ("cuda", "mps")
-    budget = float(env if env else (256 if on_gpu else 32)) * 2**20
+    if env:  # the user's budget is the whole budget
+        budget = float(env) * 2**20
+    else:
+        budget = (256 if on_gpu else 32) * 2**20 + 8 * max(0, int(model_bytes))
     return int(max(1, min(4096, budget // max(1, bytes_per_input * activation_factor))))
 
 
@@ -214,7 +229,7 @@ def image_game(
     def evaluate(masks: torch.Tensor) -> torch.Tensor:
         return _select(model(perturb(masks)), output, target)
 
-    bs = batch_size or default_batch_size(x.numel() * x.element_size(), device=device)
+    bs = batch_size or default_batch_size(x.numel() * x.element_size(), device=device, model_bytes=_weight_bytes(model))
     return Game(d, evaluate, bs, device, None, perturb, progress)
 
 

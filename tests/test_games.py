@@ -162,6 +162,19 @@ def test_chunk_size_follows_the_memory_budget(monkeypatch, scenes_cnn, scenes_te
     assert 10 <= small <= 30
 
 
+def test_heavier_weights_give_bigger_chunks(monkeypatch):
+    """Without a set budget, a model with more weights gets chunks big enough to amortise reading them."""
+    monkeypatch.delenv("COURSE_LIB_MEMORY_MB", raising=False)
+    x, seg = torch.rand(3, 64, 64), grid_segments(64, 64, 16)
+    light = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 2)).eval()
+    heavy = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 512)).eval()  # 24 MiB of weights
+    c_light, c_heavy = image_game(light, x, seg).chunk, image_game(heavy, x, seg).chunk
+    act = 3 * 64 * 64 * 4 * 16  # bytes per input times the activation factor
+    assert c_light == (32 * 2**20 + 8 * 4 * (3 * 64 * 64 * 2 + 2)) // act
+    assert c_heavy == min(4096, (32 * 2**20 + 8 * 4 * (3 * 64 * 64 * 512 + 512)) // act)
+    assert c_heavy > 4 * c_light
+
+
 def test_tabular_game_with_a_single_output_model():
     """A model with one output per row, (B,) or (B, 1): reported as is; probabilities and
     targets other than 0 are refused with a message (a softmax over one output would be 1)."""

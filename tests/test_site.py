@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -278,7 +278,9 @@ def test_every_page_in_the_browser(site, server, browser):
     # the search finds the Shapley lecture
     current["url"] = "search.html?q=Shapley"
     page.goto(server + "search.html?q=Shapley", wait_until="load", timeout=PAGE_TIMEOUT_MS)
-    page.wait_for_function("() => document.querySelectorAll('#search-results li, ul.search li').length > 0",
+    # Sphinx adds the results one by one, then writes its summary ("Search finished, found N pages ...")
+    page.wait_for_function("() => { const s = document.querySelector('.search-summary');"
+                           " return s && s.textContent.trim().length > 0; }",
                            timeout=PAGE_TIMEOUT_MS)
     found = page.evaluate("() => Array.from(document.querySelectorAll('#search-results li a, ul.search li a')).map(a => a.href)")
     expect = "lectures/03_shapley.html" if (ROOT / "lectures" / "03_shapley.ipynb").is_file() and (site / "lectures/03_shapley.html").is_file() \

@@ -8,8 +8,7 @@
 2. Stage the Sphinx sources in build/site-src/: website/ (config, home, instructors' page), course/*.md,
    the executed lectures (figures get alt text) and the RELEASED assignments from assignments/
    (tasks and visible tests only; the build stops if a solution or hidden-test marker is in them).
-3. sphinx-build (MyST-NB, book theme) into build/site/. Only changed sources are written, so Sphinx
-   rebuilds only the pages that changed.
+3. sphinx-build (MyST-NB, book theme) into a fresh build/site/.
 
 Options (for quick previews while writing): --skip-missing leaves out lectures that have no fresh
 executed copy instead of executing them; --only 02_ 03_ builds only those lectures. Open build/site/index.html, or serve the folder:
@@ -190,8 +189,6 @@ def check_released(text: str, where: str) -> None:
 
 def cli_reference() -> str:
     """Each `course-lib` command with its help, read from the real command line (course_lib.cli.main's parser)."""
-    import argparse as ap
-
     from course_lib import cli
 
     class Captured(Exception):
@@ -201,15 +198,15 @@ def cli_reference() -> str:
         raise Captured(parser)
 
     os.environ.setdefault("COLUMNS", "100")
-    original = ap.ArgumentParser.parse_args
-    ap.ArgumentParser.parse_args = capture
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = capture
     try:
         cli.main([])
     except Captured as got:
         parser = got.args[0]
     finally:
-        ap.ArgumentParser.parse_args = original
-    sub = next(a for a in parser._actions if isinstance(a, ap._SubParsersAction))
+        argparse.ArgumentParser.parse_args = original
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     parts = []
     for choice in sub._choices_actions:
         summary = (choice.help or "").strip()
@@ -289,7 +286,11 @@ def main(argv=None) -> int:
     SRC.mkdir(parents=True, exist_ok=True)
     stage(lectures)
     t1 = time.time()
-    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-d", str(DOCTREES), str(SRC), str(OUT)]
+    # a fresh Sphinx build each time (a few seconds a page): its incremental mode can keep stale pages and
+    # drop unchanged ones from the search index; the costly part, executing lectures, is cached above
+    shutil.rmtree(OUT, ignore_errors=True)
+    shutil.rmtree(DOCTREES, ignore_errors=True)
+    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-E", "-d", str(DOCTREES), str(SRC), str(OUT)]
     warnings = ROOT / "build" / "site-warnings.txt"
     cmd += ["-w", str(warnings)]
     rc = subprocess.run(cmd, cwd=ROOT).returncode

@@ -1,0 +1,189 @@
+"""a9_concepts's graded tests: correct solutions written differently pass, plausible wrong ones lose points."""
+from pathlib import Path
+
+import pytest
+
+from gradeutil import run_graded, score
+
+NB = Path(__file__).resolve().parents[1] / "solutions" / "a9_concepts" / "a9_concepts.ipynb"
+
+# Independent rewrites: a linear SVM whose normal points to the RANDOM set (the other sign), a
+# tensor hook on the layer's output instead of course_lib.hooks, numpy scores and Welch's t-test.
+DIFFERENT_BUT_RIGHT = {
+    "compute_cav": """
+def compute_cav(concept_acts, random_acts, seed=0):
+    from sklearn.svm import LinearSVC
+    X = np.concatenate([np.asarray(random_acts, dtype=np.float64), np.asarray(concept_acts, dtype=np.float64)])
+    labels = np.array([1] * len(random_acts) + [0] * len(concept_acts))  # normal points to the random set
+    svm = LinearSVC(C=0.1, random_state=seed, max_iter=20000).fit(X, labels)
+    w = svm.coef_.ravel()
+    return torch.tensor(w / np.sqrt((w ** 2).sum()), dtype=torch.float32)
+""",
+    "directional_derivatives": """
+def directional_derivatives(model, x, layer, cav, target):
+    module = dict(model.named_modules())[layer]
+    saved = []
+
+    def keep(mod, inp, out):
+        out.retain_grad()
+        saved.append(out)
+
+    handle = module.register_forward_hook(keep)
+    try:
+        inp = x.clone().requires_grad_()
+        logit = model(inp)[:, int(target)]
+        logit.sum().backward()
+    finally:
+        handle.remove()
+    g = saved[0].grad.reshape(len(x), -1)
+    return torch.mv(g.double(), cav.double().to(g.device)).cpu()
+""",
+    "tcav_significance": """
+def tcav_significance(concept_derivs, random_derivs, alpha=0.05):
+    import scipy.stats
+    cs = (np.asarray(concept_derivs) > 0).mean(axis=1)
+    rs = (np.asarray(random_derivs) > 0).mean(axis=1)
+    if np.all(cs == cs[0]) and np.all(rs == cs[0]):
+        return cs, rs, 1.0, False
+    p = scipy.stats.ttest_ind(rs, cs, equal_var=False, alternative="two-sided").pvalue
+    return cs, rs, float(p), bool(p < alpha)
+""",
+}
+
+_CAV = """
+def compute_cav(concept_acts, random_acts, seed=0):
+    from sklearn.linear_model import LogisticRegression
+    X = torch.cat([concept_acts, random_acts]).double().numpy()
+    y = np.r_[np.ones(len(concept_acts)), np.zeros(len(random_acts))]
+    w = torch.from_numpy(LogisticRegression(max_iter=2000).fit(X, y).coef_[0]).float()
+    return {ret}
+"""
+
+_DD = """
+def directional_derivatives(model, x, layer, cav, target):
+    dev = next(model.parameters()).device
+    with capture(model, layer, detach=False) as acts:
+        logits = model(x.detach().clone().to(dev).requires_grad_(True))
+    out = {score}
+    (grad,) = torch.autograd.grad(out, acts[layer])
+    return (grad.flatten(1) @ cav.to(grad.device, grad.dtype)).detach().cpu()
+"""
+
+_SIG = """
+def tcav_significance(concept_derivs, random_derivs, alpha=0.05):
+    from scipy.stats import ttest_ind, ttest_1samp
+    c = torch.as_tensor(concept_derivs).double()
+    r = torch.as_tensor(random_derivs).double()
+    cs, rs = {scores}
+    with np.errstate(all="ignore"):
+        p = {test}
+    p = 1.0 if not np.isfinite(p) else float(p)
+    return cs, rs, p, p < alpha
+"""
+
+
+def _sig(scores="(c > 0).double().mean(1), (r > 0).double().mean(1)", test="ttest_ind(cs.numpy(), rs.numpy()).pvalue"):
+    return _SIG.format(scores=scores, test=test)
+
+
+WRONG = {
+    "CAV normalised with the L1 norm": {"compute_cav": _CAV.format(ret="w / w.abs().sum()")},
+    "CAV not normalised": {"compute_cav": _CAV.format(ret="w")},
+    "CAV = the mean concept activation (no classifier against random)": {"compute_cav": """
+def compute_cav(concept_acts, random_acts, seed=0):
+    v = concept_acts.double().mean(0)
+    return (v / v.norm()).float()
+"""},
+    "CAV that calls course_lib": {"compute_cav": """
+from course_lib.methods.concepts import compute_cav as _lib_cav
+
+def compute_cav(concept_acts, random_acts, seed=0):
+    return _lib_cav(concept_acts, random_acts, seed=seed).direction
+"""},
+    "derivative of the softmax probability": {"directional_derivatives": _DD.format(score="logits.softmax(1)[:, target].sum()")},
+    "derivative of the predicted class, not the target": {"directional_derivatives": _DD.format(
+        score="logits.gather(1, logits.argmax(1, keepdim=True)).sum()")},
+    "derivative of the sum of all logits": {"directional_derivatives": _DD.format(score="logits.sum()")},
+    "derivatives that call course_lib": {"directional_derivatives": """
+from course_lib.methods import concepts as _lib
+
+def directional_derivatives(model, x, layer, cav, target):
+    return _lib.directional_derivatives(model, x, cav, target, layer=layer).cpu()
+"""},
+    "TCAV score as the mean derivative": {"tcav_significance": _sig(scores="c.mean(1), r.mean(1)")},
+    "TCAV score counting zero derivatives as positive": {"tcav_significance": _sig(scores="(c >= 0).double().mean(1), (r >= 0).double().mean(1)")},
+    "no random-concept test: t-test against 0.5": {"tcav_significance": _sig(test="ttest_1samp(cs.numpy(), 0.5).pvalue")},
+    "no random-concept test: one CAV's score against 0.5": {"tcav_significance": _sig(test="0.0 if abs(float(cs.mean()) - 0.5) > 0.2 else 1.0")},
+    "one-sided t-test": {"tcav_significance": _sig(test="ttest_ind(cs.numpy(), rs.numpy(), alternative='greater').pvalue")},
+}
+
+_LAST_CELL = {"compute_cav": "test_compute_cav", "directional_derivatives": "test_directional_derivatives",
+              "tcav_significance": "test_tcav_significance"}
+
+
+def test_a_different_correct_solution_gets_full_marks():
+    res = run_graded(NB, DIFFERENT_BUT_RIGHT)
+    got, full = score(res)
+    assert got == full > 0, {k: r.error for k, r in res.items() if not r.passed}
+
+
+@pytest.mark.parametrize("mistake", list(WRONG))
+def test_plausible_mistakes_lose_points(mistake):
+    (exercise,) = WRONG[mistake]
+    res = run_graded(NB, WRONG[mistake], stop_after=_LAST_CELL[exercise])
+    got, full = score(res)
+    assert got < full, f"the mistake '{mistake}' still got full marks"
+    failed = [r for r in res.values() if not r.passed]
+    assert all(r.error.startswith("AssertionError") for r in failed), [r.error for r in failed]
+
+
+def test_cav_thresholds_hold_for_any_linear_classifier():
+    # The planted check's data and thresholds (cosine > 0.6 with the planted direction, > 88% on new
+    # samples), over 30 seeds, for five different linear classifiers; the concept-mean mistake fails.
+    import numpy as np
+    import torch
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+    from sklearn.svm import LinearSVC
+
+    def planted(seed, n=100, D=30, shift=4.0, offset=10.0):  # the same construction as the hidden test
+        g = torch.Generator().manual_seed(1000 + seed)
+        u = torch.nn.functional.normalize(torch.randn(D, generator=g), dim=0)
+        m = torch.randn(D, generator=g)
+        m = torch.nn.functional.normalize(m - (m @ u) * u, dim=0)
+
+        def draw(k, s):
+            return torch.randn(k, D, generator=g) + offset * m + s * u
+
+        return u, draw(n, shift), draw(n, 0.0), draw(200, shift), draw(200, 0.0)
+
+    def fit(clf):
+        def cav(c, r):
+            X = torch.cat([c, r]).double().numpy()
+            y = np.r_[np.ones(len(c)), np.zeros(len(r))]
+            return torch.from_numpy(clf.fit(X, y).coef_.ravel().copy())
+        return cav
+
+    solvers = {
+        "logistic C=1": fit(LogisticRegression(C=1.0, max_iter=5000)),
+        "logistic C=0.01": fit(LogisticRegression(C=0.01, max_iter=5000)),
+        "linear SVM": fit(LinearSVC(C=0.1, max_iter=20000)),
+        "ridge classifier": fit(RidgeClassifier(alpha=1.0)),
+        "LDA, shrinkage": fit(LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")),
+        "difference of means": lambda c, r: (c.mean(0) - r.mean(0)).double(),
+    }
+
+    def passes(v, u, cn, rn):
+        v = v / v.norm()
+        pc, pr = cn.double() @ v, rn.double() @ v
+        if pc.mean() < pr.mean():
+            v, pc, pr = -v, -pc, -pr
+        thr = (pc.mean() + pr.mean()) / 2
+        acc = float(((pc > thr).sum() + (pr <= thr).sum()) / (len(pc) + len(pr)))
+        return float(v @ u.double()) > 0.6 and acc > 0.88
+
+    for seed in range(30):
+        u, c, r, cn, rn = planted(seed)
+        for name, cav in solvers.items():
+            assert passes(cav(c, r), u, cn, rn), (name, seed)
+        assert not passes(c.double().mean(0), u, cn, rn), seed

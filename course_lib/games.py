@@ -51,34 +51,25 @@ def require_finite(x: torch.Tensor, name: str = "x") -> None:
             )
 
 
-def _weight_bytes(model) -> int:
-    """Bytes of a module's parameters and buffers (0 for a plain function)."""
-    if not isinstance(model, torch.nn.Module):
-        return 0
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16, device: torch.device | str | None = None) -> int:
+    """Model inputs per chunk so that one chunk's activations stay within a memory budget.
 
-
-def default_batch_size(
-    bytes_per_input: int, *, activation_factor: int = 16, device: torch.device | str | None = None, model_bytes: int = 0
-) -> int:
-    """Model inputs per chunk so that one chunk's activations stay near a memory budget.
-
-    The budget is ``$COURSE_LIB_MEMORY_MB`` if set, else 256 MB on a GPU and 32 MB on the CPU
-    plus 8 times the model's weights (``model_bytes``). A small model is limited by its
-    activations: chunks that fit in the caches are faster (on 2 cores, 1000 forward passes of
-    scenes-cnn took 0.5 s in chunks of 32 and 1.3 s in chunks of 341). A large one is limited by
-    reading its weights once per chunk: with ResNet-18 (45 MB of weights) at 128x128, chunks of 10
-    ran 2.3x slower than chunks of 128, so a chunk's activations should outweigh the weights.
+    ``$COURSE_LIB_MEMORY_MB``, if set, is the whole budget. Otherwise a GPU gets 1 GB, and a CPU
+    128 MB and at most 32 inputs per chunk: on a CPU small chunks stay in the caches. Measured for
+    image LIME (1000 samples, ~50 superpixels; `tests/benchmarks/bench_chunking.py`) on two quiet
+    cores of a server CPU, the best fixed batch was 8 for scenes-cnn (32: 1.05x the best, 256:
+    2.2x) and 32 for a ResNet-18 at 128x128 (8: 1.13x, 128: 1.29x); on an H200 larger batches only
+    gained (scenes-cnn: 256 or more within 1.15x of 1000; ResNet-18: 256 1.09x, 512 1.04x).
     ``activation_factor`` is a rough ratio of a forward pass's activation memory to its input size.
-    ``tests/benchmarks/bench_chunking.py`` checks the result against the best fixed batch size.
     """
     env = os.environ.get("COURSE_LIB_MEMORY_MB")
     on_gpu = device is not None and torch.device(device).type in ("cuda", "mps")
-    if env:  # the user's budget is the whole budget
-        budget = float(env) * 2**20
-    else:
-        budget = (256 if on_gpu else 32) * 2**20 + 8 * max(0, int(model_bytes))
-    return int(max(1, min(4096, budget // max(1, bytes_per_input * activation_factor))))
+    per_input = max(1, bytes_per_input * activation_factor)
+    if env:  # the user's budget is the whole rule
+        return int(max(1, min(4096, float(env) * 2**20 // per_input)))
+    if on_gpu:
+        return int(max(1, min(4096, 1024 * 2**20 // per_input)))
+    return int(max(1, min(32, 128 * 2**20 // per_input)))
 
 
 @dataclass
@@ -229,7 +220,7 @@ def image_game(
     def evaluate(masks: torch.Tensor) -> torch.Tensor:
         return _select(model(perturb(masks)), output, target)
 
-    bs = batch_size or default_batch_size(x.numel() * x.element_size(), device=device, model_bytes=_weight_bytes(model))
+    bs = batch_size or default_batch_size(x.numel() * x.element_size(), device=device)
     return Game(d, evaluate, bs, device, None, perturb, progress)
 
 

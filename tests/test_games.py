@@ -162,17 +162,16 @@ def test_chunk_size_follows_the_memory_budget(monkeypatch, scenes_cnn, scenes_te
     assert 10 <= small <= 30
 
 
-def test_heavier_weights_give_bigger_chunks(monkeypatch):
-    """Without a set budget, a model with more weights gets chunks big enough to amortise reading them."""
+def test_default_chunks_without_a_set_budget(monkeypatch):
+    """No budget set: at most 32 inputs per chunk on the CPU (and fewer for big inputs), more on a GPU."""
+    from course_lib.games import default_batch_size
+
     monkeypatch.delenv("COURSE_LIB_MEMORY_MB", raising=False)
-    x, seg = torch.rand(3, 64, 64), grid_segments(64, 64, 16)
-    light = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 2)).eval()
-    heavy = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 512)).eval()  # 24 MiB of weights
-    c_light, c_heavy = image_game(light, x, seg).chunk, image_game(heavy, x, seg).chunk
-    act = 3 * 64 * 64 * 4 * 16  # bytes per input times the activation factor
-    assert c_light == (32 * 2**20 + 8 * 4 * (3 * 64 * 64 * 2 + 2)) // act
-    assert c_heavy == min(4096, (32 * 2**20 + 8 * 4 * (3 * 64 * 64 * 512 + 512)) // act)
-    assert c_heavy > 4 * c_light
+    small_img, big_img = 3 * 64 * 64 * 4, 3 * 512 * 512 * 4
+    assert default_batch_size(small_img) == 32
+    assert default_batch_size(big_img) == 128 * 2**20 // (big_img * 16)  # 48 MB of activations per 3 MB input: the memory budget wins
+    assert default_batch_size(small_img, device="cuda") == 1024 * 2**20 // (small_img * 16)
+
 
 
 def test_tabular_game_with_a_single_output_model():

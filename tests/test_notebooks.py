@@ -75,7 +75,8 @@ def test_notebook_runs(path):
             f"{path.name} is committed with outputs; clear them (the course commits notebooks clean)"
         )
     nb.cells.append(nbformat.v4.new_code_cell(PEAK_CELL))
-    env = {"MPLBACKEND": "Agg", "COURSE_LIB_NO_PROGRESS": "1"}
+    # the inline backend (no display needed) keeps the figures in the executed copy that the website shows
+    env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "COURSE_LIB_NO_PROGRESS": "1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     t0 = time.time()

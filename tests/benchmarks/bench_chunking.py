@@ -2,7 +2,7 @@
 
 Image LIME with 1000 samples on ~50 SLIC superpixels, for `scenes-cnn` (64x64) and a ResNet-18
 (random weights, 10 outputs, 128x128), on the CPU and, where there is one, on the GPU. For each we
-time our LIME with the default chunk (the 32 MB / 256 MB activation budget in `course_lib.games`)
+time our LIME with the default chunk (`course_lib.games.default_batch_size`)
 and with fixed batch sizes, and the `lime` package with its default batch size (10) and 100.
 Each figure is the median of REPEATS runs in the same process after a warm-up.
 
@@ -26,6 +26,8 @@ QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))  # a smoke run: the code 
 os.environ.setdefault("COURSE_LIB_NO_PROGRESS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 N_SAMPLES, REPEATS = (100, 1) if QUICK else (1000, 3)
+N_SAMPLES = int(os.environ.get("COURSE_LIB_BENCH_SAMPLES", N_SAMPLES))  # fewer on a slow CPU (ResNet-18)
+REPEATS = int(os.environ.get("COURSE_LIB_BENCH_REPEATS", REPEATS))
 BATCHES = {"cpu": (8, 16, 32, 64, 128, 256), "cuda": (32, 64, 128, 256, 512, 1000)}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -297,11 +297,21 @@ class Fourier:
         h, w = self.hw
         return torch.randn(n, 3, h, w // 2 + 1, 2, generator=g) * self.sd  # (n, 3, H, W//2+1, 2)
 
+    def _on(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, colour)`` on ``device``, copied there once (not at every step of :func:`render`)."""
+        key = (device, dtype, id(self.scale), id(self.colour))  # a reassigned scale or colour is copied afresh
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = (self.scale.to(device), self.colour.to(device, dtype))
+        return cache[key]
+
     def signal(self, p: torch.Tensor) -> torch.Tensor:
         """The pre-sigmoid image (n, 3, H, W)."""
-        spec = torch.view_as_complex(p.contiguous()) * self.scale.to(p.device)  # (n, 3, H, W//2+1)
+        scale, colour = self._on(p.device, p.dtype)
+        spec = torch.view_as_complex(p.contiguous()) * scale  # (n, 3, H, W//2+1)
         img = torch.fft.irfft2(spec, s=self.hw, norm="ortho")  # (n, 3, H, W), decorrelated channels
-        return torch.einsum("ij,njhw->nihw", self.colour.to(p.device, img.dtype), img)
+        return torch.einsum("ij,njhw->nihw", colour, img)
 
     def __call__(self, p: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.signal(p))
@@ -333,12 +343,10 @@ def jitter(d: int) -> Transform:
 
     def t(x, g):
         n, _, h, w = x.shape
-        oy = torch.randint(0, d + 1, (n,), generator=g).to(x.device)
-        ox = torch.randint(0, d + 1, (n,), generator=g).to(x.device)
-        rows = oy[:, None] + torch.arange(h - d, device=x.device)  # (N, H-d)
-        cols = ox[:, None] + torch.arange(w - d, device=x.device)  # (N, W-d)
-        b = torch.arange(n, device=x.device)[:, None, None]
-        return x[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (N, K, H-d, W-d)
+        oy = torch.randint(0, d + 1, (n,), generator=g).tolist()  # CPU generator: no device sync
+        ox = torch.randint(0, d + 1, (n,), generator=g).tolist()
+        # one slice per image: its backward is a cheap copy, unlike a gather's scatter-add
+        return torch.stack([x[i, :, y : y + h - d, xx : xx + w - d] for i, (y, xx) in enumerate(zip(oy, ox))])  # (N, K, H-d, W-d)
 
     return t
 
@@ -461,6 +469,17 @@ def _param(param, size) -> Pixels | Fourier:
     raise ValueError(f"param should be 'fourier', 'pixels' or a Pixels/Fourier instance; got {param!r}")
 
 
+def _same_draws(t: Transform, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """Apply ``t`` to ``x`` (K*n, C, H, W), objective-major, so that the n images of every objective
+    get the same n random draws: the K objectives are folded into the channel axis,
+    (n, K*C, H, W), and ``t`` runs once (transformations act on any number of channels)."""
+    kn, c, h, w = x.shape
+    n = kn // k
+    folded = x.reshape(k, n, c, h, w).transpose(0, 1).reshape(n, k * c, h, w)  # (n, K*C, H, W)
+    out = t(folded, g)  # (n, K*C, H', W')
+    return out.reshape(n, k, c, *out.shape[2:]).transpose(0, 1).contiguous().view(kn, c, *out.shape[2:])  # (K*n, C, H', W')
+
+
 def render(
     model: nn.Module,
     objectives: Objective | Sequence[Objective],
@@ -481,8 +500,9 @@ def render(
     parameters and the random transformation of each step; every objective gets the same
     ones, so an objective's images do not depend on which other objectives share the batch.
     Adam with learning rate ``lr`` ascends the sum of the objectives for ``steps`` steps;
-    ``transforms`` is ``"default"`` (:func:`default_transforms`), None, or your own. Images come
-    back on ``device`` (default: the model's device).
+    ``transforms`` is ``"default"`` (:func:`default_transforms`), None, or your own ``t(x, g)``; it
+    must work for any number of channels, since the objectives are folded into the channel axis
+    (n, K*3, H, W) to share the draws. Images come back on ``device`` (default: the model's device).
     """
     objs = [objectives] if isinstance(objectives, Objective) else list(objectives)
     if not objs or not all(isinstance(o, Objective) for o in objs):
@@ -502,31 +522,24 @@ def render(
     params = p0.repeat(k, *([1] * (p0.dim() - 1))).to(dev).requires_grad_(True)  # (K*n, ...)
     opt = torch.optim.Adam([params], lr=lr)
     layers = [name for o in objs for name in o.layers]
-    history = torch.empty(steps, k * n)
-    for step in progress_bar(range(steps), total=steps, desc="render", enabled=progress):
-        x = par(params)  # (K*n, 3, H, W)
-        seen = x
-        if t is not None:  # every objective's n images get the same n random draws: replay the generator
-            state = g.get_state()
-            parts = []
-            for i in range(k):
-                g.set_state(state)
-                parts.append(t(x[i * n : (i + 1) * n], g))
-            seen = torch.cat(parts)  # (K*n, 3, H', W')
-        with activations(model, layers) as acts:
+    history = torch.empty(steps, k * n, device=dev)  # filled on the device, copied once at the end (no sync per step)
+    with activations(model, layers) as acts:  # hooks registered once; each forward overwrites ``acts``
+        for step in progress_bar(range(steps), total=steps, desc="render", enabled=progress):
+            x = par(params)  # (K*n, 3, H, W)
+            seen = x if t is None else _same_draws(t, x, k, g)  # (K*n, 3, H', W')
             logits = model(seen)
-        acts = dict(acts)
-        acts[LOGITS], acts[INPUT] = logits, x
-        values = torch.cat([o({name: a[i * n : (i + 1) * n] for name, a in acts.items()}) for i, o in enumerate(objs)])  # (K*n,)
-        opt.zero_grad(set_to_none=True)
-        (-values.sum()).backward()
-        opt.step()
-        history[step] = values.detach().cpu()
+            a = dict(acts)
+            a[LOGITS], a[INPUT] = logits, x
+            values = torch.cat([o({name: v[i * n : (i + 1) * n] for name, v in a.items()}) for i, o in enumerate(objs)])  # (K*n,)
+            opt.zero_grad(set_to_none=True)
+            (-values.sum()).backward()
+            opt.step()
+            history[step] = values.detach()
     with torch.no_grad():
         images = par(params)
         acts = _forward(model, sum(objs[1:], objs[0]), images)
         final = torch.cat([o({name: a[i * n : (i + 1) * n] for name, a in acts.items()}) for i, o in enumerate(objs)])
-    return RenderResult(images.detach().to(out_dev), final.to(out_dev), history, params.detach().to(out_dev), n)
+    return RenderResult(images.detach().to(out_dev), final.to(out_dev), history.cpu(), params.detach().to(out_dev), n)
 
 
 # ============================================================================ dataset search

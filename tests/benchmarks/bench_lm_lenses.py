@@ -1,0 +1,239 @@
+"""Language-model lenses on smollm2-135m, in one run (issue 16):
+
+- activation capture (``lm_lenses.capture_activations``: tokenise, pad, hooks, keep the real
+  tokens, copy them to the CPU) over a slice of the corpus vs a plain batched forward of the
+  base model (tokenisation and all blocks, no unembedding) over the same batches. Capture asks
+  for the middle and the last block, so both run every block. Target <= 1.15x; tokens/s;
+- the logit lens for one prompt vs one forward of the model (target <= 1.15x); the lens also
+  pushes every layer's residual stream (L+1 of them) through the final norm and the 49152-token
+  unembedding, which one forward does once, so it is shown next to the floor for a logit lens
+  too: one forward with ``output_hidden_states`` plus those unembeddings written out by hand;
+- the sparse autoencoder of lecture 08 (layer 12, 200 speeches of at most 32 tokens, 512
+  latents, l1 2.0, batch 128, lr 3e-3, 300 steps: the shipped quality): training throughput
+  (tokens/s), the wall time of the capture and of the training, the step at which the loss is
+  first within 5% of its final value, and the fraction of variance unexplained reached.
+
+Where the SmolLM2 weights are not in the course cache (e.g. a GPU machine that cannot carry
+them), a randomly initialised Llama of SmolLM2-135M's sizes stands in, and where the model or
+the Shakespeare corpus is missing, random token ids (random lengths, right-padded) stand in for
+the corpus: the timings keep their meaning, the SAE's quality does not. The printout says which ran.
+
+Runs alternate and the best of several repeats counts, so a shared CPU hurts both sides alike.
+Run with ``make bench``; compare ratios, not absolute times. ``COURSE_LIB_BENCH_QUICK=1`` shrinks
+everything to check that the file runs.
+"""
+from __future__ import annotations
+
+import os
+import time
+from functools import lru_cache
+
+import torch
+
+QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))
+N_TEXTS, MAX_LEN, BATCH = (8, 32, 4) if QUICK else (400, 64, 16)  # capture
+SAE_TEXTS, SAE_LEN, SAE_LAYER = (24, 32, 12) if QUICK else (200, 32, 12)  # lecture 08's SAE recipe
+SAE_STEPS = 20 if QUICK else 300
+REPEATS = 1 if QUICK else 3
+PROMPT = "The capital of France is"
+
+# SmolLM2-135M(-Instruct)'s sizes, as in its config (the cached config.json, when present, wins)
+SMOLLM2_CONFIG = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, hidden_act="silu", max_position_embeddings=8192,
+                      rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, pad_token_id=2, bos_token_id=1,
+                      eos_token_id=2)
+
+
+class _IdTokenizer:
+    """Stands in for the tokenizer where the corpus is random token ids: a "text" is ids separated by spaces."""
+
+    padding_side = "right"
+    pad_token_id = 2
+
+    def __call__(self, texts, return_tensors="pt", padding=True, truncation=True, max_length=64):
+        rows = [[int(t) for t in s.split()][:max_length] for s in ([texts] if isinstance(texts, str) else texts)]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def _random_llama(dev):
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from course_lib.zoo import llm
+
+    sizes = dict(SMOLLM2_CONFIG)
+    for d in llm._dequantised_dirs():  # the real sizes, where a config survived without the weights
+        if (d / "config.json").is_file():
+            cfg = json.loads((d / "config.json").read_text())
+            sizes.update({k: cfg[k] for k in sizes if k in cfg})
+            break
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**sizes)).eval().requires_grad_(False).to(dev)
+
+
+@lru_cache(maxsize=1)
+def _setup():
+    """(model, tokenizer, capture texts, SAE texts, prompt ids (T,), description of what ran)."""
+    from course_lib.device import default_device
+    from course_lib.zoo import corpus, llm
+
+    dev = default_device()
+    if llm.is_fetched():
+        from course_lib import load_model
+
+        model, tok = load_model("smollm2-135m", device=dev)
+        what = "SmolLM2-135M-Instruct (pretrained, from the course cache)"
+    else:
+        model, tok = _random_llama(dev), None
+        what = "a RANDOMLY INITIALISED Llama with SmolLM2-135M's sizes (the SmolLM2 cache is absent)"
+    if tok is not None and corpus.corpus_dir() is not None:
+        from course_lib import load_dataset
+
+        texts = load_dataset("shakespeare", split="train")["texts"]
+        g = torch.Generator().manual_seed(0)
+        pick = torch.randperm(len(texts), generator=g).tolist()
+        cap_texts = [texts[i] for i in pick[:N_TEXTS]]
+        sae_texts = [texts[i] for i in pick[N_TEXTS : N_TEXTS + SAE_TEXTS]]
+        prompt = tok(PROMPT, return_tensors="pt")["input_ids"][0]
+        what += "; text: Shakespeare speeches (the course corpus)"
+    else:
+        g = torch.Generator().manual_seed(0)
+        vocab = model.config.vocab_size
+
+        def fake(n, length):
+            lengths = torch.randint(length // 2, length + 1, (n,), generator=g).tolist()
+            return [" ".join(map(str, torch.randint(3, vocab, (k,), generator=g).tolist())) for k in lengths]
+
+        tok = _IdTokenizer()
+        cap_texts, sae_texts = fake(N_TEXTS, MAX_LEN), fake(SAE_TEXTS, SAE_LEN)
+        prompt = torch.randint(3, vocab, (6,), generator=g)
+        what += "; text: RANDOM token ids (random lengths, right-padded)"
+    return model, tok, cap_texts, sae_texts, prompt, what
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, dev) -> tuple[float, float]:
+    _sync(dev)
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    _sync(dev)
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _best(fns: dict, dev) -> tuple[dict, dict]:
+    for fn in fns.values():  # warm-up
+        fn()
+    wall = {k: float("inf") for k in fns}
+    cpu = dict(wall)
+    for _ in range(REPEATS):
+        for k, fn in fns.items():
+            w, c = _timed(fn, dev)
+            wall[k], cpu[k] = min(wall[k], w), min(cpu[k], c)
+    return wall, cpu
+
+
+def _header(what, dev, ran):
+    return (f"\n{what} on {dev} ({torch.get_num_threads()} threads), best of {REPEATS}, load average "
+            f"{os.getloadavg()[0]:.1f}{' [QUICK: smoke run only]' if QUICK else ''}\n  model: {ran}")
+
+
+def test_capture_over_the_corpus_vs_plain_batched_forward():
+    from course_lib.methods import lm_lenses as L
+
+    model, tok, texts, _, _, ran = _setup()
+    dev = next(model.parameters()).device
+    n_layers = model.config.num_hidden_layers
+    layers = [n_layers // 2, n_layers]
+    base = model.base_model  # all blocks and the final norm, no unembedding (LlamaModel, GPT2Model, ...)
+
+    @torch.no_grad()
+    def plain():
+        for s in range(0, len(texts), BATCH):
+            enc = tok(list(texts[s : s + BATCH]), return_tensors="pt", padding=True, truncation=True, max_length=MAX_LEN)
+            ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+            base(input_ids=ids, attention_mask=mask, position_ids=L._position_ids(mask))
+
+    capture = lambda: L.capture_activations(model, tok, texts, layers, max_length=MAX_LEN, batch_size=BATCH, progress=False)
+    n_tokens = len(capture()["token_ids"])
+    wall, cpu = _best({"capture": capture, "plain forward": plain}, dev)
+    print(_header(f"capture of layers {layers} over {len(texts)} texts ({n_tokens} tokens, <= {MAX_LEN} each, batches of {BATCH})", dev, ran))
+    for k in wall:
+        print(f"  {k:14s} wall {wall[k]:7.2f} s ({n_tokens / wall[k]:8.0f} tokens/s)   CPU {cpu[k]:7.2f} s")
+    for what, t in (("wall", wall), ("CPU", cpu)):
+        print(f"  [{what}] capture / plain batched forward: {t['capture'] / t['plain forward']:.2f}x (target <= 1.15)")
+    assert wall["capture"] <= 3.0 * wall["plain forward"]  # loose guard for a shared machine
+
+
+def test_logit_lens_vs_one_forward():
+    from course_lib.methods import lm_lenses as L
+
+    model, _, _, _, prompt, ran = _setup()
+    dev = next(model.parameters()).device
+    ids = prompt.to(dev)[None]  # (1, T)
+    names = L.find_layers(model)
+    norm, unembed = model.get_submodule(names.final_norm), model.get_submodule(names.unembed)
+
+    @torch.no_grad()
+    def forward():
+        model(input_ids=ids).logits
+
+    @torch.no_grad()
+    def by_hand():  # the floor for a logit lens: one forward that keeps the hidden states, then L+1 unembeddings
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        unembed(norm(torch.stack(hs)))
+
+    fns = {"logit lens": lambda: L.logit_lens(model, ids[0]), "one forward": forward, "forward + L+1 unembeddings": by_hand}
+    reps = 5 if QUICK else 50  # one prompt is a few milliseconds: time many
+    timed = {k: (lambda fn=fn: [fn() for _ in range(reps)]) for k, fn in fns.items()}
+    wall, cpu = _best(timed, dev)
+    print(_header(f"logit lens of one prompt ({ids.shape[1]} tokens, {len(names.blocks) + 1} layers), {reps} calls", dev, ran))
+    for k in wall:
+        print(f"  {k:28s} wall {wall[k] / reps * 1000:8.2f} ms per call   CPU {cpu[k] / reps * 1000:8.2f} ms")
+    for what, t in (("wall", wall), ("CPU", cpu)):
+        print(f"  [{what}] logit lens / one forward: {t['logit lens'] / t['one forward']:.2f}x (target <= 1.15); "
+              f"logit lens / (forward + L+1 unembeddings): {t['logit lens'] / t['forward + L+1 unembeddings']:.2f}x")
+    assert wall["logit lens"] <= 3.0 * wall["forward + L+1 unembeddings"]  # loose guard for a shared machine
+
+
+def test_sae_training_throughput_and_time_to_shipped_quality():
+    from course_lib.methods import lm_lenses as L
+
+    model, tok, _, texts, _, ran = _setup()
+    dev = next(model.parameters()).device
+    layer = min(SAE_LAYER, model.config.num_hidden_layers)
+    t0 = time.perf_counter()
+    cap = L.capture_activations(model, tok, texts, [layer], max_length=SAE_LEN, batch_size=50, progress=False)
+    t_capture = time.perf_counter() - t0
+    x_all = cap["acts"][layer]
+    norms = x_all.norm(dim=-1)
+    x = x_all[norms <= 10 * norms.median()]  # as in lecture 08: the few "massive activation" tokens are left out
+    x = (x / x.norm(dim=-1).mean() * x.shape[1] ** 0.5).to(dev)  # mean norm sqrt(d)
+    kw = dict(n_latents=512, l1=2.0, batch_size=128, lr=3e-3, seed=0, progress=False)
+    L.train_sae(x, steps=2, **kw)  # warm-up
+    _sync(dev)
+    t0, c0 = time.perf_counter(), time.process_time()
+    sae, curve = L.train_sae(x, steps=SAE_STEPS, **kw)
+    _sync(dev)
+    t_train, c_train = time.perf_counter() - t0, time.process_time() - c0
+    report = L.sae_report(sae, x)
+    smooth = torch.tensor(curve).unfold(0, min(10, len(curve)), 1).mean(1)  # running mean over 10 steps
+    within = int((smooth <= 1.05 * smooth[-1]).nonzero()[0]) + min(10, len(curve)) - 1
+    print(_header(f"SAE on layer {layer}: {len(x)} tokens of {len(texts)} texts, 512 latents, {SAE_STEPS} steps of 128", dev, ran))
+    print(f"  capture of its activations: {t_capture:.2f} s ({len(x_all) / t_capture:.0f} tokens/s)")
+    print(f"  training: wall {t_train:.2f} s, CPU {c_train:.2f} s, {SAE_STEPS * 128 / t_train:.0f} tokens/s "
+          f"({t_train / SAE_STEPS * 1000:.1f} ms per step)")
+    print(f"  loss within 5% of its final value from step {within} (~{t_train * (within + 1) / SAE_STEPS:.2f} s); "
+          f"final: fraction of variance unexplained {report['fvu']:.3f}, L0 {report['l0']:.1f}, dead {report['dead']}, "
+          f"dense {report['dense']}")
+    print(f"  wall time to the shipped quality (capture + training): {t_capture + t_train:.2f} s")
+    assert curve[-1] < curve[0]

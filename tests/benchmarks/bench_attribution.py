@@ -57,8 +57,10 @@ def test_integrated_gradients_ours_vs_captum_vs_plain_passes():
     from course_lib.methods.attribution import integrated_gradients
 
     model, x, y, dev = _setup()
-    chunk = 128 if dev.type == "cpu" else 1024
-    fns = {"ours": lambda: integrated_gradients(model, x, y, 0.0, n_steps=STEPS, batch_size=chunk)}
+    from course_lib.games import default_batch_size
+
+    chunk = max(BATCH, default_batch_size(x[0].numel() * x.element_size(), device=dev))  # what ours uses by default
+    fns = {"ours": lambda: integrated_gradients(model, x, y, 0.0, n_steps=STEPS)}
     for ibs in (32, 128, 512, 2048):
         fns[f"captum ibs={ibs}"] = lambda ibs=ibs: IntegratedGradients(model).attribute(
             x.clone().requires_grad_(True), baselines=torch.zeros_like(x), target=y, n_steps=STEPS, internal_batch_size=max(ibs, BATCH)

@@ -171,7 +171,8 @@ def test_capture_over_the_corpus_vs_plain_batched_forward():
         print(f"  {k:14s} wall {wall[k]:7.2f} s ({n_tokens / wall[k]:8.0f} tokens/s)   CPU {cpu[k]:7.2f} s")
     for what, t in (("wall", wall), ("CPU", cpu)):
         print(f"  [{what}] capture / plain batched forward: {t['capture'] / t['plain forward']:.2f}x (target <= 1.15)")
-    assert wall["capture"] <= 3.0 * wall["plain forward"]  # loose guard for a shared machine
+    if not QUICK:  # a quick run (best of one) is too noisy for a timing guard
+        assert wall["capture"] <= 3.0 * wall["plain forward"]  # loose guard for a shared machine
 
 
 def test_logit_lens_vs_one_forward():
@@ -202,7 +203,8 @@ def test_logit_lens_vs_one_forward():
     for what, t in (("wall", wall), ("CPU", cpu)):
         print(f"  [{what}] logit lens / one forward: {t['logit lens'] / t['one forward']:.2f}x (target <= 1.15); "
               f"logit lens / (forward + L+1 unembeddings): {t['logit lens'] / t['forward + L+1 unembeddings']:.2f}x")
-    assert wall["logit lens"] <= 3.0 * wall["forward + L+1 unembeddings"]  # loose guard for a shared machine
+    if not QUICK:  # a quick run (best of one) is too noisy for a timing guard
+        assert wall["logit lens"] <= 3.0 * wall["forward + L+1 unembeddings"]  # loose guard for a shared machine
 
 
 def test_sae_training_throughput_and_time_to_shipped_quality():

@@ -7,7 +7,6 @@ The full nbgrader round trip (generate -> autograde) is in test_nbgrader.py.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from contextlib import contextmanager
@@ -108,3 +107,17 @@ def run_graded(path: Path, overrides: dict[str, str] | None = None, *, stop_afte
 def score(results: dict[str, CellResult]) -> tuple[float, float]:
     """(points earned, points possible) over the test cells."""
     return sum(r.points for r in results.values() if r.passed), sum(r.points for r in results.values())
+
+
+def assert_loses_points(path: Path, overrides: dict[str, str], name: str, *, stop_after: str | None = None,
+                        only: set[str] | None = None) -> list[CellResult]:
+    """A plausible mistake must fail at least one test cell, only with an AssertionError (a message
+    for the student, not a crash), and, if ``only`` is given, only in those cells (one mistake costs
+    its own exercise's points). Returns the failed cells."""
+    res = run_graded(path, overrides, stop_after=stop_after)
+    failed = [r for r in res.values() if not r.passed]
+    assert failed, f"the mistake '{name}' still got full marks"
+    if only is not None:
+        assert {r.grade_id for r in failed} <= set(only), f"'{name}' cost points elsewhere: {[r.grade_id for r in failed]}"
+    assert all(r.error.startswith("AssertionError") for r in failed), [r.error for r in failed]
+    return failed

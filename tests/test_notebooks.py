@@ -5,13 +5,13 @@ are printed at the end of the session.
 """
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from course_lib.notebooks import execute_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(ROOT.glob("lectures/*.ipynb")) + sorted(ROOT.glob("solutions/*/*.ipynb"))
@@ -75,19 +75,8 @@ def test_notebook_runs(path):
             f"{path.name} is committed with outputs; clear them (the course commits notebooks clean)"
         )
     nb.cells.append(nbformat.v4.new_code_cell(PEAK_CELL))
-    # the inline backend (no display needed) keeps the figures in the executed copy that the website shows
-    env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "COURSE_LIB_NO_PROGRESS": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     t0 = time.time()
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    execute_notebook(nb, path.parent)  # inline figures are kept in the executed copy that the website shows
     seconds = time.time() - t0
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
     peak_gib = int(text.split("__PEAK__")[1].split()[0]) / 2**20

@@ -75,23 +75,13 @@ def is_fresh(lecture: Path) -> bool:
 def execute(lecture: Path) -> None:
     """Execute one lecture as tests/test_notebooks.py does and save the copy where the tests save theirs."""
     import nbformat
-    from nbclient import NotebookClient
+
+    from course_lib.notebooks import execute_notebook
 
     raw = lecture.read_bytes()
     nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
-    # as tests/test_notebooks.py, but figures must be kept as outputs: the inline backend (headless too)
-    env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "COURSE_LIB_NO_PROGRESS": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     t0 = time.time()
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(lecture.parent)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    execute_notebook(nb, lecture.parent)  # as tests/test_notebooks.py does (figures kept as outputs)
     nb.metadata.setdefault("course_lib", {})["source_sha256"] = hashlib.sha256(raw).hexdigest()
     out = executed_copy(lecture)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,10 @@ Run with ``make bench``; compare ratios, not absolute times.
 """
 from __future__ import annotations
 
-import time
 
 import torch
 import torch.nn.functional as F
+import benchutil as bu
 
 EPS, ALPHA, STEPS, BATCH, REPEATS = 8 / 255, 2 / 255, 10, 64, 8
 
@@ -23,19 +23,6 @@ def _setup():
     dev = next(model.parameters()).device
     data = load_dataset("scenes", split="test", n=BATCH, seed=0)
     return model, data.images.to(dev), data.labels.to(dev), dev
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, dev) -> float:
-    _sync(dev)
-    t = time.perf_counter()
-    fn()
-    _sync(dev)
-    return time.perf_counter() - t
 
 
 def test_pgd10_ours_vs_torchattacks_vs_plain_passes():
@@ -63,7 +50,7 @@ def test_pgd10_ours_vs_torchattacks_vs_plain_passes():
     best = {k: float("inf") for k in fns}
     for _ in range(REPEATS):
         for k, fn in fns.items():
-            best[k] = min(best[k], _timed(fn, dev))
+            best[k] = min(best[k], bu.timed(fn, dev)[0])
     ips = {k: BATCH / v for k, v in best.items()}
     print(f"\nPGD-{STEPS}, eps 8/255, batch {BATCH} scenes images on {dev} ({torch.get_num_threads()} threads), best of {REPEATS}:")
     for k in fns:

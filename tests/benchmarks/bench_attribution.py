@@ -13,9 +13,9 @@ everything to check that the file runs.
 from __future__ import annotations
 
 import os
-import time
 
 import torch
+import benchutil as bu
 
 QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))
 BATCH, STEPS, PATCH = (4, 8, 16) if QUICK else (32, 64, 8)
@@ -29,26 +29,6 @@ def _setup(n=BATCH):
     dev = next(model.parameters()).device
     data = load_dataset("scenes", split="test", n=n, seed=0)
     return model, data.images.to(dev), data.labels.to(dev), dev
-
-
-def _timed(fn, dev) -> float:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-
-def _best(fns: dict, dev) -> dict:
-    for fn in fns.values():  # warm-up
-        fn()
-    best = {k: float("inf") for k in fns}
-    for _ in range(REPEATS):
-        for k, fn in fns.items():
-            best[k] = min(best[k], _timed(fn, dev))
-    return best
 
 
 def test_integrated_gradients_ours_vs_captum_vs_plain_passes():
@@ -75,7 +55,7 @@ def test_integrated_gradients_ours_vs_captum_vs_plain_passes():
             torch.autograd.grad(model(p).gather(1, t[s : s + chunk, None]).sum(), p)
 
     fns["plain"] = plain
-    best = _best(fns, dev)
+    best = bu.best(fns, dev, REPEATS)[0]
     captum_best = min(v for k, v in best.items() if k.startswith("captum"))
     print(f"\nIG, {STEPS} steps, batch {BATCH} on {dev} ({torch.get_num_threads()} threads), best of {REPEATS}:")
     for k, v in best.items():
@@ -105,7 +85,7 @@ def test_occlusion_ours_vs_captum_vs_plain_passes():
                 model(imgs[s : s + 64])
 
     fns["plain"] = plain
-    best = _best(fns, dev)
+    best = bu.best(fns, dev, REPEATS)[0]
     captum_best = min(v for k, v in best.items() if k.startswith("captum"))
     print(f"\nocclusion {PATCH}x{PATCH}, {BATCH} images ({n_win + 1} calls each) on {dev}, best of {REPEATS}:")
     for k, v in best.items():
@@ -121,5 +101,5 @@ def test_deletion_insertion_table_time():
 
     model, x, y, dev = _setup(8 if QUICK else 100)
     heat = grad_cam(model, x, y)
-    t = _timed(lambda: (deletion_curve(model, x, heat, y), insertion_curve(model, x, heat, y)), dev)
+    t = bu.timed(lambda: (deletion_curve(model, x, heat, y), insertion_curve(model, x, heat, y)), dev)[0]
     print(f"\ndeletion + insertion curves (16 steps) of one map for {len(x)} images on {dev}: {t:.2f} s")

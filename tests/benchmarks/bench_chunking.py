@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import benchutil as bu
 
 QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))  # a smoke run: the code works, the figures mean nothing
 os.environ.setdefault("COURSE_LIB_NO_PROGRESS", "1")
@@ -30,11 +31,6 @@ N_SAMPLES = int(os.environ.get("COURSE_LIB_BENCH_SAMPLES", N_SAMPLES))  # fewer 
 REPEATS = int(os.environ.get("COURSE_LIB_BENCH_REPEATS", REPEATS))
 BATCHES = {"cpu": (8, 16, 32, 64, 128, 256), "cuda": (32, 64, 128, 256, 512, 1000)}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _setup(name: str, dev: torch.device):
@@ -62,10 +58,10 @@ def _median_time(fn, dev) -> float:
     fn()  # warm-up
     times = []
     for _ in range(REPEATS):
-        _sync(dev)
+        bu.sync(dev)
         t = time.perf_counter()
         fn()
-        _sync(dev)
+        bu.sync(dev)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 
 import torch
+import benchutil as bu
 
 QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))
 N_CLASSES, N_RANDOM, N_IMAGES, N_CONCEPT = (3, 4, 8, 10) if QUICK else (10, 20, 50, 30)
@@ -37,26 +37,6 @@ def _setup():
     dev = next(model.parameters()).device
     x = load_dataset("scenes", split="test", n=N_IMAGES, seed=0).images.to(dev)
     return model, x, concept_images("cue", N_CONCEPT, cue_class=0), random_sets(N_RANDOM, N_CONCEPT), dev
-
-
-def _timed(fn, dev) -> float:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-
-def _best(fns: dict, dev) -> dict:
-    for fn in fns.values():  # warm-up (captum also trains and caches its CAVs here)
-        fn()
-    best = {k: float("inf") for k in fns}
-    for _ in range(REPEATS):
-        for k, fn in fns.items():
-            best[k] = min(best[k], _timed(fn, dev))
-    return best
 
 
 def _captum(model, concept, randoms, save_path):
@@ -128,7 +108,7 @@ def test_tcav_scoring_ours_vs_captum_vs_plain_passes():
             finally:
                 h.remove()
 
-        best = _best({"ours": lambda: tcav_scores(model, x, V, targets, layer=LAYER), "captum": captum_scores, "plain": plain}, dev)
+        best = bu.best({"ours": lambda: tcav_scores(model, x, V, targets, layer=LAYER), "captum": captum_scores, "plain": plain}, dev, REPEATS)[0]
     finally:
         shutil.rmtree(save, ignore_errors=True)
     print(f"\nTCAV scores, {N_CLASSES} classes x {2 * R} CAVs at {LAYER!r}, {N_IMAGES} images on {dev} "
@@ -155,7 +135,7 @@ def test_whole_tcav_ours_vs_captum():
         finally:
             shutil.rmtree(save, ignore_errors=True)
 
-    best = _best({"ours": lambda: tcav(model, x, concept, randoms, targets, layer=LAYER, progress=False), "captum": captum_all}, dev)
+    best = bu.best({"ours": lambda: tcav(model, x, concept, randoms, targets, layer=LAYER, progress=False), "captum": captum_all}, dev, REPEATS)[0]
     print(f"\nwhole TCAV (activations, {2 * N_RANDOM} CAVs, scores for {N_CLASSES} classes) on {dev}, best of {REPEATS}:")
     for k, v in best.items():
         print(f"  {k:8s} {v:9.2f} s")

@@ -37,6 +37,7 @@ import threading
 import time
 
 import torch
+import benchutil as bu
 
 QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))
 STEPS = 16 if QUICK else 256  # the lucent comparison
@@ -51,11 +52,6 @@ def _model():
 
     model = load_model("scenes-cnn")
     return model, next(model.parameters()).device
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class _PeakMemory:
@@ -94,15 +90,6 @@ class _PeakMemory:
             self.peak = (max(self.top, self.proc.memory_info().rss) - self.base) / 2**20
 
 
-def _timed(fn, dev) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process): on a shared CPU the CPU time is the steadier figure."""
-    _sync(dev)
-    t, c = time.perf_counter(), time.process_time()
-    fn()
-    _sync(dev)
-    return time.perf_counter() - t, time.process_time() - c
-
-
 def _best(fns: dict, dev) -> tuple[dict, dict, dict]:
     """Best wall time, best CPU time and peak memory (MiB) of each function over REPEATS alternating runs."""
     mem = {}
@@ -114,7 +101,7 @@ def _best(fns: dict, dev) -> tuple[dict, dict, dict]:
     cpu = dict(wall)
     for _ in range(REPEATS):
         for k, fn in fns.items():
-            w, c = _timed(fn, dev)
+            w, c = bu.timed(fn, dev)
             wall[k], cpu[k] = min(wall[k], w), min(cpu[k], c)
     return wall, cpu, mem
 

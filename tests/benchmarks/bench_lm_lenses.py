@@ -29,6 +29,7 @@ import time
 from functools import lru_cache
 
 import torch
+import benchutil as bu
 
 QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))
 N_TEXTS, MAX_LEN, BATCH = (8, 32, 4) if QUICK else (400, 64, 16)  # capture
@@ -117,31 +118,6 @@ def _setup():
     return model, tok, cap_texts, sae_texts, prompt, what
 
 
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, dev) -> tuple[float, float]:
-    _sync(dev)
-    t, c = time.perf_counter(), time.process_time()
-    fn()
-    _sync(dev)
-    return time.perf_counter() - t, time.process_time() - c
-
-
-def _best(fns: dict, dev) -> tuple[dict, dict]:
-    for fn in fns.values():  # warm-up
-        fn()
-    wall = {k: float("inf") for k in fns}
-    cpu = dict(wall)
-    for _ in range(REPEATS):
-        for k, fn in fns.items():
-            w, c = _timed(fn, dev)
-            wall[k], cpu[k] = min(wall[k], w), min(cpu[k], c)
-    return wall, cpu
-
-
 def _header(what, dev, ran):
     return (f"\n{what} on {dev} ({torch.get_num_threads()} threads), best of {REPEATS}, load average "
             f"{os.getloadavg()[0]:.1f}{' [QUICK: smoke run only]' if QUICK else ''}\n  model: {ran}")
@@ -165,7 +141,7 @@ def test_capture_over_the_corpus_vs_plain_batched_forward():
 
     capture = lambda: L.capture_activations(model, tok, texts, layers, max_length=MAX_LEN, batch_size=BATCH, progress=False)
     n_tokens = len(capture()["token_ids"])
-    wall, cpu = _best({"capture": capture, "plain forward": plain}, dev)
+    wall, cpu = bu.best({"capture": capture, "plain forward": plain}, dev, REPEATS)
     print(_header(f"capture of layers {layers} over {len(texts)} texts ({n_tokens} tokens, <= {MAX_LEN} each, batches of {BATCH})", dev, ran))
     for k in wall:
         print(f"  {k:14s} wall {wall[k]:7.2f} s ({n_tokens / wall[k]:8.0f} tokens/s)   CPU {cpu[k]:7.2f} s")
@@ -196,7 +172,7 @@ def test_logit_lens_vs_one_forward():
     fns = {"logit lens": lambda: L.logit_lens(model, ids[0]), "one forward": forward, "forward + L+1 unembeddings": by_hand}
     reps = 5 if QUICK else 50  # one prompt is a few milliseconds: time many
     timed = {k: (lambda fn=fn: [fn() for _ in range(reps)]) for k, fn in fns.items()}
-    wall, cpu = _best(timed, dev)
+    wall, cpu = bu.best(timed, dev, REPEATS)
     print(_header(f"logit lens of one prompt ({ids.shape[1]} tokens, {len(names.blocks) + 1} layers), {reps} calls", dev, ran))
     for k in wall:
         print(f"  {k:28s} wall {wall[k] / reps * 1000:8.2f} ms per call   CPU {cpu[k] / reps * 1000:8.2f} ms")
@@ -222,10 +198,10 @@ def test_sae_training_throughput_and_time_to_shipped_quality():
     x = (x / x.norm(dim=-1).mean() * x.shape[1] ** 0.5).to(dev)  # mean norm sqrt(d)
     kw = dict(n_latents=512, l1=2.0, batch_size=128, lr=3e-3, seed=0, progress=False)
     L.train_sae(x, steps=2, **kw)  # warm-up
-    _sync(dev)
+    bu.sync(dev)
     t0, c0 = time.perf_counter(), time.process_time()
     sae, curve = L.train_sae(x, steps=SAE_STEPS, **kw)
-    _sync(dev)
+    bu.sync(dev)
     t_train, c_train = time.perf_counter() - t0, time.process_time() - c0
     report = L.sae_report(sae, x)
     smooth = torch.tensor(curve).unfold(0, min(10, len(curve)), 1).mean(1)  # running mean over 10 steps

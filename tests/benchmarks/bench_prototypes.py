@@ -25,9 +25,9 @@ everything to check that the file runs.
 from __future__ import annotations
 
 import os
-import time
 
 import torch
+import benchutil as bu
 
 QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))
 STEPS = 8 if QUICK else 64
@@ -40,30 +40,6 @@ def _model():
 
     model = load_model("scenes-cnn")
     return model, next(model.parameters()).device
-
-
-def _timed(fn, dev) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process): on a shared CPU the CPU time is the steadier figure."""
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t, c = time.perf_counter(), time.process_time()
-    fn()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t, time.process_time() - c
-
-
-def _best(fns: dict, dev) -> tuple[dict, dict]:
-    """Best wall time and best CPU time of each function over REPEATS alternating runs."""
-    for fn in fns.values():  # warm-up
-        fn()
-    wall = {k: float("inf") for k in fns}
-    cpu = dict(wall)
-    for _ in range(REPEATS):
-        for k, fn in fns.items():
-            w, c = _timed(fn, dev)
-            wall[k], cpu[k] = min(wall[k], w), min(cpu[k], c)
-    return wall, cpu
 
 
 def test_prototypes_one_batch_vs_separate_runs_vs_plain_passes():
@@ -85,7 +61,7 @@ def test_prototypes_one_batch_vs_separate_runs_vs_plain_passes():
         "10 separate runs": lambda: [prototypes(model, [c], steps=STEPS, seed=0, progress=False) for c in range(k)],
         "plain fwd+bwd": plain,
     }
-    best, cpu = _best(fns, dev)
+    best, cpu = bu.best(fns, dev, REPEATS)
     print(f"\nprototypes, {k} classes, {STEPS} steps on {dev} ({torch.get_num_threads()} threads), best of {REPEATS}, "
           f"load average {os.getloadavg()[0]:.1f}:")
     for name, v in best.items():
@@ -131,7 +107,7 @@ def test_spearman_evaluation_of_the_test_split_in_one_pass():
             out[own] = P.spearman_score(model, data.images[own], data.images[own], layers)
         return out
 
-    best, cpu = _best({"one pass": one_pass, "class by class": by_class}, dev)
+    best, cpu = bu.best({"one pass": one_pass, "class by class": by_class}, dev, REPEATS)
     tol = 1e-5 if dev.type == "cpu" else 5e-3  # TF32 convolutions differ by batch size: near-equal channels swap ranks (H100: 1.1e-3)
     torch.testing.assert_close(one_pass(), by_class(), atol=tol, rtol=tol)
     print(f"\nSpearman evaluation of {len(data)} test images x {len(layers)} layers on {dev}, best of {REPEATS}, "

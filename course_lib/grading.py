@@ -84,7 +84,9 @@ class forbid:
     ``with forbid(globals(), "course_lib.methods.lime"): lime_explain(...)`` replaces, for the
     duration of the block, every public function and class defined in the named modules by a
     stand-in that fails with a message; names the notebook imported from those modules (``from
-    course_lib.methods.lime import lime``) and the module objects themselves are covered too.
+    course_lib.methods.lime import lime``) and the module objects themselves are covered too. A
+    package's re-exports count as its own (``forbid(globals(), "captum.concept")`` covers ``TCAV``,
+    defined in ``captum.concept._core.tcav``, under both names).
     Everything is put back on exit, also after an error.
     """
 
@@ -96,18 +98,25 @@ class forbid:
         import importlib
         import types
 
+        import sys
+
         banned: dict[int, _Forbidden] = {}
         for name in self.modules:
             mod = importlib.import_module(name)
             for attr, value in list(vars(mod).items()):
-                if attr.startswith("_") or getattr(value, "__module__", None) != mod.__name__:
+                home = getattr(value, "__module__", None) or ""
+                # defined here, or re-exported by a package from one of its submodules (captum.concept.TCAV)
+                if attr.startswith("_") or not (home == mod.__name__ or home.startswith(mod.__name__ + ".")):
                     continue
                 if not isinstance(value, (types.FunctionType, type)):
                     continue
-                stand_in = _Forbidden(f"{name}.{attr}")
-                banned[id(value)] = stand_in
+                stand_in = banned.setdefault(id(value), _Forbidden(f"{name}.{attr}"))
                 self._undo.append((vars(mod), attr, value))
                 setattr(mod, attr, stand_in)
+                defining = sys.modules.get(home)
+                if defining is not None and defining is not mod and getattr(defining, attr, None) is value:
+                    self._undo.append((vars(defining), attr, value))
+                    setattr(defining, attr, stand_in)
         for key, value in list(self.namespace.items()):
             if id(value) in banned:
                 self._undo.append((self.namespace, key, value))

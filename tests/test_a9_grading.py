@@ -100,6 +100,18 @@ from course_lib.methods.concepts import compute_cav as _lib_cav
 def compute_cav(concept_acts, random_acts, seed=0):
     return _lib_cav(concept_acts, random_acts, seed=seed).direction
 """},
+    "CAV from captum.concept's classifier": {"compute_cav": """
+import torch
+from captum.concept._utils.classifier import DefaultClassifier
+
+def compute_cav(concept_acts, random_acts, seed=0):
+    x = torch.cat([concept_acts, random_acts]).float()
+    y = torch.cat([torch.ones(len(concept_acts)), torch.zeros(len(random_acts))]).long()
+    clf = DefaultClassifier()
+    clf.train_and_eval(torch.utils.data.DataLoader(list(zip(x, y)), batch_size=len(x)))
+    w = clf.weights()[0].double()
+    return (w / w.norm()).float()
+"""},
     "derivative of the softmax probability": {"directional_derivatives": _DD.format(score="logits.softmax(1)[:, target].sum()")},
     "derivative of the predicted class, not the target": {"directional_derivatives": _DD.format(
         score="logits.gather(1, logits.argmax(1, keepdim=True)).sum()")},

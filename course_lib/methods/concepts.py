@@ -66,7 +66,7 @@ import torch
 from torch import nn
 
 from ..device import model_device, require_eval, require_unit_range
-from ..hooks import get_module
+from ..hooks import capture, get_module
 from ..progress import progress_bar
 from .results import PerturbationResult
 
@@ -198,23 +198,15 @@ def layer_activations(model: nn.Module, x: torch.Tensor, layer: str = "conv3", *
     require_eval(model, "layer_activations")
     _check_images(x, "layer_activations")
     batch_size = _check_batch_size(batch_size, "layer_activations")
-    module = get_module(model, layer)
     dev = model_device(model)
     out: list[torch.Tensor] = []
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _i, output):
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"layer_activations: module {layer!r} returns a {type(output).__name__}, not a tensor; pick another layer")
-        store["a"] = output.detach()
-
-    handle = module.register_forward_hook(hook)
-    try:
+    with capture(model, layer) as acts:  # get_module inside: a clear error for a wrong name
         for s in range(0, x.shape[0], batch_size):
             model(x[s : s + batch_size].to(dev))
-            out.append(store["a"].flatten(1).float().cpu())  # (b, D)
-    finally:
-        handle.remove()
+            a = acts[layer]
+            if not isinstance(a, torch.Tensor):
+                raise TypeError(f"layer_activations: module {layer!r} returns a {type(a).__name__}, not a tensor; pick another layer")
+            out.append(a.flatten(1).float().cpu())  # (b, D)
     return torch.cat(out)
 
 
@@ -532,18 +524,13 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, *, layer: str = "fea
     require_eval(model, "penultimate_features")
     _check_images(x, "penultimate_features")
     batch_size = _check_batch_size(batch_size, "penultimate_features")
-    module = get_module(model, layer)
     dev = model_device(model)
-    store: dict[str, torch.Tensor] = {}
-    handle = module.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out.detach()))
     out = []
-    try:
+    with capture(model, layer) as acts:
         for s in range(0, x.shape[0], batch_size):
             model(x[s : s + batch_size].to(dev))
-            a = store["a"]
+            a = acts[layer]
             out.append((a.mean((2, 3)) if a.dim() == 4 else a.flatten(1)).float().cpu())
-    finally:
-        handle.remove()
     return torch.cat(out)
 
 

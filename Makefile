@@ -16,6 +16,9 @@ ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # apt-get (make browser) needs root
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# make test runs the suite on this many pytest-xdist workers (the CI machine has 2 cores); each
+# worker and each notebook kernel it starts uses one torch thread, so the cores are not oversubscribed
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
 .PHONY: lab test install fetch doctor grade release bench clean-venv site browser
@@ -49,7 +52,7 @@ browser:
 ## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip, website)
 test: fetch browser
 	$(BIN)/course-lib doctor
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 ## make release: regenerate assignments/ from solutions/ with nbgrader (instructors)
 release: install

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -293,7 +294,7 @@ def load_or_train(config: TrainConfig = TrainConfig(), *, seed: int = 0, progres
 
         for p in paths:
             if writable(p.parent):
-                tmp = p.with_suffix(".part")
+                tmp = p.with_suffix(f".{os.getpid()}.part")  # unique: two processes may train at once
                 torch.save({"steps": run.steps, "checkpoints": run.checkpoints, "loss": run.loss,
                             "eval_tokens": run.eval_tokens, "scores": run.scores, "icl": run.icl}, tmp)
                 tmp.replace(p)

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..hooks import capture, get_module, patch
+from ..hooks import get_module, patch
 try:
     from ..progress import progress_bar
 except ImportError:  # before course_lib.progress landed, the bar lived in games (a layer above)
@@ -99,35 +98,48 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-@contextmanager
-def _capture_input(module: nn.Module) -> Iterator[dict]:
-    """Record the hidden-state input of ``module`` (the embeddings, when it is the first block)."""
-    store: dict = {}
-
-    def hook(_m, args, kwargs):
-        store["x"] = (args[0] if args else kwargs["hidden_states"]).detach()
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the last wanted block has run."""
 
 
-@contextmanager
-def _stop_after(module: nn.Module) -> Iterator[None]:
-    def hook(_m, _i, _o):
+def _record(model: nn.Module, names: LayerNames, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            layers: Sequence[int], *, logits: bool) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    """One forward pass that records the residual stream at ``layers`` (0 = embeddings, l = after block l-1),
+    hooking only those blocks (resolved once, not by name per hook: with 30 blocks that lookup cost more
+    than the hooks). With ``logits=False`` the pass stops after the last block asked for (the final norm,
+    the unembedding and any later block cost nothing) and builds no key/value cache."""
+    blocks = model.get_submodule(names.blocks[0].rsplit(".", 1)[0])  # the ModuleList
+    store: dict[int, torch.Tensor] = {}
+
+    def pre(_m, args, kwargs):  # the embeddings: the input of block 0
+        store[0] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    def keep(layer):
+        def hook(_m, _i, out):
+            store[layer] = _hidden(out).detach()
+        return hook
+
+    def stop(_m, _i, _o):
         raise _Stop
 
-    handle = module.register_forward_hook(hook)
+    handles = []
     try:
-        yield
+        if 0 in layers:
+            handles.append(blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
+        for layer in sorted(set(layers) - {0}):
+            handles.append(blocks[layer - 1].register_forward_hook(keep(layer)))
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask))
+        if logits:
+            return store, model(**kw).logits
+        handles.append(blocks[max(max(layers), 1) - 1].register_forward_hook(stop))
+        try:
+            model(**kw, use_cache=False)
+        except _Stop:
+            pass
+        return store, None
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()
@@ -141,39 +153,40 @@ def residual_stream(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     names = find_layers(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    blocks = names.blocks if up_to is None else names.blocks[:max(up_to, 1)]
-    logits = None
-    with _capture_input(get_module(model, names.blocks[0])) as emb, capture(model, blocks) as acts:
-        try:
-            if up_to is None:
-                logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask)).logits
-            else:
-                with _stop_after(get_module(model, blocks[-1])):
-                    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask))
-        except _Stop:
-            pass
-    resid = torch.stack([emb["x"]] + [_hidden(acts[n]) for n in blocks])
-    return resid, logits
+    last = len(names.blocks) if up_to is None else max(up_to, 1)
+    store, logits = _record(model, names, input_ids, attention_mask, range(last + 1), logits=up_to is None)
+    return torch.stack([store[l] for l in range(last + 1)]), logits
 
 
 @torch.no_grad()
-def logit_lens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, return_model_logits: bool = False):
+def logit_lens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+               positions: Sequence[int] | int | None = None, return_model_logits: bool = False):
     """The logit lens (nostalgebraist 2020): every layer's residual stream read through the final
     norm and the unembedding, as if the model stopped there.
 
     ``input_ids`` is ``(T,)`` or ``(B, T)``; returns logits ``(L+1, T, V)`` or ``(L+1, B, T, V)``:
     index 0 is the embeddings, index ``l`` the output of block ``l-1``, the last equals the model's logits.
+    ``positions`` (e.g. ``-1``) unembeds only those positions: ``(L+1, P, V)``, far cheaper than all
+    ``T`` (the unembedding of every layer is most of the lens's cost). Without ``return_model_logits``
+    the model's own final norm and unembedding are skipped (the lens computes them anyway).
     """
     single = input_ids.dim() == 1
     if single:
         input_ids = input_ids[None]
         attention_mask = None if attention_mask is None else attention_mask[None]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
     names = find_layers(model)
-    resid, logits = residual_stream(model, input_ids, attention_mask)
-    norm, unembed = get_module(model, names.final_norm), get_module(model, names.unembed)
-    lens = unembed(norm(resid))  # (L+1, B, T, V)
+    n = len(names.blocks)
+    store, logits = _record(model, names, input_ids, attention_mask, range(n + 1), logits=return_model_logits)
+    resid = torch.stack([store[l] for l in range(n + 1)])  # (L+1, B, T, D)
+    if positions is not None:
+        pos = torch.as_tensor([positions] if isinstance(positions, int) else list(positions), device=resid.device)
+        resid = resid[:, :, pos]
+        logits = None if logits is None else logits[:, pos]
+    lens = get_module(model, names.unembed)(get_module(model, names.final_norm)(resid))  # (L+1, B, T, V)
     if single:
-        lens, logits = lens[:, 0], logits[0]
+        lens, logits = lens[:, 0], None if logits is None else logits[0]
     return (lens, logits) if return_model_logits else lens
 
 
@@ -203,7 +216,7 @@ def capture_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
 
     Returns ``{"acts": {layer: (N, D) float32}, "token_ids": (N,), "doc": (N,), "pos": (N,)}``,
     tokens in text order. The result does not depend on ``batch_size`` or the padding side.
-    The forward pass stops after the last block asked for. With ``cache_dir`` the activations are stored there in float16 with a sha256, and loaded
+    Only the blocks asked for are hooked, and the forward pass stops after the last of them. With ``cache_dir`` the activations are stored there in float16 with a sha256, and loaded
     (checked) on the next call with the same model, texts, layers and ``max_length``.
     """
     from safetensors.torch import load_file, save_file
@@ -229,10 +242,10 @@ def capture_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
         batch = list(texts[start:start + batch_size])
         enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        resid, _ = residual_stream(model, ids, mask, up_to=max(layers))  # (max(layers)+1, B, T, D)
+        store, _ = _record(model, names, ids, mask, layers, logits=False)  # {layer: (B, T, D)}
         keep = mask.bool()
         for l in layers:
-            out[l].append(resid[l][keep].float().cpu())
+            out[l].append(store[l][keep].float().cpu())
         ids_all.append(ids[keep].cpu())
         doc_all.append((torch.arange(len(batch), device=device)[:, None].expand_as(ids) + start)[keep].cpu())
         pos_all.append(_position_ids(mask)[keep].cpu())

@@ -245,3 +245,86 @@ def test_shakespeare_corpus_is_large_split_by_play_and_licensed():
     assert len(load_dataset("shakespeare", split="test", n=10)["texts"]) == 10
     with pytest.raises(ValueError, match="train, test or all"):
         load_dataset("shakespeare", split="dev")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_logit_lens_at_chosen_positions_equals_the_full_lens(kind):
+    model = tiny(kind)
+    ids = torch.randint(1, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+    full, logits = L.logit_lens(model, ids, return_model_logits=True)  # (L+1, B, T, V)
+    torch.testing.assert_close(L.logit_lens(model, ids), full)  # without the model's own unembedding
+    some, some_logits = L.logit_lens(model, ids, positions=[0, -1], return_model_logits=True)
+    assert some.shape == (4, 2, 2, VOCAB)
+    torch.testing.assert_close(some, full[:, :, [0, -1]])
+    torch.testing.assert_close(some_logits, logits[:, [0, -1]])
+    torch.testing.assert_close(L.logit_lens(model, ids[0], positions=-1), full[:, 0, [-1]])
+
+
+def _small_sae_config(**kw):
+    return L.SAEConfig(**{**dict(layer=2, n_texts=30, max_length=32, n_latents=64, l1=1e-3, steps=40, batch_size=64), **kw})
+
+
+def test_pretrained_sae_trains_once_then_loads_the_same_weights(tmp_path, monkeypatch):
+    model, tok = tiny("llama"), CharTokenizer()
+    corpus = [f"text number {i}: some words, then more words" for i in range(60)]
+    cfg = _small_sae_config()
+    first = L.pretrained_sae(model, tok, corpus, cfg, cache_dir=tmp_path, progress=False, log=None)
+    assert first.trained and first.path.is_file() and len(first.curve) == cfg.steps
+    assert first.texts == L.sae_texts(corpus, cfg) and len(first.texts) == 30
+
+    def no_training(*a, **k):
+        raise AssertionError("train_sae was called although the SAE is cached")
+
+    monkeypatch.setattr(L, "train_sae", no_training)
+    second = L.pretrained_sae(model, tok, corpus, cfg, cache_dir=tmp_path, progress=False, log=None)
+    assert not second.trained and second.curve == first.curve and second.path == first.path
+    assert (second.scale, second.cutoff) == (first.scale, first.cutoff)
+    for k, v in first.sae.state_dict().items():
+        assert torch.equal(v, second.sae.state_dict()[k]), k
+    h = torch.randn(5, 32)
+    assert torch.equal(first.reconstruct(h), second.reconstruct(h))
+    monkeypatch.undo()
+    # another recipe is another file
+    L.pretrained_sae(model, tok, corpus, _small_sae_config(l1=2e-3), cache_dir=tmp_path, progress=False, log=None)
+    assert len(list(tmp_path.glob("sae-*.safetensors"))) == 2
+
+
+def test_pretrained_sae_detects_a_damaged_or_mismatched_file(tmp_path):
+    import json
+
+    model, tok = tiny("llama"), CharTokenizer()
+    corpus = [f"line {i} of a small corpus" for i in range(40)]
+    cfg = _small_sae_config(steps=20)
+    first = L.pretrained_sae(model, tok, corpus, cfg, cache_dir=tmp_path, progress=False, log=None)
+    data = first.path.read_bytes()
+    first.path.write_bytes(data[:-8] + b"\0" * 8)  # damaged weights
+    with pytest.warns(UserWarning, match="sha256"):
+        again = L.pretrained_sae(model, tok, corpus, cfg, cache_dir=tmp_path, progress=False, log=None)
+    assert again.trained and first.path.read_bytes() == data  # rebuilt: the same seed gives the same file
+    meta_path = first.path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["l1"] = 99.0  # a record that does not belong to this recipe
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="config differs"):
+        assert L.pretrained_sae(model, tok, corpus, cfg, cache_dir=tmp_path, progress=False, log=None).trained
+    meta_path.write_text("{not json")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert L.pretrained_sae(model, tok, corpus, cfg, cache_dir=tmp_path, progress=False, log=None).trained
+    assert not L.pretrained_sae(model, tok, corpus, cfg, cache_dir=tmp_path, progress=False, log=None).trained
+
+
+def test_lecture_sae_recipe_on_smollm2_splices_in_below_zero_ablation(smollm2, tmp_path):
+    """Lecture 08's recipe (SAEConfig()) on fewer texts, to keep the test short: its splice-in loss on
+    held-out plays lies well below the zero-ablation loss."""
+    from course_lib.zoo import load_dataset
+
+    model, tok = smollm2
+    cfg = L.SAEConfig(n_texts=50)
+    p = L.pretrained_sae(model, tok, load_dataset("shakespeare", split="train")["texts"], cfg, cache_dir=tmp_path, progress=False, log=None)
+    held_out = load_dataset("shakespeare", split="test")["texts"][:8]
+    kw = dict(max_length=32, batch_size=8)
+    clean = L.lm_loss(model, tok, held_out, **kw)
+    spliced = L.lm_loss(model, tok, held_out, layer=cfg.layer, replace=p.reconstruct, **kw)
+    zeroed = L.lm_loss(model, tok, held_out, layer=cfg.layer, replace=torch.zeros_like, **kw)
+    assert clean < spliced < zeroed, (clean, spliced, zeroed)
+    assert (zeroed - spliced) / (zeroed - clean) > 0.5, (clean, spliced, zeroed)

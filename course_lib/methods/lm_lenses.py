@@ -45,7 +45,7 @@ __all__ = [
     "LayerNames", "find_layers", "residual_stream", "logit_lens", "capture_activations",
     "ProbeResult", "train_probe", "control_labels", "probe_layers", "attention_patterns",
     "previous_token_scores", "induction_scores", "SparseAutoencoder", "sae_loss", "train_sae",
-    "sae_report", "lm_loss", "top_contexts",
+    "sae_report", "lm_loss", "top_contexts", "SAEConfig", "PretrainedSAE", "sae_texts", "pretrained_sae",
 ]
 
 
@@ -496,3 +496,137 @@ def top_contexts(values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, tok
         left = tokenizer.decode(ids[max(0, p - window):p])
         out.append((v, f"{left}[{tokenizer.decode(ids[p:p + 1])}]"))
     return out
+
+
+# ----------------------------------------------------------------------------- a cached SAE
+@dataclass(frozen=True)
+class SAEConfig:
+    """The recipe of a cached SAE, lecture 08's by default. Its fingerprint (with the model's and the
+    texts') names the cache file, so another recipe is another file."""
+
+    layer: int = 12  # the residual stream after block 11
+    n_texts: int = 200  # texts drawn from the corpus with ``seed``
+    max_length: int = 32  # tokens per text
+    n_latents: int = 512
+    l1: float = 2.0
+    steps: int = 300
+    batch_size: int = 128
+    lr: float = 3e-3
+    seed: int = 0
+    massive: float = 10.0  # tokens whose norm exceeds this times the median are left out ("massive activations")
+
+
+@dataclass
+class PretrainedSAE:
+    """A trained SAE with what it needs to be used: activations ``h`` of the model are fed as
+    ``h / scale * sqrt(D)`` (mean norm ``sqrt(D)``), and tokens with norm above ``cutoff`` are left out."""
+
+    sae: SparseAutoencoder
+    curve: list[float]  # the loss of every training step
+    config: SAEConfig
+    scale: float
+    cutoff: float
+    texts: list[str]  # the training texts, drawn from the corpus
+    path: Path  # the weights file
+    trained: bool  # True if this call trained it, False if it was loaded
+    train_seconds: float
+
+    def scaled(self, h: torch.Tensor) -> torch.Tensor:
+        """Model activations ``(N, D)`` in the SAE's units."""
+        return h / self.scale * h.shape[-1] ** 0.5
+
+    def reconstruct(self, h: torch.Tensor) -> torch.Tensor:
+        """The SAE's reconstruction of ``h (N, D)`` in the model's units; massive-norm tokens pass through
+        untouched (use as ``lm_loss(..., replace=p.reconstruct)`` to splice it into the model)."""
+        x_hat = self.sae(self.scaled(h).to(self.sae.W_dec.dtype))[0].to(h.dtype) * self.scale / h.shape[-1] ** 0.5
+        return torch.where(h.norm(dim=-1, keepdim=True) > self.cutoff, h, x_hat)
+
+
+def sae_texts(corpus: Sequence[str], config: SAEConfig = SAEConfig()) -> list[str]:
+    """The ``config.n_texts`` texts of ``corpus`` an SAE of this recipe is trained on (drawn with ``config.seed``)."""
+    import numpy as np
+
+    pick = np.random.default_rng(config.seed).choice(len(corpus), size=min(config.n_texts, len(corpus)), replace=False)
+    return [corpus[int(i)] for i in pick]
+
+
+def _sae_folders(cache_dir) -> list[Path]:
+    if cache_dir is not None:
+        return [Path(cache_dir)]
+    from ..zoo.cache import home, user_cache
+
+    return [home() / "sae", user_cache() / "sae"]  # an instructor's prebuilt one (may be read-only), then the user's
+
+
+def pretrained_sae(model: nn.Module, tokenizer, corpus: Sequence[str], config: SAEConfig = SAEConfig(), *,
+                   cache_dir: str | Path | None = None, acts_cache_dir: str | Path | None = None,
+                   progress: bool = True, log=print) -> PretrainedSAE:
+    """The SAE of ``config`` on ``model``'s residual stream over texts of ``corpus``: trained on first use
+    (fixed seed) and saved with its training curve and config; loaded, not trained, on later calls.
+
+    The files are ``sae-<fingerprint>.safetensors`` (weights) and ``.json`` (config, curve, scale, cutoff
+    and the weights' sha256) in ``cache_dir``, by default the course cache (``<COURSE_LIB_HOME>/sae``, where
+    ``course-lib train-zoo --sae`` prebuilds lecture 08's), else the user's cache. The fingerprint covers
+    the recipe, the model's weights and the texts. A file whose checksum or config does not match is not
+    used: a warning names it and the SAE is retrained and rewritten. ``acts_cache_dir`` is passed to
+    :func:`capture_activations` for the training activations. Training rounds the activations to float16,
+    so a cached capture and a fresh one give the same SAE.
+    """
+    import time
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    from ..zoo.cache import sha256, writable
+
+    texts = sae_texts(corpus, config)
+    cfg = dict(vars(config))
+    key = hashlib.sha256((json.dumps(cfg, sort_keys=True) + _fingerprint(model, texts, [config.layer], config.max_length)).encode()).hexdigest()[:24]
+    device = next(model.parameters()).device
+    folders = _sae_folders(cache_dir)
+    for folder in folders:
+        path, meta_path = folder / f"sae-{key}.safetensors", folder / f"sae-{key}.json"
+        if not (path.is_file() and meta_path.is_file()):
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+            problem = ("its config differs from the one asked for" if meta["config"] != cfg else
+                       "its weights do not have the sha256 recorded with them" if sha256(path) != meta["sha256"] else None)
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            problem = f"its record {meta_path.name} cannot be read ({err})"
+        if problem is None:
+            state = load_file(path)
+            sae = SparseAutoencoder(state["W_dec"].shape[0], config.n_latents, seed=config.seed)
+            sae.load_state_dict(state)
+            return PretrainedSAE(sae.requires_grad_(False).eval().to(device), meta["curve"], config, meta["scale"],
+                                 meta["cutoff"], texts, path, False, meta["train_seconds"])
+        warnings.warn(f"The cached SAE at {path} was not used: {problem}. It is trained again now "
+                      f"(delete {path} and {meta_path.name} to silence this).", stacklevel=2)
+    t0 = time.perf_counter()
+    cap = capture_activations(model, tokenizer, texts, [config.layer], max_length=config.max_length, batch_size=50,
+                              cache_dir=acts_cache_dir, progress=progress)
+    x_all = cap["acts"][config.layer].half().float()  # (N, D), float16 values whether cached or not
+    norms = x_all.norm(dim=-1)
+    cutoff = float(config.massive * norms.median())
+    x = x_all[norms <= cutoff]
+    scale = float(x.norm(dim=-1).mean())
+    x = (x / scale * x.shape[1] ** 0.5).to(device)
+    sae, curve = train_sae(x, n_latents=config.n_latents, l1=config.l1, steps=config.steps, batch_size=config.batch_size,
+                           lr=config.lr, seed=config.seed, progress=progress)
+    seconds = round(time.perf_counter() - t0, 2)
+    folder = next((f for f in folders if writable(f)), None)
+    path = None
+    if folder is None:
+        warnings.warn(f"No writable folder among {[str(f) for f in folders]}: the SAE is not cached and will be trained again.", stacklevel=2)
+    else:
+        path, meta_path = folder / f"sae-{key}.safetensors", folder / f"sae-{key}.json"
+        tmp = path.with_suffix(".part")
+        save_file({k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}, str(tmp),
+                  metadata={"config": json.dumps(cfg)})
+        tmp.replace(path)
+        meta = {"config": cfg, "sha256": sha256(path), "scale": scale, "cutoff": cutoff, "train_seconds": seconds,
+                "n_tokens": len(x), "layer": config.layer, "curve": curve}
+        meta_path.write_text(json.dumps(meta) + "\n")
+        if log:
+            log(f"SAE trained in {seconds:.0f} s and cached at {path}")
+    return PretrainedSAE(sae, curve, config, scale, cutoff, texts, path, True, seconds)

@@ -156,11 +156,47 @@ def test_occlusion_is_the_leave_one_out_value_of_the_patch_game(scenes_cnn, scen
     assert "tensor(" in repr(res) and len(repr(res)) < 300, "big tensors stay out of the repr"
 
 
-def test_occlusion_does_not_depend_on_the_batch_size(scenes_cnn, scenes_test):
-    x, y = scenes_test.images[:1], scenes_test.labels[:1]
-    a = A.occlusion(scenes_cnn, x, y, patch=8, batch_size=3)
-    b = A.occlusion(scenes_cnn, x, y, patch=8, batch_size=200)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("patch,stride,baseline", [(8, 8, 0.0), (16, 8, 0.3), (16, 12, "mean")])
+def test_occlusion_of_several_images_does_not_depend_on_the_batch_size_and_equals_one_image_at_a_time(
+    scenes_cnn, scenes_test, patch, stride, baseline
+):
+    """All images' (image, window) pairs share one stream of model calls; chunking it differently,
+    or running each image alone, must not change a single value."""
+    x, y = scenes_test.images[:3], scenes_test.labels[:3]
+    ref = A.occlusion(scenes_cnn, x, y, patch=patch, stride=stride, baseline=baseline)
+    for bs in (7, 10_000):  # chunks that split images, and one chunk for everything
+        torch.testing.assert_close(A.occlusion(scenes_cnn, x, y, patch=patch, stride=stride, baseline=baseline, batch_size=bs), ref,
+                                   atol=1e-5, rtol=1e-5)
+    one_by_one = torch.cat([A.occlusion(scenes_cnn, x[i : i + 1], y[i : i + 1], patch=patch, stride=stride, baseline=baseline) for i in range(3)])
+    torch.testing.assert_close(ref, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_occlusion_with_the_mean_baseline_is_leave_one_out_of_the_mean_image_game(scenes_cnn, scenes_test):
+    x, y = scenes_test.images[:2], scenes_test.labels[:2]
+    seg = grid_segments(64, 64, 16)
+    for b in range(2):
+        game = image_game(scenes_cnn, x[b], seg, baseline="mean", target=int(y[b]))
+        loo = segment_map(A.leave_one_out(game).values, seg)
+        torch.testing.assert_close(A.occlusion(scenes_cnn, x, y, patch=16, baseline="mean")[b], loo, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("patch,stride,bs", [(8, 8, 32), (8, 8, 100), (16, 8, 32)])
+def test_occlusion_sends_all_images_through_one_stream_of_forward_passes(scenes_cnn, scenes_test, patch, stride, bs):
+    """B images with P windows cost ceil(B (P + 1) / batch) forward passes (plus one to read the
+    number of classes), not B ceil((P + 1) / batch): on a GPU one pass covers many images."""
+    B = 5
+    x, y = scenes_test.images[:B], scenes_test.labels[:B]
+    n_win = ((64 - patch) // stride + 1) ** 2  # 64 / 8: 64 windows; 16 / 8: 49
+    sizes = []
+    handle = scenes_cnn.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    try:
+        A.occlusion(scenes_cnn, x, y, patch=patch, stride=stride, batch_size=bs)
+    finally:
+        handle.remove()
+    assert sizes[0] == 1  # the target check
+    assert sum(sizes[1:]) == B * (n_win + 1), sizes
+    assert len(sizes) - 1 == math.ceil(B * (n_win + 1) / bs), (len(sizes) - 1, sizes)
+    assert all(s == bs for s in sizes[1:-1]), "every chunk but the last is full"
 
 
 def test_leave_one_out_of_a_closed_form_game():

@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from ..device import model_device, require_eval, require_unit_range
-from ..games import Game, default_batch_size, grid_segments, image_game, segment_map
+from ..games import Game, default_batch_size, image_game
 from ..hooks import capture, get_module
+from ..progress import progress_bar
 from .results import PerturbationResult
 
 __all__ = [
@@ -302,6 +303,78 @@ def _window_groups(size: int, patch: int, stride: int) -> list[list[int]]:
     return [starts[r::m] for r in range(min(m, len(starts)))]
 
 
+class _ImageGames:
+    """Many image games of one model, asked in ONE stream of model calls: the multi-image form of
+    :func:`course_lib.games.image_game` (it belongs in ``course_lib.games``; it lives here until it
+    moves there).
+
+    Game ``k = s * B + b`` shows image ``x[b]`` (B, C, H, W) cut into players by the segment map
+    ``segments[s]`` (S, H, W), labels 0..d-1 shared by all maps; a removed player shows
+    ``base[s, b]`` (``base`` broadcasts to (S, B, C, H, W)) and the game's value is the
+    ``output`` ("logit", "logprob" or "prob") of class ``targets[b]``. A request is a list of
+    rows (game ``k``, coalition mask); the rows of all games go to the model together, in chunks
+    of ``batch_size`` model inputs (default: the engine's ``default_batch_size`` for one image),
+    so one forward pass serves many images. ``n_calls`` counts the masks asked for,
+    ``n_forwards`` the model calls.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, segments: torch.Tensor, base: torch.Tensor, targets: torch.Tensor,
+                 *, output: str = "logit", batch_size: int | None = None, progress: bool = False):
+        if output not in ("logit", "logprob", "prob"):
+            raise ValueError(f"output must be 'logit', 'logprob' or 'prob'; got {output!r}")
+        self.model, self.x, self.output, self.progress = model, x, output, progress  # x: (B, C, H, W)
+        self.segments = segments.long()  # (S, H, W)
+        S, (B, C, H, W) = segments.shape[0], x.shape
+        self.base = base.to(x).expand(S, B, C, H, W)  # a view: a constant baseline costs no memory
+        self.targets = targets.long().to(x.device).expand(B)  # (B,)
+        self.n_players = int(self.segments.max()) + 1
+        self.n_games, self.device = S * B, x.device
+        self.chunk = int(batch_size or default_batch_size(x[0].numel() * x.element_size(), device=x.device))
+        self.n_calls = self.n_forwards = 0
+
+    def inputs(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The model inputs (n, C, H, W) of rows ``games`` (n,) with coalitions ``masks`` (n, d)."""
+        B, _, H, W = self.x.shape
+        s, b = games // B, games % B
+        if self.segments.shape[0] == 1:
+            keep = masks[:, self.segments[0]]  # (n, H, W)
+        else:
+            keep = masks.gather(1, self.segments[s].flatten(1)).view(-1, H, W)
+        return torch.where(keep[:, None], self.x[b], self.base[s, b])
+
+    def _evaluate(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:  # -> (n,)
+        scores = self.model(self.inputs(games, masks))  # (n, K)
+        if self.output == "logprob":
+            scores = torch.log_softmax(scores, -1)
+        elif self.output == "prob":
+            scores = torch.softmax(scores, -1)
+        return scores.gather(1, self.targets[games % self.x.shape[0]][:, None])[:, 0]
+
+    def _stream(self, n: int, rows) -> torch.Tensor:
+        """Evaluate rows 0..n-1, ``rows(slice)`` giving each chunk's (games, masks)."""
+        if n == 0:
+            raise ValueError("the games were asked for zero masks")
+        outs = []
+        starts = range(0, n, self.chunk)
+        with torch.inference_mode():
+            for s in progress_bar(starts, total=len(starts), desc="occlusion", enabled=self.progress and n > self.chunk):
+                outs.append(self._evaluate(*rows(slice(s, s + self.chunk))))
+                self.n_forwards += 1
+        self.n_calls += n
+        return torch.cat(outs)
+
+    def __call__(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Values (M,) of coalitions ``masks`` (M, d) bool in games ``games`` (M,)."""
+        games, masks = torch.as_tensor(games, device=self.device).long(), torch.as_tensor(masks, device=self.device).bool()
+        return self._stream(games.shape[0], lambda sl: (games[sl], masks[sl]))
+
+    def leave_one_out(self, games: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        """Values (M,) of the coalitions "everyone but player ``missing[i]``" (-1: everyone) in
+        games ``games[i]``; the masks are made chunk by chunk, never all at once."""
+        players = torch.arange(self.n_players, device=self.device)
+        return self._stream(games.shape[0], lambda sl: (games[sl], players != missing[sl, None]))
+
+
 def occlusion(
     model: nn.Module,
     x: torch.Tensor,
@@ -312,16 +385,24 @@ def occlusion(
     baseline: float | torch.Tensor | str = 0.0,
     output: str = "logit",
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus, 2014): slide a ``patch`` x ``patch`` square of ``baseline`` over
     each image with step ``stride`` (default: ``patch``, a grid) and record how much the target
     output drops; each pixel gets the mean drop of the windows that cover it. Same windows and
     numbers as ``captum.attr.Occlusion``.
 
-    Built on games: for stride == patch the windows are the players of ``image_game`` over
-    ``grid_segments`` and the map is :func:`leave_one_out` painted back on the pixels. Overlapping
-    windows are split into groups of disjoint windows, one game each. x: (B, C, H, W) in [0, 1];
-    returns (B, H, W) on x's device.
+    Built on games: for stride == patch the windows are the players of an image game over
+    ``grid_segments`` (as :func:`course_lib.games.image_game` builds it), and the map is the
+    game's :func:`leave_one_out` value painted back on the pixels. Overlapping windows are split
+    into groups of disjoint windows, one game per group and image. All (image, window) pairs of
+    all groups go to the model in ONE stream, chunked by ``batch_size`` (default: the games
+    engine's ``default_batch_size``), so B images cost ceil(B (P + 1) / batch_size) forward passes
+    for P windows, not B ceil((P + 1) / batch_size). The result does not depend on ``batch_size``.
+
+    x: (B, C, H, W) in [0, 1]; baseline: a number, an image (C, H, W), one per image (B, C, H, W),
+    ``"blur"`` or ``"mean"`` (each window filled with its own mean colour); returns (B, H, W) on
+    x's device.
     """
     stride = patch if stride is None else stride
     if not (1 <= stride <= patch):
@@ -335,25 +416,51 @@ def occlusion(
     elif not isinstance(baseline, str) and not math.isfinite(baseline):
         raise ValueError(f"occlusion: baseline must be finite; got {baseline}")
     require_unit_range(x)
-    B, _, H, W = x.shape
+    B, C, H, W = x.shape
     if patch > min(H, W):
         raise ValueError(f"occlusion: patch {patch} is larger than the image ({H} x {W})")
     dev = model_device(model)
     xd = x.detach().to(dev)
-    t = _check_target(model, xd, target, "occlusion")
-    t = torch.as_tensor(t).expand(B).tolist()
+    t = torch.as_tensor(_check_target(model, xd, target, "occlusion"), device=dev).expand(B)  # (B,)
     rows, cols = _window_groups(H, patch, stride), _window_groups(W, patch, stride)
-    total = torch.zeros(B, H, W, device=dev)
+    groups = [_window_segments(H, W, rg, cg, patch, dev) for rg in rows for cg in cols]  # [(seg (H, W), n_win)]
+    segs = torch.stack([seg for seg, _ in groups])  # (S, H, W): windows 0..n_win-1, gaps n_win
+    base = _occlusion_baseline(model, xd, segs, baseline)  # broadcasts to (S, B, C, H, W)
+    games = _ImageGames(model, xd, segs, base, t, output=output, batch_size=batch_size, progress=progress)
+    # one stream: every image whole (game b, nobody missing), then every window of every group and image
+    ask_games, ask_missing = [torch.arange(B, device=dev)], [torch.full((B,), -1, device=dev)]
+    for s, (_, n_win) in enumerate(groups):
+        ask_games.append((s * B + torch.arange(B, device=dev)).repeat_interleave(n_win))  # image-major
+        ask_missing.append(torch.arange(n_win, device=dev).repeat(B))
+    out = games.leave_one_out(torch.cat(ask_games), torch.cat(ask_missing))  # (B + B * sum(n_win),)
+    v_full, at = out[:B], B
+    total = torch.zeros(B, H, W, device=dev, dtype=out.dtype)
     count = torch.zeros(H, W, device=dev)
-    for rg in rows:
-        for cg in cols:
-            seg, n_win = _window_segments(H, W, rg, cg, patch, dev)  # labels 0..n_win-1, gaps n_win
-            count += (seg < n_win).float()
-            for b in range(B):
-                game = image_game(model, xd[b], seg, baseline=baseline, target=t[b], output=output, batch_size=batch_size)
-                res = leave_one_out(game, players=range(n_win))
-                total[b] += segment_map(res.values, seg)  # gaps were never removed: 0
+    for seg, n_win in groups:
+        values = v_full[:, None] - out[at : at + B * n_win].view(B, n_win)  # (B, n_win): leave-one-out values
+        at += B * n_win
+        total += nn.functional.pad(values, (0, 1))[:, seg]  # gaps were never removed: 0
+        count += (seg < n_win).float()
     return (total / count.clamp_min(1)).to(x.device)
+
+
+def _occlusion_baseline(model: nn.Module, x: torch.Tensor, segs: torch.Tensor, baseline) -> torch.Tensor:
+    """What a removed window shows, broadcastable to (S, B, C, H, W). Named baselines ("blur",
+    "mean") are the image games' own: the all-absent coalition of image_game's inputs."""
+    B = x.shape[0]
+    if isinstance(baseline, str):
+        per_map = segs if baseline == "mean" else segs[:1]  # only "mean" depends on the segments
+        return torch.stack([
+            torch.cat([image_game(model, x[b], seg, baseline=baseline).inputs(torch.zeros(1, int(seg.max()) + 1, dtype=torch.bool)) for b in range(B)])
+            for seg in per_map
+        ])  # (S or 1, B, C, H, W)
+    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    if base.dim() == 0 or base.shape == x.shape[1:]:
+        return base
+    if base.shape == x.shape:
+        return base[None]
+    raise ValueError(f"occlusion: baseline must be a number, an image {tuple(x.shape[1:])}, one per image {tuple(x.shape)}, "
+                     f"'blur' or 'mean'; got shape {tuple(base.shape)}")
 
 
 def _window_segments(H: int, W: int, row_starts, col_starts, patch: int, device):

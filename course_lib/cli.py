@@ -69,13 +69,28 @@ def fetch(args) -> int:
     return 0
 
 
+SAE_NAME = "lecture08-sae"
+
+
 def train_zoo(args) -> int:
     from .zoo import WEIGHTS
+    from .zoo.cache import ChecksumError
     from .zoo.train import train_zoo as run
 
     out = Path(args.out) if args.out else WEIGHTS
-    run(out, only=args.only)
-    print(f"weights and manifest written to {out}")
+    only = [n for n in args.only if n != SAE_NAME] if args.only else None
+    sae = args.sae or bool(args.only and SAE_NAME in args.only)
+    if not (sae and args.only is not None and not only):  # not just the SAE
+        run(out, only=only)
+        print(f"weights and manifest written to {out}")
+    if sae:
+        from .zoo.train import train_lecture_sae
+
+        try:
+            train_lecture_sae(force=args.force)
+        except (OSError, ChecksumError) as err:  # model or corpus not fetched, a read-only cache, a damaged file
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -106,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train-zoo", help="retrain the shipped vision and tabular models (~10 min on 2 cores)")
     p.add_argument("--only", nargs="*", help="names to train (default: all)")
     p.add_argument("--out", help="output folder (default: the package's weights folder)")
+    p.add_argument("--sae", action="store_true",
+                   help=f"also prebuild lecture 08's sparse autoencoder on smollm2-135m in the course cache (~1 min on 2 cores; "
+                        f"`--only {SAE_NAME}` builds only it)")
+    p.add_argument("--force", action="store_true", help="with --sae: train the SAE again even if it is cached")
     p.set_defaults(func=train_zoo)
     p = sub.add_parser("grade-report", help="after nbgrader autograde: scores, timeouts and tampering flags per submission")
     p.add_argument("root", nargs="?", default=".", help="the course folder (with gradebook.db and autograded/)")

@@ -328,3 +328,20 @@ def test_lecture_sae_recipe_on_smollm2_splices_in_below_zero_ablation(smollm2, t
     zeroed = L.lm_loss(model, tok, held_out, layer=cfg.layer, replace=torch.zeros_like, **kw)
     assert clean < spliced < zeroed, (clean, spliced, zeroed)
     assert (zeroed - spliced) / (zeroed - clean) > 0.5, (clean, spliced, zeroed)
+
+
+def test_train_zoo_prebuilds_the_lecture_sae_only_when_asked(monkeypatch):
+    from course_lib import cli
+    from course_lib.zoo import train
+
+    calls = []
+    monkeypatch.setattr(train, "train_lecture_sae", lambda **kw: calls.append(("sae", kw)))
+    monkeypatch.setattr(train, "train_zoo", lambda out, only=None, **kw: calls.append(("zoo", only)))
+    assert cli.main(["train-zoo", "--only", "lecture08-sae"]) == 0
+    assert calls == [("sae", {"force": False})]
+    calls.clear()
+    assert cli.main(["train-zoo", "--only", "diabetes-mlp", "--sae", "--force"]) == 0
+    assert calls == [("zoo", ["diabetes-mlp"]), ("sae", {"force": True})]
+    calls.clear()
+    assert cli.main(["train-zoo", "--only", "diabetes-mlp"]) == 0
+    assert calls == [("zoo", ["diabetes-mlp"])]

@@ -529,7 +529,7 @@ class PretrainedSAE:
     texts: list[str]  # the training texts, drawn from the corpus
     path: Path  # the weights file
     trained: bool  # True if this call trained it, False if it was loaded
-    train_seconds: float
+    build_seconds: float  # wall time of the capture and the training, when it was built
 
     def scaled(self, h: torch.Tensor) -> torch.Tensor:
         """Model activations ``(N, D)`` in the SAE's units."""
@@ -590,16 +590,17 @@ def pretrained_sae(model: nn.Module, tokenizer, corpus: Sequence[str], config: S
             continue
         try:
             meta = json.loads(meta_path.read_text())
+            record = [list(meta["curve"]), float(meta["scale"]), float(meta["cutoff"]), float(meta["build_seconds"])]
             problem = ("its config differs from the one asked for" if meta["config"] != cfg else
                        "its weights do not have the sha256 recorded with them" if sha256(path) != meta["sha256"] else None)
         except (ValueError, KeyError, TypeError, OSError) as err:
-            problem = f"its record {meta_path.name} cannot be read ({err})"
+            problem = f"its record {meta_path.name} cannot be read ({type(err).__name__}: {err})"
         if problem is None:
             state = load_file(path)
             sae = SparseAutoencoder(state["W_dec"].shape[0], config.n_latents, seed=config.seed)
             sae.load_state_dict(state)
-            return PretrainedSAE(sae.requires_grad_(False).eval().to(device), meta["curve"], config, meta["scale"],
-                                 meta["cutoff"], texts, path, False, meta["train_seconds"])
+            curve, scale, cutoff, seconds = record
+            return PretrainedSAE(sae.requires_grad_(False).eval().to(device), curve, config, scale, cutoff, texts, path, False, seconds)
         warnings.warn(f"The cached SAE at {path} was not used: {problem}. It is trained again now "
                       f"(delete {path} and {meta_path.name} to silence this).", stacklevel=2)
     t0 = time.perf_counter()
@@ -613,7 +614,7 @@ def pretrained_sae(model: nn.Module, tokenizer, corpus: Sequence[str], config: S
     x = (x / scale * x.shape[1] ** 0.5).to(device)
     sae, curve = train_sae(x, n_latents=config.n_latents, l1=config.l1, steps=config.steps, batch_size=config.batch_size,
                            lr=config.lr, seed=config.seed, progress=progress)
-    seconds = round(time.perf_counter() - t0, 2)
+    seconds = round(time.perf_counter() - t0, 2)  # capture + training
     folder = next((f for f in folders if writable(f)), None)
     path = None
     if folder is None:
@@ -624,9 +625,9 @@ def pretrained_sae(model: nn.Module, tokenizer, corpus: Sequence[str], config: S
         save_file({k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}, str(tmp),
                   metadata={"config": json.dumps(cfg)})
         tmp.replace(path)
-        meta = {"config": cfg, "sha256": sha256(path), "scale": scale, "cutoff": cutoff, "train_seconds": seconds,
+        meta = {"config": cfg, "sha256": sha256(path), "scale": scale, "cutoff": cutoff, "build_seconds": seconds,
                 "n_tokens": len(x), "layer": config.layer, "curve": curve}
         meta_path.write_text(json.dumps(meta) + "\n")
         if log:
-            log(f"SAE trained in {seconds:.0f} s and cached at {path}")
+            log(f"SAE built (capture + training) in {seconds:.0f} s and cached at {path}")
     return PretrainedSAE(sae, curve, config, scale, cutoff, texts, path, True, seconds)

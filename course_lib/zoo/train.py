@@ -63,5 +63,5 @@ def train_lecture_sae(*, cache_dir: Path | None = None, force: bool = False, log
         got.path.with_suffix(".json").unlink()
         got = lm_lenses.pretrained_sae(model, tok, corpus, config, cache_dir=cache_dir, log=log)
     log(f"lecture 08's SAE ({'trained' if got.trained else 'already cached'}): {got.path}; "
-        f"{len(got.curve)} steps, final loss {got.curve[-1]:.3f}, training took {got.train_seconds:.0f} s")
+        f"{len(got.curve)} steps, final loss {got.curve[-1]:.3f}, built (capture + training) in {got.build_seconds:.0f} s")
     return got.path

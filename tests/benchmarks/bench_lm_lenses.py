@@ -2,24 +2,31 @@
 
 - activation capture (``lm_lenses.capture_activations``: tokenise, pad, hooks, keep the real
   tokens, copy them to the CPU) over a slice of the corpus vs a plain batched forward of the
-  base model (tokenisation and all blocks, no unembedding) over the same batches. Capture asks
-  for the middle and the last block, so both run every block. Target <= 1.15x; tokens/s;
-- the logit lens for one prompt vs one forward of the model (target <= 1.15x); the lens also
-  pushes every layer's residual stream (L+1 of them) through the final norm and the 49152-token
-  unembedding, which one forward does once, so it is shown next to the floor for a logit lens
-  too: one forward with ``output_hidden_states`` plus those unembeddings written out by hand;
+  base model (tokenisation and all blocks and the final norm, no unembedding) over the same
+  batches. Capture of the middle and the last block runs every block: target <= 1.15x, tokens/s.
+  Capture of the middle block alone stops the pass there, so it costs about half a forward;
+- the logit lens for one prompt vs one forward of the model (the issue's target <= 1.15x). The
+  lens pushes every layer's residual stream (L+1 of them) through the final norm and the
+  49152-token unembedding, which one forward does once, so <= 1.15x one forward cannot hold for
+  a full lens; it is also compared with the floor for a logit lens: one forward with
+  ``output_hidden_states`` plus those unembeddings written out by hand. ``positions=[-1]`` (the
+  lens at the last position only, what lecture 08's " Paris" question needs) is timed against
+  the same floor restricted to that position;
 - the sparse autoencoder of lecture 08 (layer 12, 200 speeches of at most 32 tokens, 512
-  latents, l1 2.0, batch 128, lr 3e-3, 300 steps: the shipped quality): training throughput
-  (tokens/s), the wall time of the capture and of the training, the step at which the loss is
-  first within 5% of its final value, and the fraction of variance unexplained reached.
+  latents, l1 2.0, batch 128, lr 3e-3, 300 steps: ``lm_lenses.SAEConfig()``, the shipped
+  quality): training throughput (tokens/s), the wall time of the capture and of the training,
+  the step at which the loss is first within 5% of its final value, the fraction of variance
+  unexplained reached, and ``pretrained_sae``'s first call (capture + training + saving) vs a
+  later call (loading the cached file).
 
 Where the SmolLM2 weights are not in the course cache (e.g. a GPU machine that cannot carry
 them), a randomly initialised Llama of SmolLM2-135M's sizes stands in, and where the model or
 the Shakespeare corpus is missing, random token ids (random lengths, right-padded) stand in for
 the corpus: the timings keep their meaning, the SAE's quality does not. The printout says which ran.
 
-Runs alternate and the best of several repeats counts, so a shared CPU hurts both sides alike.
-Run with ``make bench``; compare ratios, not absolute times. ``COURSE_LIB_BENCH_QUICK=1`` shrinks
+Runs alternate (after one warm-up each); the median and the best of the repeats are printed, so
+a shared CPU hurts both sides alike. Run with ``make bench`` (with ``OMP_NUM_THREADS=1`` on a
+loaded machine); compare ratios, not absolute times. ``COURSE_LIB_BENCH_QUICK=1`` shrinks
 everything to check that the file runs.
 """
 from __future__ import annotations
@@ -35,7 +42,7 @@ QUICK = bool(os.environ.get("COURSE_LIB_BENCH_QUICK"))
 N_TEXTS, MAX_LEN, BATCH = (8, 32, 4) if QUICK else (400, 64, 16)  # capture
 SAE_TEXTS, SAE_LEN, SAE_LAYER = (24, 32, 12) if QUICK else (200, 32, 12)  # lecture 08's SAE recipe
 SAE_STEPS = 20 if QUICK else 300
-REPEATS = 1 if QUICK else 3
+REPEATS = 1 if QUICK else 5
 PROMPT = "The capital of France is"
 
 # SmolLM2-135M(-Instruct)'s sizes, as in its config (the cached config.json, when present, wins)
@@ -118,8 +125,32 @@ def _setup():
     return model, tok, cap_texts, sae_texts, prompt, what
 
 
+def _timings(fns: dict, dev, repeats: int) -> dict:
+    """``{name: {"wall": median, "cpu": median, "wall_best": min, "cpu_best": min}}`` (seconds) over
+    ``repeats`` alternating runs of each function, after one warm-up each."""
+    import statistics
+
+    for fn in fns.values():
+        fn()
+    runs = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            runs[k].append(bu.timed(fn, dev))
+    return {k: {"wall": statistics.median(w for w, _ in r), "cpu": statistics.median(c for _, c in r),
+                "wall_best": min(w for w, _ in r), "cpu_best": min(c for _, c in r)} for k, r in runs.items()}
+
+
+def _ratio_lines(t: dict, num: str, den: str, target: float | None = None) -> list[str]:
+    lines = []
+    for what in ("wall", "cpu"):
+        r, rb = t[num][what] / t[den][what], t[num][what + "_best"] / t[den][what + "_best"]
+        verdict = "" if target is None else (f"  <= {target}: MET" if r <= target else f"  <= {target}: NOT MET")
+        lines.append(f"  [{what:4s}] {num} / {den}: median {r:.2f}x (best {rb:.2f}x){verdict}")
+    return lines
+
+
 def _header(what, dev, ran):
-    return (f"\n{what} on {dev} ({torch.get_num_threads()} threads), best of {REPEATS}, load average "
+    return (f"\n{what} on {dev} ({torch.get_num_threads()} threads), median and best of {REPEATS}, load average "
             f"{os.getloadavg()[0]:.1f}{' [QUICK: smoke run only]' if QUICK else ''}\n  model: {ran}")
 
 
@@ -140,15 +171,17 @@ def test_capture_over_the_corpus_vs_plain_batched_forward():
             base(input_ids=ids, attention_mask=mask, position_ids=L._position_ids(mask))
 
     capture = lambda: L.capture_activations(model, tok, texts, layers, max_length=MAX_LEN, batch_size=BATCH, progress=False)
+    middle = lambda: L.capture_activations(model, tok, texts, layers[:1], max_length=MAX_LEN, batch_size=BATCH, progress=False)
     n_tokens = len(capture()["token_ids"])
-    wall, cpu = bu.best({"capture": capture, "plain forward": plain}, dev, REPEATS)
-    print(_header(f"capture of layers {layers} over {len(texts)} texts ({n_tokens} tokens, <= {MAX_LEN} each, batches of {BATCH})", dev, ran))
-    for k in wall:
-        print(f"  {k:14s} wall {wall[k]:7.2f} s ({n_tokens / wall[k]:8.0f} tokens/s)   CPU {cpu[k]:7.2f} s")
-    for what, t in (("wall", wall), ("CPU", cpu)):
-        print(f"  [{what}] capture / plain batched forward: {t['capture'] / t['plain forward']:.2f}x (target <= 1.15)")
-    if not QUICK:  # a quick run (best of one) is too noisy for a timing guard
-        assert wall["capture"] <= 3.0 * wall["plain forward"]  # loose guard for a shared machine
+    names = {f"capture {layers}": capture, f"capture [{layers[0]}] only": middle, "plain forward": plain}
+    t = _timings(names, dev, REPEATS)
+    print(_header(f"capture over {len(texts)} texts ({n_tokens} tokens, <= {MAX_LEN} each, batches of {BATCH})", dev, ran))
+    for k in t:
+        print(f"  {k:22s} wall {t[k]['wall']:7.2f} s ({n_tokens / t[k]['wall']:8.0f} tokens/s)   CPU {t[k]['cpu']:7.2f} s  (medians)")
+    print("\n".join(_ratio_lines(t, f"capture {layers}", "plain forward", 1.15)))
+    print("\n".join(_ratio_lines(t, f"capture [{layers[0]}] only", "plain forward")))
+    if not QUICK:  # a quick run (one repeat) is too noisy for a timing guard
+        assert t[f"capture {layers}"]["wall_best"] <= 3.0 * t["plain forward"]["wall_best"]  # loose guard for a shared machine
 
 
 def test_logit_lens_vs_one_forward():
@@ -169,18 +202,26 @@ def test_logit_lens_vs_one_forward():
         hs = model(input_ids=ids, output_hidden_states=True).hidden_states
         unembed(norm(torch.stack(hs)))
 
-    fns = {"logit lens": lambda: L.logit_lens(model, ids[0]), "one forward": forward, "forward + L+1 unembeddings": by_hand}
-    reps = 5 if QUICK else 50  # one prompt is a few milliseconds: time many
-    timed = {k: (lambda fn=fn: [fn() for _ in range(reps)]) for k, fn in fns.items()}
-    wall, cpu = bu.best(timed, dev, REPEATS)
+    @torch.no_grad()
+    def by_hand_last():  # the same floor for the last position only
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        unembed(norm(torch.stack(hs)[:, :, -1:]))
+
+    fns = {"logit lens": lambda: L.logit_lens(model, ids[0]), "one forward": forward, "forward + L+1 unembeddings": by_hand,
+           "logit lens, last position": lambda: L.logit_lens(model, ids[0], positions=-1),
+           "forward + L+1 unembeddings, last position": by_hand_last}
+    reps = 5 if QUICK else 20  # one prompt is tens of milliseconds: time many
+    t = _timings({k: (lambda fn=fn: [fn() for _ in range(reps)]) for k, fn in fns.items()}, dev, REPEATS)
     print(_header(f"logit lens of one prompt ({ids.shape[1]} tokens, {len(names.blocks) + 1} layers), {reps} calls", dev, ran))
-    for k in wall:
-        print(f"  {k:28s} wall {wall[k] / reps * 1000:8.2f} ms per call   CPU {cpu[k] / reps * 1000:8.2f} ms")
-    for what, t in (("wall", wall), ("CPU", cpu)):
-        print(f"  [{what}] logit lens / one forward: {t['logit lens'] / t['one forward']:.2f}x (target <= 1.15); "
-              f"logit lens / (forward + L+1 unembeddings): {t['logit lens'] / t['forward + L+1 unembeddings']:.2f}x")
-    if not QUICK:  # a quick run (best of one) is too noisy for a timing guard
-        assert wall["logit lens"] <= 3.0 * wall["forward + L+1 unembeddings"]  # loose guard for a shared machine
+    for k in t:
+        print(f"  {k:42s} wall {t[k]['wall'] / reps * 1000:8.2f} ms per call   CPU {t[k]['cpu'] / reps * 1000:8.2f} ms  (medians)")
+    print("  the issue's target (<= 1.15x one forward) cannot hold for a full lens: it does L+1 unembeddings, a forward one")
+    for num, den, target in [("logit lens", "one forward", 1.15), ("logit lens", "forward + L+1 unembeddings", 1.15),
+                             ("logit lens, last position", "one forward", 1.15),
+                             ("logit lens, last position", "forward + L+1 unembeddings, last position", 1.15)]:
+        print("\n".join(_ratio_lines(t, num, den, target)))
+    if not QUICK:  # a quick run (one repeat) is too noisy for a timing guard
+        assert t["logit lens"]["wall_best"] <= 3.0 * t["forward + L+1 unembeddings"]["wall_best"]  # loose guard for a shared machine
 
 
 def test_sae_training_throughput_and_time_to_shipped_quality():
@@ -215,3 +256,17 @@ def test_sae_training_throughput_and_time_to_shipped_quality():
           f"dense {report['dense']}")
     print(f"  wall time to the shipped quality (capture + training): {t_capture + t_train:.2f} s")
     assert curve[-1] < curve[0]
+    # pretrained_sae: the first call captures, trains and saves; a later call loads the file
+    import tempfile
+
+    cfg = L.SAEConfig(layer=layer, n_texts=len(texts), max_length=SAE_LEN, steps=SAE_STEPS)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        first = L.pretrained_sae(model, tok, texts, cfg, cache_dir=tmp, progress=False, log=None)
+        t_first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        again = L.pretrained_sae(model, tok, texts, cfg, cache_dir=tmp, progress=False, log=None)
+        t_again = time.perf_counter() - t0
+    assert first.trained and not again.trained
+    print(f"  pretrained_sae: first call (capture + training + saving) {t_first:.2f} s; "
+          f"a later call (fingerprint + checksum + load) {t_again:.2f} s")

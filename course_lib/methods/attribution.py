@@ -14,9 +14,11 @@ batch or one per input), layers are named by dotted names, and randomness comes 
     occlusion(model, x, target, patch=8)              # leave-one-out of a patch game (Zeiler & Fergus, 2014)
     cascading_randomization(model)                    # sanity check             (Adebayo et al., 2018)
 
-Occlusion is a perturbation method: it asks :func:`course_lib.games.image_game` (grid patches
-as players) for the all-present coalition and every coalition with one patch missing, so it
-shares the batching engine with LIME and Shapley values. :func:`leave_one_out` works on any game.
+Occlusion is a perturbation method: the game of an image (grid patches as players, as
+:func:`course_lib.games.image_game` builds it) is asked for the all-present coalition and every
+coalition with one patch missing. The coalitions of all images go to the model in one stream,
+chunked by the games engine's ``default_batch_size`` (:class:`_ImageGames`, the multi-image form
+of ``image_game``), so one forward pass serves many images. :func:`leave_one_out` works on any game.
 """
 from __future__ import annotations
 

@@ -74,6 +74,9 @@ class Objective:
                  *, key: tuple | None = None, rowwise: bool = False):
         self.fn, self.layers, self.name = fn, tuple(dict.fromkeys(layers)), name
         self.key, self.rowwise = key, rowwise
+        # (family, index, fn): leaves of one family differ only in an index (a channel, a class) and
+        # ``fn(acts, idx)`` evaluates them for a whole batch at once, image b with index idx[b]
+        self.family: tuple | None = None
         self.terms: list[tuple[float, Objective]] = [(1.0, self)]
         self.const = 0.0
 
@@ -136,10 +139,17 @@ def _spatial(a: torch.Tensor, layer: str, what: str) -> torch.Tensor:
     return a
 
 
+def _family(o: Objective, family: tuple, index: int, fn) -> Objective:
+    o.family = (family, index, fn)
+    return o
+
+
 def channel(layer: str, c: int) -> Objective:
     """Mean activation of channel ``c`` of ``layer`` over all positions: ``acts[layer][:, c].mean()`` (B,)."""
-    return Objective(lambda acts: _spatial(acts[layer], layer, "channel")[:, c].mean((1, 2)), [layer], f"channel({layer}:{c})",
-                     key=("channel", layer, c), rowwise=True)
+    o = Objective(lambda acts: _spatial(acts[layer], layer, "channel")[:, c].mean((1, 2)), [layer], f"channel({layer}:{c})",
+                  key=("channel", layer, c), rowwise=True)
+    return _family(o, ("channel", layer), c,
+                   lambda acts, idx: _spatial(acts[layer], layer, "channel").mean((2, 3)).gather(1, idx[:, None])[:, 0])
 
 
 def neuron(layer: str, c: int, y: int | None = None, x: int | None = None) -> Objective:
@@ -157,7 +167,8 @@ def neuron(layer: str, c: int, y: int | None = None, x: int | None = None) -> Ob
 def class_logit(c: int) -> Objective:
     """The pre-softmax logit of class ``c`` (B,). Maximising the logit, not the probability, keeps
     the image about class ``c`` itself rather than about pushing the other classes down (Simonyan et al. 2014)."""
-    return Objective(lambda acts: acts[LOGITS][:, c], [LOGITS], f"logit({c})", key=("logit", c), rowwise=True)
+    o = Objective(lambda acts: acts[LOGITS][:, c], [LOGITS], f"logit({c})", key=("logit", c), rowwise=True)
+    return _family(o, ("logit",), c, lambda acts, idx: acts[LOGITS].gather(1, idx[:, None])[:, 0])
 
 
 def direction(layer: str, v: torch.Tensor) -> Objective:
@@ -574,9 +585,20 @@ def _values(objs: Sequence[Objective], acts: dict[str, torch.Tensor], n: int) ->
             leaves.setdefault(gk, leaf)
             users.setdefault(gk, {})[i] = users.get(gk, {}).get(i, 0.0) + w
     shared = [gk for gk, us in users.items() if len(us) > 1 and leaves[gk].rowwise]
-    if not shared and k == 1:
+    # families (channel c of one layer, logit c): one batched evaluation, each image at its own index,
+    # where several objectives use the family and none uses two of its members
+    members: dict[tuple, list] = {}
+    for gk, leaf in leaves.items():
+        if leaf.family is not None and gk not in shared:
+            members.setdefault(leaf.family[0], []).append(gk)
+    families = []
+    for fam, gks in members.items():
+        objectives_of = [i for gk in gks for i in users[gk]]
+        if len(objectives_of) > 1 and len(set(objectives_of)) == len(objectives_of):
+            families.append(gks)
+    if not shared and not families and k == 1:
         return objs[0](acts)
-    shared_set = set(shared)
+    shared_set = set(shared) | {gk for gks in families for gk in gks}
     parts = {name: v.split(n) for name, v in acts.items()}  # {name: K views (n, ...)}
     ref = next(iter(acts.values()))
     own = []
@@ -602,6 +624,17 @@ def _values(objs: Sequence[Objective], acts: dict[str, torch.Tensor], n: int) ->
     for gk in shared:
         weights = torch.tensor([users[gk].get(i, 0.0) for i in range(k)], dtype=ref.dtype).repeat_interleave(n)  # (K*n,)
         values = values + weights.to(ref.device) * leaves[gk](acts)
+    for gks in families:
+        weights, index = torch.zeros(k, dtype=ref.dtype), torch.zeros(k, dtype=torch.long)
+        for gk in gks:
+            for i, w in users[gk].items():
+                weights[i], index[i] = w, leaves[gk].family[1]
+        fn = leaves[gks[0]].family[2]
+        for name in leaves[gks[0]].layers:  # the same clear error as calling the leaf
+            if name not in acts:
+                raise KeyError(f"objective {leaves[gks[0]].name!r} reads {[name]}, which are not among the activations {sorted(acts)}")
+        term = fn(acts, index.repeat_interleave(n).to(ref.device))  # (K*n,)
+        values = values + (term if bool((weights == 1).all()) else weights.repeat_interleave(n).to(ref.device) * term)
     return values
 
 

@@ -465,7 +465,7 @@ def lm_loss(model: nn.Module, tokenizer, texts: Sequence[str], *, layer: int | N
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
         def run():
-            return model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask)).logits
+            return model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False).logits
 
         if layer is None:
             logits = run()

@@ -6,11 +6,14 @@ the final norm and the unembedding from the module tree and the config.
 
     names = find_layers(model)                        # LayerNames(blocks=[...], final_norm=..., ...)
     lens = logit_lens(model, input_ids)               # (L+1, T, V): embeddings, then each block
+    last = logit_lens(model, input_ids, positions=-1)  # (L+1, 1, V): only the last position unembedded
     acts = capture_activations(model, tok, texts, layers=[3, 6])   # flattened real tokens, cached
     result = train_probe(X, y, seed=0)                # logistic regression, held-out accuracy
     y_ctl = control_labels(token_ids, y, seed=0)      # Hewitt & Liang (2019) control task
     pats = attention_patterns(model, input_ids)       # (L, H, T, T)
     sae, curve = train_sae(X, n_latents=1024, l1=3e-3, steps=2000, seed=0)
+    p = pretrained_sae(model, tok, corpus_texts, SAEConfig())   # trained on first use, then loaded from the cache
+    lm_loss(model, tok, texts, layer=p.config.layer, replace=p.reconstruct)   # the SAE spliced in
 
 References: nostalgebraist (2020) "interpreting GPT: the logit lens"; Hewitt & Liang (2019)
 "Designing and Interpreting Probes with Control Tasks"; Olsson et al. (2022) "In-context

@@ -213,9 +213,19 @@ def image_game(
     d = int(segments.max()) + 1
     base = _image_baseline(x, segments, baseline)  # (C, H, W)
 
-    def perturb(masks: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, C, H, W)
-        keep = masks[:, segments]  # (B, H, W)
-        return torch.where(keep[:, None], x, base)
+    if device.type == "cpu":
+        # Compose the images channels-last (B, H, W, C) and hand the model an NCHW view of them: conv
+        # nets take oneDNN's fast path on that layout (ResNet-18 1.3x, scenes-cnn 2x on 2 cores), as
+        # they do on the images the `lime` package builds; no extra copy.
+        x_hwc, base_hwc = x.permute(1, 2, 0).contiguous(), base.permute(1, 2, 0).contiguous()
+
+        def perturb(masks: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, C, H, W), channels-last strides
+            keep = masks[:, segments]  # (B, H, W)
+            return torch.where(keep[..., None], x_hwc, base_hwc).permute(0, 3, 1, 2)
+    else:
+        def perturb(masks: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, C, H, W)
+            keep = masks[:, segments]  # (B, H, W)
+            return torch.where(keep[:, None], x, base)
 
     def evaluate(masks: torch.Tensor) -> torch.Tensor:
         return _select(model(perturb(masks)), output, target)

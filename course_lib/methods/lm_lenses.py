@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -258,7 +259,7 @@ def capture_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer{l}": result["acts"][l].half().contiguous() for l in layers}
         tensors.update(token_ids=result["token_ids"], doc=result["doc"], pos=result["pos"])
-        tmp = path.with_suffix(".part")
+        tmp = path.with_suffix(f".{os.getpid()}.part")  # two processes may write at once
         save_file(tensors, str(tmp))
         tmp.replace(path)
         path.with_suffix(".sha256").write_text(_file_sha(path) + "\n")
@@ -624,7 +625,7 @@ def pretrained_sae(model: nn.Module, tokenizer, corpus: Sequence[str], config: S
         warnings.warn(f"No writable folder among {[str(f) for f in folders]}: the SAE is not cached and will be trained again.", stacklevel=2)
     else:
         path, meta_path = folder / f"sae-{key}.safetensors", folder / f"sae-{key}.json"
-        tmp = path.with_suffix(".part")
+        tmp = path.with_suffix(f".{os.getpid()}.part")  # two processes may write at once
         save_file({k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}, str(tmp),
                   metadata={"config": json.dumps(cfg)})
         tmp.replace(path)

@@ -27,13 +27,14 @@ wall); without transformations ~1.07x. The rest is the work itself (two bilinear
 their backward, the FFT parameterisation, Adam): render matches the hand-written loop (0.89x-1.04x).
 
 Second round (issues 12, 13; one thread, CPU time, medians of 5 alternating runs of 16 steps, old
-and new code in one process, on the same shared 2-core machine at load 7, so +-10%): 16 channel
-objectives 1.57x the plain passes before, 1.51x after (layers split once per step instead of
+and new code in one process, on the same shared 2-core machine at load 7, so +-10%; a second run
+at load 5 in brackets): 16 channel objectives 1.57x (1.38x) the plain passes before, 1.51x (1.34x)
+after (layers split once per step instead of
 sliced per objective, whose backward filled and added a zero gradient of the whole layer for each
-objective; channel objectives of one layer read at once; fused Adam), 1.35x with
+objective; channel objectives of one layer read at once; fused Adam), 1.35x (1.27x) with
 ``transforms="one_resample"`` (the same draws as ONE bilinear resample instead of two plus a
 padded copy and crops: 8.6 ms instead of 16.6 ms per step for the 16 images, forward and
-backward). Without transformations the loop costs ~1.2x the plain passes at 66 x 66 (which are
+backward). Without transformations the loop costs 1.19x (1.12x) the plain passes at 66 x 66 (which are
 ~6% dearer than the 64 x 64 it then sees): the Fourier parameterisation (irfft2, colour, sigmoid
 and their backward, ~5 ms per step for 16 images) is the main remaining cost. The 1.15x target is
 not met. Against torch-lucent (64 steps, one objective per run, as lucent renders): lucent 17.6 ms

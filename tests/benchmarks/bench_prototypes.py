@@ -11,7 +11,20 @@
   1.61x faster than separate runs; on an H100, 29.9 ms per step against 1.5 ms for the plain
   passes (~20x; 7.3x without the transformations), 1.97x faster than separate runs: on a GPU the
   step is bound by ``featurevis.render``'s per-step overhead (the transformations applied class
-  by class, hooks, a device-to-host copy of the objective values every step), not by the passes;
+  by class, hooks, a device-to-host copy of the objective values every step), not by the passes.
+  Why the prototypes cost more over their floor than 16 channel objectives did: that floor was
+  measured at 64 x 64 while the model sees 66 x 66 (~5% of the gap; the floor is now 66 x 66),
+  and each class's ``- tv * TV - l1 * L1`` was evaluated class by class, 2 x 10 small penalties and
+  their backward every step (13.6 ms against 4.0 ms for the batch at once, on one thread). Now
+  ``render`` evaluates a term that several objectives share once for the batch, and the class
+  logits with one gather. Second round (one thread, CPU time, medians of 5 alternating runs of 16
+  steps, old and new code in one process, shared 2-core machine at load 5; a run at load 7 in
+  brackets): one batch 1.59x (1.83x) the plain passes at 66 x 66 before, 1.36x (1.52x) after,
+  1.27x (1.41x) with ``transforms="one_resample"``; without transformations 1.43x (1.61x) the
+  plain passes at 64 x 64 before, 1.22x (1.29x) after; one batch 2.01x faster than 10 separate
+  runs after (1.83x before). The 1.15x target is not met: what remains is the Fourier
+  parameterisation (~0.5 ms per image and step, forward and backward), the resample (~0.5 ms per
+  image and step) and the penalties on the image (TV and L1, ~0.3 ms per image and step);
 - the Spearman evaluation of the whole test split in one pass (pooled activations of every image
   once, then each image against its class's mean, four layers), with its time, next to the same
   scores computed class by class with ``spearman_score`` (500 images: 1.09 s on the quiet 2-thread

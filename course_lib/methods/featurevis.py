@@ -233,9 +233,9 @@ def total_variation(isotropic: bool = False) -> Objective:
 
     def fn(acts):
         x = acts[INPUT]  # (B, C, H, W)
-        dy = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]  # (B, C, H-1, W-1)
-        dx = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
         if isotropic:
+            dy = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]  # (B, C, H-1, W-1)
+            dx = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
             tv = (dy**2 + dx**2 + 1e-12).sqrt().sum((1, 2, 3))
         else:
             tv = (x[:, :, 1:] - x[:, :, :-1]).abs().sum((1, 2, 3)) + (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().sum((1, 2, 3))

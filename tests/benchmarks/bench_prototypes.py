@@ -23,8 +23,8 @@
   1.27x (1.41x) with ``transforms="one_resample"``; without transformations 1.43x (1.61x) the
   plain passes at 64 x 64 before, 1.22x (1.29x) after; one batch 2.01x faster than 10 separate
   runs after (1.83x before). The 1.15x target is not met: what remains is the Fourier
-  parameterisation (~0.5 ms per image and step, forward and backward), the resample (~0.5 ms per
-  image and step) and the penalties on the image (TV and L1, ~0.3 ms per image and step);
+  parameterisation (~0.3 ms per image and step, forward and backward), the resample (~0.5 ms per
+  image and step) and the penalties on the image (TV and L1, ~0.4 ms per image and step);
 - the Spearman evaluation of the whole test split in one pass (pooled activations of every image
   once, then each image against its class's mean, four layers), with its time, next to the same
   scores computed class by class with ``spearman_score`` (500 images: 1.09 s on the quiet 2-thread

@@ -45,21 +45,3 @@ def pytest_sessionstart(session):
     if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller (or a plain run) starts the report afresh
         (Path(__file__).parent / "reports" / "notebooks.json").unlink(missing_ok=True)
 
-
-# `make test` spreads the tests over pytest-xdist workers with --dist loadgroup. Tests in one group run
-# on one worker, in collection order:
-#   lectures: the executed lectures are what test_site.py builds the website from, so it runs after them;
-#   nbgrader, prototypes, training_lens: a module fixture (generated course, rendered prototypes, a
-#   training run) that would otherwise be built again on every worker.
-SAME_WORKER = {"test_nbgrader.py": "nbgrader", "test_site.py": "lectures", "test_prototypes.py": "prototypes",
-               "test_training_lens.py": "training_lens"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        group = SAME_WORKER.get(name)
-        if name == "test_notebooks.py" and item.name.startswith("test_notebook_runs[lectures/"):
-            group = "lectures"
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))

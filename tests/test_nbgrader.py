@@ -22,6 +22,9 @@ import pytest
 
 from gradeutil import is_test_cell, nbgrader_meta, solution_only
 
+# one pytest-xdist worker runs this module (make test: --dist loadgroup): its module fixture generates the whole course once
+pytestmark = pytest.mark.xdist_group("nbgrader")
+
 ROOT = Path(__file__).resolve().parents[1]
 NBGRADER = str(Path(sys.executable).parent / "nbgrader")
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and any(p.glob("*.ipynb")))

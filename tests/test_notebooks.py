@@ -65,8 +65,13 @@ def test_notebook_is_saved_as_jupyter_saves_it(path):
     )
 
 
+# make test (pytest-xdist, --dist loadgroup) runs the lectures on one worker, before test_site.py builds the
+# website from their executed copies; the solutions go to whichever worker is free.
+RUNS = [pytest.param(p, marks=pytest.mark.xdist_group("lectures")) if p.parent.name == "lectures" else p for p in NOTEBOOKS]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[str(p.relative_to(ROOT)) for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", RUNS, ids=[str(p.relative_to(ROOT)) for p in NOTEBOOKS])
 def test_notebook_runs(path):
     raw = path.read_bytes()
     nb = nbformat.reads(raw.decode("utf-8"), as_version=4)

@@ -11,6 +11,9 @@ from course_lib.hooks import capture
 from course_lib.methods import featurevis as fv
 from course_lib.methods import prototypes as P
 
+# one pytest-xdist worker runs this module (make test: --dist loadgroup): its module fixture renders the prototypes once
+pytestmark = pytest.mark.xdist_group("prototypes")
+
 
 @pytest.fixture(scope="module")
 def model(scenes_cnn):  # the session's model from conftest.py, loaded once

@@ -25,6 +25,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+# one pytest-xdist worker runs this module (make test: --dist loadgroup): the website is built from the lectures that test_notebooks.py executes in the same group before it
+pytestmark = pytest.mark.xdist_group("lectures")
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "build" / "site"
 SRC = ROOT / "build" / "site-src"

@@ -14,6 +14,9 @@ import torch
 
 from course_lib.methods import training_lens as TL
 
+# one pytest-xdist worker runs this module (make test: --dist loadgroup): its module fixture trains the tiny transformer once
+pytestmark = pytest.mark.xdist_group("training_lens")
+
 BUDGET = 300
 THRESHOLD = 0.5
 CONFIG = TL.TrainConfig(steps=BUDGET, checkpoint_every=20)

@@ -55,11 +55,12 @@ def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16, dev
     """Model inputs per chunk so that one chunk's activations stay within a memory budget.
 
     ``$COURSE_LIB_MEMORY_MB``, if set, is the whole budget. Otherwise a GPU gets 1 GB, and a CPU
-    128 MB and at most 32 inputs per chunk: on a CPU small chunks stay in the caches. Measured for
-    image LIME (1000 samples, ~50 superpixels; `tests/benchmarks/bench_chunking.py`) on two quiet
-    cores of a server CPU, the best fixed batch was 8 for scenes-cnn (32: 1.05x the best, 256:
-    2.2x) and 32 for a ResNet-18 at 128x128 (8: 1.13x, 128: 1.29x); on an H200 larger batches only
-    gained (scenes-cnn: 256 or more within 1.15x of 1000; ResNet-18: 256 1.09x, 512 1.04x).
+    128 MB and at most 16 inputs per chunk: on a CPU small chunks stay in the caches. Measured for
+    image LIME (1000 samples, ~50 superpixels, channels-last images; `tests/benchmarks/bench_chunking.py`,
+    2 threads, medians of 3), the best fixed batch was 16 both for scenes-cnn (8: 1.14x, 32: 1.44x,
+    256: 1.87x) and for a ResNet-18 at 128x128 (32: 1.02x, 8: 1.14x, 256: 1.35x); on an H200
+    larger batches only gained (scenes-cnn: 256 or more within 1.15x of 1000; ResNet-18: 256 1.09x,
+    512 1.04x; measured before channels-last, which is CPU-only).
     ``activation_factor`` is a rough ratio of a forward pass's activation memory to its input size.
     """
     env = os.environ.get("COURSE_LIB_MEMORY_MB")
@@ -69,7 +70,7 @@ def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16, dev
         return int(max(1, min(4096, float(env) * 2**20 // per_input)))
     if on_gpu:
         return int(max(1, min(4096, 1024 * 2**20 // per_input)))
-    return int(max(1, min(32, 128 * 2**20 // per_input)))
+    return int(max(1, min(16, 128 * 2**20 // per_input)))
 
 
 @dataclass

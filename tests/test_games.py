@@ -163,12 +163,12 @@ def test_chunk_size_follows_the_memory_budget(monkeypatch, scenes_cnn, scenes_te
 
 
 def test_default_chunks_without_a_set_budget(monkeypatch):
-    """No budget set: at most 32 inputs per chunk on the CPU (and fewer for big inputs), more on a GPU."""
+    """No budget set: at most 16 inputs per chunk on the CPU (and fewer for big inputs), more on a GPU."""
     from course_lib.games import default_batch_size
 
     monkeypatch.delenv("COURSE_LIB_MEMORY_MB", raising=False)
     small_img, big_img = 3 * 64 * 64 * 4, 3 * 512 * 512 * 4
-    assert default_batch_size(small_img) == 32
+    assert default_batch_size(small_img) == 16
     assert default_batch_size(big_img) == 128 * 2**20 // (big_img * 16)  # 48 MB of activations per 3 MB input: the memory budget wins
     assert default_batch_size(small_img, device="cuda") == 1024 * 2**20 // (small_img * 16)
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..device import model_device, require_eval, require_unit_range
-from ..games import Game, default_batch_size, image_game
+from ..games import Game, _check_output, _select, default_batch_size, image_game
 from ..hooks import capture, get_module
 from ..progress import progress_bar
 from .results import PerturbationResult
@@ -322,8 +322,7 @@ class _ImageGames:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, segments: torch.Tensor, base: torch.Tensor, targets: torch.Tensor,
                  *, output: str = "logit", batch_size: int | None = None, progress: bool = False):
-        if output not in ("logit", "logprob", "prob"):
-            raise ValueError(f"output must be 'logit', 'logprob' or 'prob'; got {output!r}")
+        _check_output(output)
         self.model, self.x, self.output, self.progress = model, x, output, progress  # x: (B, C, H, W)
         self.segments = segments.long()  # (S, H, W)
         S, (B, C, H, W) = segments.shape[0], x.shape
@@ -347,11 +346,7 @@ class _ImageGames:
         return out.contiguous(memory_format=torch.channels_last) if out.device.type == "cpu" else out
 
     def _evaluate(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:  # -> (n,)
-        scores = self.model(self.inputs(games, masks))  # (n, K)
-        if self.output == "logprob":
-            scores = torch.log_softmax(scores, -1)
-        elif self.output == "prob":
-            scores = torch.softmax(scores, -1)
+        scores = _select(self.model(self.inputs(games, masks)), self.output, None)  # (n, K), as image_game reports them
         return scores.gather(1, self.targets[games % self.x.shape[0]][:, None])[:, 0]
 
     def _stream(self, n: int, rows) -> torch.Tensor:

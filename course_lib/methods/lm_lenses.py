@@ -109,8 +109,8 @@ class _Stop(Exception):
 def _record(model: nn.Module, names: LayerNames, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             layers: Sequence[int], *, logits: bool) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
     """One forward pass that records the residual stream at ``layers`` (0 = embeddings, l = after block l-1),
-    hooking only those blocks (resolved once, not by name per hook: with 30 blocks that lookup cost more
-    than the hooks). With ``logits=False`` the pass stops after the last block asked for (the final norm,
+    hooking only those blocks (its own hooks rather than ``hooks.capture``: it also records the input of
+    block 0 and can stop the pass early). With ``logits=False`` the pass stops after the last block asked for (the final norm,
     the unembedding and any later block cost nothing) and builds no key/value cache."""
     blocks = model.get_submodule(names.blocks[0].rsplit(".", 1)[0])  # the ModuleList
     store: dict[int, torch.Tensor] = {}

@@ -14,7 +14,8 @@ here keep the image closer to something natural:
   Parameterizations", Distill 2018); both map to images in [0, 1] through a sigmoid;
 - **transformations** (pad, jitter, scale, rotate) are applied at random before every
   step, so the image must work wherever it lands ("transformation robustness");
-  :func:`one_resample` does the default ones with the same draws as one bilinear resample;
+  :func:`render` does the default ones with the same draws as one bilinear resample
+  (:func:`one_resample`);
 - :func:`render` optimises many objectives at once as one batch; :func:`dataset_search`
   finds the natural images that score highest on the same objective.
 
@@ -44,7 +45,7 @@ __all__ = [
     "Objective", "channel", "neuron", "class_logit", "direction", "diversity",
     "l1", "l2", "total_variation", "blur_penalty",
     "Pixels", "Fourier", "opponent_colours", "colour_basis",
-    "pad", "jitter", "scale", "rotate", "compose", "default_transforms", "one_resample", "DEFAULT_TRANSFORMS", "ONE_RESAMPLE",
+    "pad", "jitter", "scale", "rotate", "compose", "default_transforms", "one_resample", "DEFAULT_TRANSFORMS", "ONE_RESAMPLE", "COMPOSED",
     "render", "RenderResult", "activations", "evaluate", "dataset_search", "SearchResult", "radial_spectrum",
 ]
 
@@ -419,7 +420,10 @@ def compose(*transforms: Transform) -> Transform:
 
 
 def default_transforms() -> Transform:
-    """pad 4, jitter 4, scale 0.9-1.1, rotate +-10 degrees, jitter 2 (for 64x64 images)."""
+    """pad 4, jitter 4, scale 0.9-1.1, rotate +-10 degrees, jitter 2 (for 64x64 images), step by step.
+
+    :func:`render` does the same steps with the same draws as one resample (:func:`one_resample`)
+    unless told ``transforms="composed"``."""
     return compose(pad(4), jitter(4), scale((0.9, 1.1)), rotate(10), jitter(2))
 
 
@@ -436,6 +440,7 @@ def one_resample(p: int = 4, d1: int = 4, factors: tuple[float, float] = (0.9, 1
     exactly 1 or an angle of 0); otherwise they differ by the blur of the second interpolation.
     Pixels from outside the image take ``value``, as with :func:`pad`. About twice as fast as the
     composition (one ``grid_sample`` and its backward instead of two, no padded copy, no crops).
+    This is what :func:`render` uses by default.
     """
     lo, hi = factors
     rad = math.radians(degrees)
@@ -475,6 +480,10 @@ def one_resample(p: int = 4, d1: int = 4, factors: tuple[float, float] = (0.9, 1
 
 DEFAULT_TRANSFORMS = "default"
 ONE_RESAMPLE = "one_resample"
+COMPOSED = "composed"
+# render's named transformations: "default" and "one_resample" are the default transformations done as one
+# resample (the same draws as the composition, one interpolation instead of two); "composed" runs them step by step
+_NAMED_TRANSFORMS = {DEFAULT_TRANSFORMS: one_resample, ONE_RESAMPLE: one_resample, COMPOSED: default_transforms}
 
 
 # ============================================================================ reading activations
@@ -554,6 +563,20 @@ def _param(param, size) -> Pixels | Fourier:
     if callable(param) and hasattr(param, "init"):
         return param
     raise ValueError(f"param should be 'fourier', 'pixels' or a Pixels/Fourier instance; got {param!r}")
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype render optimises in: the model's if it is float32 or float64, else float32."""
+    dt = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return dt if dt in (torch.float32, torch.float64) else torch.float32
+
+
+# _CPU_LAYOUT_NOTE: on the CPU render hands the model its images channels-last (the same values, stored
+# pixel by pixel with the three colours together). oneDNN's convolutions, and max-pooling above all, are
+# much faster that way: for scenes-cnn a forward + backward of 16 images of 66 x 66 took 52 ms instead of
+# 76 ms on one thread here (tests/benchmarks/bench_featurevis.py). The model is not changed; its outputs
+# agree with the contiguous layout up to rounding (~1e-7), and that rounding, like any change of batch
+# size, can send a long optimisation along a slightly different path (the batching test runs in float64).
 
 
 def _same_draws(t: Transform, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -659,13 +682,16 @@ def render(
     parameters and the random transformation of each step; every objective gets the same
     ones, so an objective's images do not depend on which other objectives share the batch.
     Adam with learning rate ``lr`` ascends the sum of the objectives for ``steps`` steps;
-    ``transforms`` is ``"default"`` (:func:`default_transforms`), ``"one_resample"`` (the same
-    transformations and draws as one bilinear resample, :func:`one_resample`: faster and a little
-    sharper, but not the same numbers), None, or your own ``t(x, g)``; it must work for any number
-    of channels, since the objectives are folded into the channel axis (n, K*3, H, W) to share the
+    ``transforms`` is ``"default"`` (pad 4, jitter 4, scale 0.9-1.1, rotate +-10 degrees, jitter 2,
+    done as one bilinear resample by :func:`one_resample`; ``"one_resample"`` is the same),
+    ``"composed"`` (the same steps and draws one after the other, :func:`default_transforms`: two
+    interpolations, so a little blurrier, and slower), None, or your own ``t(x, g)``; it must work
+    for any number of channels, since the objectives are folded into the channel axis (n, K*3, H, W) to share the
     draws. A term that several objectives share (``- 10 * total_variation()`` in each) is evaluated
     once for the batch, and channel or logit objectives of one layer at once (see :class:`Objective`).
-    Images come back on ``device`` (default: the model's device).
+    Images come back on ``device`` (default: the model's device). The parameters are optimised in the
+    model's dtype (float32 or float64); on the CPU the model sees its images channels-last (faster, the
+    same values; see the note above :func:`_same_draws`).
     """
     objs = [objectives] if isinstance(objectives, Objective) else list(objectives)
     if not objs or not all(isinstance(o, Objective) for o in objs):
@@ -679,10 +705,17 @@ def render(
     out_dev = torch.device(device) if device is not None else dev
     k = len(objs)
     par = _param(param, size)
-    t = {DEFAULT_TRANSFORMS: default_transforms, ONE_RESAMPLE: one_resample}[transforms]() if isinstance(transforms, str) else transforms
+    if isinstance(transforms, str):
+        if transforms not in _NAMED_TRANSFORMS:
+            raise ValueError(f"transforms should be one of {sorted(_NAMED_TRANSFORMS)}, None or t(x, g); got {transforms!r}")
+        t = _NAMED_TRANSFORMS[transforms]()
+    else:
+        t = transforms
     g = torch.Generator().manual_seed(int(seed))
     p0 = par.init(n, g)  # (n, ...) the same start for every objective
-    params = p0.repeat(k, *([1] * (p0.dim() - 1))).to(dev).requires_grad_(True)  # (K*n, ...)
+    dtype = _param_dtype(model)
+    params = p0.repeat(k, *([1] * (p0.dim() - 1))).to(dev, dtype).requires_grad_(True)  # (K*n, ...)
+    layout = torch.channels_last if dev.type == "cpu" else torch.contiguous_format  # see _CPU_LAYOUT_NOTE
     # fused: one pass over the parameters per step instead of several (CPU and CUDA; same update up to rounding)
     opt = torch.optim.Adam([params], lr=lr, fused=dev.type in ("cpu", "cuda") and params.dtype in (torch.float32, torch.float64))
     layers = [name for o in objs for name in o.layers]
@@ -691,7 +724,7 @@ def render(
         for step in progress_bar(range(steps), total=steps, desc="render", enabled=progress):
             x = par(params)  # (K*n, 3, H, W)
             seen = x if t is None else _same_draws(t, x, k, g)  # (K*n, 3, H', W')
-            logits = model(seen)
+            logits = model(seen.contiguous(memory_format=layout))
             a = dict(acts)
             a[LOGITS], a[INPUT] = logits, x
             values = _values(objs, a, n)  # (K*n,)
@@ -700,7 +733,7 @@ def render(
             opt.step()
             history[step] = values.detach()
     with torch.no_grad():
-        images = par(params)
+        images = par(params).contiguous()
         acts = _forward(model, sum(objs[1:], objs[0]), images)
         final = _values(objs, acts, n)
     return RenderResult(images.detach().to(out_dev), final.to(out_dev), history.cpu(), params.detach().to(out_dev), n)

@@ -25,6 +25,15 @@
   runs after (1.83x before). The 1.15x target is not met: what remains is the Fourier
   parameterisation (~0.3 ms per image and step, forward and backward), the resample (~0.5 ms per
   image and step) and the penalties on the image (TV and L1, ~0.4 ms per image and step);
+  Third round (this file as it is now; one thread, best of 3, load ~1): render does the default
+  transformations as one resample and hands the model channels-last images on the CPU, which also
+  lowers the floor; the floor is now the faster layout. Per step: one batch 46.7 ms, composed
+  transformations 50.6 ms, no transformations 37.6 ms, 10 separate runs 114.3 ms (one batch 2.45x
+  faster); plain passes 44.2 ms contiguous, 31.0 ms channels-last (at 64 x 64: 43.0 / 28.7 ms). One
+  batch is 1.50x the channels-last floor (1.06x the contiguous one), 1.31x without
+  transformations. Old and new code in one process (medians of 5 alternating runs of 16 steps):
+  62.7 -> 45.0 ms per step, 1.39x faster. Still not <= 1.15x: the per-image costs listed above
+  stay, on a floor that is 30% lower;
 - the Spearman evaluation of the whole test split in one pass (pooled activations of every image
   once, then each image against its class's mean, four layers), with its time, next to the same
   scores computed class by class with ``spearman_score`` (500 images: 1.09 s on the quiet 2-thread
@@ -64,31 +73,35 @@ def test_prototypes_one_batch_vs_separate_runs_vs_plain_passes():
     x66 = torch.rand(k, 3, 66, 66, generator=g).to(dev)  # the size the model sees after pad 4, jitter 4, jitter 2
     x64 = x66[:, :, 1:-1, 1:-1].contiguous()  # the size it sees without the transformations
 
-    def plain(x):  # what every step must do at least: a forward and a backward pass of the batch to the input
+    def plain(x, layout):  # what every step must do at least: a forward and a backward pass of the batch to the input
         def f():
             for _ in range(STEPS):
-                xx = x.clone().requires_grad_(True)
+                xx = x.contiguous(memory_format=layout).clone(memory_format=layout).requires_grad_(True)
                 model(xx).diagonal().sum().backward()
         return f
 
     fns = {
         "one batch": lambda: prototypes(model, steps=STEPS, seed=0, progress=False),
-        "one batch, one resample": lambda: prototypes(model, steps=STEPS, seed=0, progress=False, transforms="one_resample"),
+        "one batch, composed": lambda: prototypes(model, steps=STEPS, seed=0, progress=False, transforms="composed"),
         "one batch, no transforms": lambda: prototypes(model, steps=STEPS, seed=0, progress=False, transforms=None),
         "10 separate runs": lambda: [prototypes(model, [c], steps=STEPS, seed=0, progress=False) for c in range(k)],
-        "plain fwd+bwd": plain(x66),
-        "plain fwd+bwd, 64x64": plain(x64),
+        "plain fwd+bwd": plain(x66, torch.contiguous_format),
+        "plain fwd+bwd, channels-last": plain(x66, torch.channels_last),
+        "plain fwd+bwd, 64x64": plain(x64, torch.contiguous_format),
+        "plain fwd+bwd, 64x64, ch.-last": plain(x64, torch.channels_last),
     }
     best, cpu = bu.best(fns, dev, REPEATS)
     print(f"\nprototypes, {k} classes, {STEPS} steps on {dev} ({torch.get_num_threads()} threads), best of {REPEATS}, "
           f"load average {os.getloadavg()[0]:.1f}:")
     for name, v in best.items():
-        print(f"  {name:26s} wall {v * 1000:9.1f} ms ({v / STEPS * 1000:7.2f} ms per step)   CPU {cpu[name] * 1000:9.1f} ms")
+        print(f"  {name:32s} wall {v * 1000:9.1f} ms ({v / STEPS * 1000:7.2f} ms per step)   CPU {cpu[name] * 1000:9.1f} ms")
     for what, t in (("wall", best), ("CPU", cpu)):
+        floor = min(t["plain fwd+bwd"], t["plain fwd+bwd, channels-last"])  # the faster layout is the floor
+        floor64 = min(t["plain fwd+bwd, 64x64"], t["plain fwd+bwd, 64x64, ch.-last"])
         print(f"  [{what}] speed-up of one batch over separate runs: {t['10 separate runs'] / t['one batch']:.2f}x; "
-              f"one batch / plain forward+backward: {t['one batch'] / t['plain fwd+bwd']:.2f}x (target <= 1.15), "
-              f"with one resample {t['one batch, one resample'] / t['plain fwd+bwd']:.2f}x; "
-              f"without transformations / plain at 64x64: {t['one batch, no transforms'] / t['plain fwd+bwd, 64x64']:.2f}x")
+              f"one batch / plain forward+backward (the faster layout): {t['one batch'] / floor:.2f}x (target <= 1.15), "
+              f"composed transformations {t['one batch, composed'] / floor:.2f}x; "
+              f"without transformations / plain at 64x64: {t['one batch, no transforms'] / floor64:.2f}x")
     # the two runs give the same prototype for a class (same seed, same transformations). Checked on the CPU
     # only: on a GPU, TF32 convolutions differ slightly between batch sizes, and Adam's first steps (about
     # lr * sign(gradient)) flip wherever a gradient is near zero (measured on an H100: max 0.16, mean 0.025)
@@ -99,7 +112,7 @@ def test_prototypes_one_batch_vs_separate_runs_vs_plain_passes():
     assert dev.type != "cpu" or diff.max() < 1e-4
     assert best["one batch"] < best["10 separate runs"]  # loose guards for a shared machine
     # on a GPU the step is bound by featurevis.render's per-step overhead, not by the passes (see the docstring)
-    assert dev.type != "cpu" or best["one batch"] / best["plain fwd+bwd"] <= 4.0
+    assert dev.type != "cpu" or best["one batch"] / min(best["plain fwd+bwd"], best["plain fwd+bwd, channels-last"]) <= 4.0
 
 
 def test_spearman_evaluation_of_the_test_split_in_one_pass():

@@ -455,22 +455,23 @@ def one_resample(p: int = 4, d1: int = 4, factors: tuple[float, float] = (0.9, 1
         ox2 = torch.randint(0, d2 + 1, (n,), generator=g)
         hm, wm = h + 2 * p - d1, w + 2 * p - d1  # the size of the middle images (after pad and the first jitter)
         ho, wo = hm - d2, wm - d2  # the output size
-        # output pixel -> pixel of the middle image B (second jitter) -> normalised coordinates (align_corners=False)
-        by = torch.arange(ho, dtype=torch.float32)[None, :, None] + oy2[:, None, None].float()  # (n, ho, 1)
-        bx = torch.arange(wo, dtype=torch.float32)[None, None, :] + ox2[:, None, None].float()  # (n, 1, wo)
-        yb, xb = (2 * by + 1) / hm - 1, (2 * bx + 1) / wm - 1
-        cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-        # rotate (the last resample of the composition), clamped to the middle image as grid_sample's border mode does
-        px = (((cos * xb - sin * yb) + 1) * wm - 1).div(2).clamp(0, wm - 1)  # (n, ho, wo) pixel positions
-        py = (((sin * xb + cos * yb) + 1) * hm - 1).div(2).clamp(0, hm - 1)
-        # scale (the first resample), clamped again
-        inv = (1 / s)[:, None, None]
-        px = ((((2 * px + 1) / wm - 1) * inv + 1) * wm - 1).div(2).clamp(0, wm - 1)
-        py = ((((2 * py + 1) / hm - 1) * inv + 1) * hm - 1).div(2).clamp(0, hm - 1)
-        # middle image -> padded image (first jitter) -> the input image (pad), normalised for grid_sample
-        px = px + (ox1[:, None, None].float() - p)
-        py = py + (oy1[:, None, None].float() - p)
-        grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1)  # (n, ho, wo, 2)
+        # Normalised coordinates (align_corners=False: pixel i of a size-m axis sits at (2i+1)/m - 1).
+        # 1) output pixel -> middle image B (second jitter): u = x_out * wo/wm + (wo + 2*ox2)/wm - 1, then the
+        #    rotation (the last resample of the composition) about B's centre: one affine_grid for both;
+        # 2) clamped to B as grid_sample's border mode does, zoomed by 1/s (the first resample), clamped again;
+        # 3) B -> the padded image (first jitter) -> the input image (pad): u_in = (u + 1) * wm/w + 2(o1 - p)/w - 1.
+        cos, sin = angle.cos(), angle.sin()
+        sx, sy = wo / wm, ho / hm
+        tx, ty = (wo + 2 * ox2.float()) / wm - 1, (ho + 2 * oy2.float()) / hm - 1
+        theta = torch.stack([torch.stack([cos * sx, -sin * sy, cos * tx - sin * ty], 1),
+                             torch.stack([sin * sx, cos * sy, sin * tx + cos * ty], 1)], 1)  # (n, 2, 3)
+        grid = F.affine_grid(theta, [n, 1, ho, wo], align_corners=False)  # (n, ho, wo, 2) in B, x then y
+        edge = torch.tensor([1 - 1 / wm, 1 - 1 / hm])  # the centres of B's border pixels
+        grid = torch.maximum(torch.minimum(grid, edge), -edge)
+        grid = torch.maximum(torch.minimum(grid * (1 / s)[:, None, None, None], edge), -edge)
+        size = torch.tensor([wm / w, hm / h])
+        shift = torch.stack([(wm + 2 * (ox1.float() - p)) / w - 1, (hm + 2 * (oy1.float() - p)) / h - 1], 1)  # (n, 2)
+        grid = torch.addcmul(shift[:, None, None, :], grid, size)  # (n, ho, wo, 2) in the input image
         # zeros outside the image, shifted by value: bilinear weights sum to 1, so this is padding with value
         out = F.grid_sample(x - value, grid.to(x.device, x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
         return out + value  # (n, K, ho, wo)

@@ -6,6 +6,7 @@ The device is chosen once per call, never stored in a module global:
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 from torch import nn
@@ -59,3 +60,27 @@ def require_unit_range(x: torch.Tensor, name: str = "x") -> None:
             f"{name} has values in [{lo:.3g}, {hi:.3g}], but course_lib works on images in [0, 1] "
             "(the zoo models normalise inside themselves). Pass un-normalised pixels, e.g. dataset.images."
         )
+
+
+# models that raised on a channels-last input and then ran on a contiguous one (see forward_any_layout)
+_CONTIGUOUS_ONLY: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def forward_any_layout(model: nn.Module, x: torch.Tensor):
+    """``model(x)`` for images ``x`` that may be stored channels-last (the layout the methods build on
+    the CPU, where oneDNN's convolutions are fastest).
+
+    Some models cannot take that layout: one that flattens its features with ``h.view(h.size(0), -1)``
+    raises "view size is not compatible with input tensor's size and stride" (``reshape`` or
+    ``torch.flatten`` work with any layout). Such a model gets ``x.contiguous()`` instead, now and on
+    every later call. If the model fails on the contiguous input too, that error is the one raised.
+    """
+    if x.is_contiguous() or model in _CONTIGUOUS_ONLY:
+        return model(x.contiguous())
+    try:
+        return model(x)
+    except RuntimeError:
+        pass  # retried below, outside this handler, so that a second error is shown alone
+    out = model(x.contiguous())
+    _CONTIGUOUS_ONLY[model] = True
+    return out

@@ -19,7 +19,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import nn
 
-from .device import model_device, require_eval, require_unit_range
+from .device import forward_any_layout, model_device, require_eval, require_unit_range
 from .progress import progress_bar  # re-exported for old imports; new code imports it from course_lib.progress
 
 __all__ = [
@@ -229,7 +229,7 @@ def image_game(
             return torch.where(keep[:, None], x, base)
 
     def evaluate(masks: torch.Tensor) -> torch.Tensor:
-        return _select(model(perturb(masks)), output, target)
+        return _select(forward_any_layout(model, perturb(masks)), output, target)
 
     bs = batch_size or default_batch_size(x.numel() * x.element_size(), device=device)
     return Game(d, evaluate, bs, device, None, perturb, progress)

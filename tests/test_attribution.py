@@ -335,3 +335,15 @@ def test_deletion_curve_does_not_depend_on_the_batch_size(scenes_cnn, scenes_tes
     a = M.deletion_curve(scenes_cnn, x, heat, y, n_steps=8, batch_size=2)
     b = M.deletion_curve(scenes_cnn, x, heat, y, n_steps=8, batch_size=100)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=1e-5)
+
+
+def test_occlusion_of_a_model_that_flattens_with_view_equals_captum():
+    # occlusion hands the model channels-last images on the CPU; a model that flattens with view cannot take them
+    from captum.attr import Occlusion
+    from modelutil import FlattenNet
+
+    model = FlattenNet("view").eval()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ours = A.occlusion(model, x, torch.tensor([0, 2]), patch=4, stride=4, baseline=0.5)
+    ref = Occlusion(model).attribute(x, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4), baselines=0.5, target=torch.tensor([0, 2]))
+    torch.testing.assert_close(ours, ref[:, 0], atol=1e-5, rtol=1e-5)

@@ -356,3 +356,14 @@ def test_render_hands_the_model_channels_last_images_on_the_cpu(model):
         h.remove()
     assert seen[:3] == [True] * 3  # the three optimisation steps (the final evaluation may use either layout)
     assert res.images.is_contiguous() and res.images.shape == (2, 3, 64, 64)
+
+
+def test_render_works_for_a_model_that_flattens_with_view():
+    # render hands the model channels-last images on the CPU; h.view(B, -1) of such features raises, so
+    # that model gets contiguous images: the same objective values as a model with the same weights that reshapes
+    from modelutil import FlattenNet
+
+    view, reshape = FlattenNet("view").eval(), FlattenNet("reshape").eval()
+    kw = dict(size=16, steps=3, seed=1, transforms=None, progress=False)
+    a, b = fv.render(view, fv.class_logit(1), **kw), fv.render(reshape, fv.class_logit(1), **kw)
+    torch.testing.assert_close(a.history, b.history, atol=1e-5, rtol=1e-5)

@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch import nn
 
+from modelutil import FlattenNet
+
 from course_lib.games import function_game, grid_segments, image_game, segment_map, tabular_game, token_game
 
 
@@ -205,3 +207,19 @@ def test_tabular_game_classifier_probabilities_and_target_range():
         tabular_game(lambda r: r @ W, x, bg, output="prob", target=4)(masks)
     with pytest.raises(ValueError, match="output must be one of"):
         tabular_game(lambda r: r @ W, x, bg, output="probability")
+
+
+def test_a_model_that_flattens_with_view_gets_contiguous_images_and_the_same_outputs():
+    # the games compose images channels-last on the CPU; h.view(B, -1) of a channels-last feature map raises
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1))
+    seg, masks = grid_segments(16, 16, 4), _random_masks(20, 16)
+    view, reshape = FlattenNet("view").eval(), FlattenNet("reshape").eval()
+    with pytest.raises(RuntimeError, match="view size"):  # what the model does on channels-last input by itself
+        view(x[None].contiguous(memory_format=torch.channels_last))
+    got = image_game(view, x, seg, baseline=0.5, batch_size=6)(masks)
+    want = image_game(reshape, x, seg, baseline=0.5, batch_size=6)(masks)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # a model that fails on any layout: its own error, alone
+    with pytest.raises(RuntimeError, match="broken whatever the layout") as err:
+        image_game(FlattenNet("broken").eval(), x, seg)(masks)
+    assert err.value.__context__ is None

@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..device import model_device, require_eval, require_unit_range
+from ..device import forward_any_layout, model_device, require_eval, require_unit_range
 from ..games import Game, _check_output, _select, default_batch_size, image_game
 from ..hooks import capture, get_module
 from ..progress import progress_bar
@@ -346,7 +346,7 @@ class _ImageGames:
         return out.contiguous(memory_format=torch.channels_last) if out.device.type == "cpu" else out
 
     def _evaluate(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:  # -> (n,)
-        scores = _select(self.model(self.inputs(games, masks)), self.output, None)  # (n, K), as image_game reports them
+        scores = _select(forward_any_layout(self.model, self.inputs(games, masks)), self.output, None)  # (n, K), as image_game reports them
         return scores.gather(1, self.targets[games % self.x.shape[0]][:, None])[:, 0]
 
     def _stream(self, n: int, rows) -> torch.Tensor:

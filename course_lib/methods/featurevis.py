@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..device import model_device, require_eval
+from ..device import forward_any_layout, model_device, require_eval
 from ..hooks import get_module, patch
 
 __all__ = [
@@ -725,7 +725,7 @@ def render(
         for step in progress_bar(range(steps), total=steps, desc="render", enabled=progress):
             x = par(params)  # (K*n, 3, H, W)
             seen = x if t is None else _same_draws(t, x, k, g)  # (K*n, 3, H', W')
-            logits = model(seen.contiguous(memory_format=layout))
+            logits = forward_any_layout(model, seen.contiguous(memory_format=layout))
             a = dict(acts)
             a[LOGITS], a[INPUT] = logits, x
             values = _values(objs, a, n)  # (K*n,)

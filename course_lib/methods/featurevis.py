@@ -460,18 +460,20 @@ def one_resample(p: int = 4, d1: int = 4, factors: tuple[float, float] = (0.9, 1
         #    rotation (the last resample of the composition) about B's centre: one affine_grid for both;
         # 2) clamped to B as grid_sample's border mode does, zoomed by 1/s (the first resample), clamped again;
         # 3) B -> the padded image (first jitter) -> the input image (pad): u_in = (u + 1) * wm/w + 2(o1 - p)/w - 1.
-        cos, sin = angle.cos(), angle.sin()
+        # the per-image numbers are few: computed in Python (float64), then one small tensor each
         sx, sy = wo / wm, ho / hm
-        tx, ty = (wo + 2 * ox2.float()) / wm - 1, (ho + 2 * oy2.float()) / hm - 1
-        theta = torch.stack([torch.stack([cos * sx, -sin * sy, cos * tx - sin * ty], 1),
-                             torch.stack([sin * sx, cos * sy, sin * tx + cos * ty], 1)], 1)  # (n, 2, 3)
-        grid = F.affine_grid(theta, [n, 1, ho, wo], align_corners=False)  # (n, ho, wo, 2) in B, x then y
+        theta, inv, shift = [], [], []
+        for a, z, y1, x1, y2, x2 in zip(angle.tolist(), s.tolist(), oy1.tolist(), ox1.tolist(), oy2.tolist(), ox2.tolist()):
+            c, si = math.cos(a), math.sin(a)
+            tx, ty = (wo + 2 * x2) / wm - 1, (ho + 2 * y2) / hm - 1
+            theta.append([[c * sx, -si * sy, c * tx - si * ty], [si * sx, c * sy, si * tx + c * ty]])
+            inv.append(1 / z)
+            shift.append([(wm + 2 * (x1 - p)) / w - 1, (hm + 2 * (y1 - p)) / h - 1])
+        grid = F.affine_grid(torch.tensor(theta), [n, 1, ho, wo], align_corners=False)  # (n, ho, wo, 2) in B, x then y
         edge = torch.tensor([1 - 1 / wm, 1 - 1 / hm])  # the centres of B's border pixels
-        grid = torch.maximum(torch.minimum(grid, edge), -edge)
-        grid = torch.maximum(torch.minimum(grid * (1 / s)[:, None, None, None], edge), -edge)
-        size = torch.tensor([wm / w, hm / h])
-        shift = torch.stack([(wm + 2 * (ox1.float() - p)) / w - 1, (hm + 2 * (oy1.float() - p)) / h - 1], 1)  # (n, 2)
-        grid = torch.addcmul(shift[:, None, None, :], grid, size)  # (n, ho, wo, 2) in the input image
+        grid = torch.clamp(grid, -edge, edge)
+        grid = torch.clamp(grid * torch.tensor(inv)[:, None, None, None], -edge, edge)
+        grid = torch.addcmul(torch.tensor(shift)[:, None, None, :], grid, torch.tensor([wm / w, hm / h]))  # in the input image
         # zeros outside the image, shifted by value: bilinear weights sum to 1, so this is padding with value
         out = F.grid_sample(x - value, grid.to(x.device, x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
         return out + value  # (n, K, ho, wo)

@@ -77,8 +77,11 @@ site: fetch
 	$(BIN)/python website/build_site.py $(SITE_ARGS)
 
 ## make bench: speed of each method against its peer library (not part of make test)
+# MALLOC_TOP_PAD_ (glibc): keep 256 MiB of freed memory at the top of the heap instead of handing it back
+# to the system after every step and faulting it in again on the next; without it the same plain
+# forward + backward loop of scenes-cnn took 49 ms in one run and 68 ms in the next (tests/benchmarks/bench_featurevis.py)
 bench: fetch
-	$(BIN)/python -m pytest tests/benchmarks -s -o python_files='bench_*.py' $(PYTEST_ARGS)
+	MALLOC_TOP_PAD_=268435456 $(BIN)/python -m pytest tests/benchmarks -s -o python_files='bench_*.py' $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -25,6 +25,7 @@ from .progress import progress_bar  # re-exported for old imports; new code impo
 __all__ = [
     "Game",
     "image_game",
+    "ImageGames",
     "tabular_game",
     "token_game",
     "function_game",
@@ -233,6 +234,80 @@ def image_game(
 
     bs = batch_size or default_batch_size(x.numel() * x.element_size(), device=device)
     return Game(d, evaluate, bs, device, None, perturb, progress)
+
+
+class ImageGames:
+    """Many image games of one model, asked in ONE stream of model calls: the multi-image form of
+    :func:`image_game`, used by occlusion and by the deletion and insertion curves of
+    :mod:`course_lib.metrics`.
+
+    Game ``k = s * B + b`` shows image ``x[b]`` (B, C, H, W) cut into players by the segment map
+    ``segments[s]`` (S, H, W), labels 0..d-1 shared by all maps; a removed player shows
+    ``base[s, b]`` (``base`` broadcasts to (S, B, C, H, W)) and the game's value is the
+    ``output`` ("logit", "logprob" or "prob") of class ``targets[b]``. A request is a list of
+    rows (game ``k``, coalition mask); the rows of all games go to the model together, in chunks
+    of ``batch_size`` model inputs (default: the engine's ``default_batch_size`` for one image),
+    so one forward pass serves many images. ``n_calls`` counts the masks asked for,
+    ``n_forwards`` the model calls.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, segments: torch.Tensor, base: torch.Tensor, targets: torch.Tensor,
+                 *, output: str = "logit", batch_size: int | None = None, progress: bool = False, desc: str = "games"):
+        _check_output(output)
+        self.model, self.x, self.output, self.progress, self.desc = model, x, output, progress, desc  # x: (B, C, H, W)
+        self.segments = segments.long()  # (S, H, W)
+        S, (B, C, H, W) = segments.shape[0], x.shape
+        self.base = base.to(x).expand(S, B, C, H, W)  # a view: a constant baseline costs no memory
+        self.targets = targets.long().to(x.device).expand(B)  # (B,)
+        self.n_players = int(self.segments.max()) + 1
+        self.n_games, self.device = S * B, x.device
+        self.chunk = int(batch_size or default_batch_size(x[0].numel() * x.element_size(), device=x.device))
+        self.n_calls = self.n_forwards = 0
+        self._targets_checked = False
+
+    def inputs(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The model inputs (n, C, H, W) of rows ``games`` (n,) with coalitions ``masks`` (n, d)."""
+        B, _, H, W = self.x.shape
+        s, b = games // B, games % B
+        if self.segments.shape[0] == 1:
+            keep = masks[:, self.segments[0]]  # (n, H, W)
+        else:
+            keep = masks.gather(1, self.segments[s].flatten(1)).view(-1, H, W)
+        out = torch.where(keep[:, None], self.x[b], self.base[s, b])
+        # channels-last on a CPU: oneDNN's fast conv path, as image_game does (same numbers to ~1e-6)
+        return out.contiguous(memory_format=torch.channels_last) if out.device.type == "cpu" else out
+
+    def _evaluate(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:  # -> (n,)
+        scores = _select(forward_any_layout(self.model, self.inputs(games, masks)), self.output, None)  # (n, K), as image_game reports them
+        if not self._targets_checked:  # once, on the first outputs (the number of classes is known only now)
+            for t in self.targets.unique().tolist():
+                _check_target(t, scores.shape[-1])
+            self._targets_checked = True
+        return scores.gather(1, self.targets[games % self.x.shape[0]][:, None])[:, 0]
+
+    def _stream(self, n: int, rows) -> torch.Tensor:
+        """Evaluate rows 0..n-1, ``rows(slice)`` giving each chunk's (games, masks)."""
+        if n == 0:
+            raise ValueError("the games were asked for zero masks")
+        outs = []
+        starts = range(0, n, self.chunk)
+        with torch.inference_mode():
+            for s in progress_bar(starts, total=len(starts), desc=self.desc, enabled=self.progress and n > self.chunk):
+                outs.append(self._evaluate(*rows(slice(s, s + self.chunk))))
+                self.n_forwards += 1
+        self.n_calls += n
+        return torch.cat(outs)
+
+    def __call__(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Values (M,) of coalitions ``masks`` (M, d) bool in games ``games`` (M,)."""
+        games, masks = torch.as_tensor(games, device=self.device).long(), torch.as_tensor(masks, device=self.device).bool()
+        return self._stream(games.shape[0], lambda sl: (games[sl], masks[sl]))
+
+    def leave_one_out(self, games: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        """Values (M,) of the coalitions "everyone but player ``missing[i]``" (-1: everyone) in
+        games ``games[i]``; the masks are made chunk by chunk, never all at once."""
+        players = torch.arange(self.n_players, device=self.device)
+        return self._stream(games.shape[0], lambda sl: (games[sl], players != missing[sl, None]))
 
 
 def _image_baseline(x: torch.Tensor, segments: torch.Tensor, baseline) -> torch.Tensor:

@@ -186,8 +186,10 @@ class PerturbationCurve:
 
 
 def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, insert) -> PerturbationCurve:
-    from .games import image_game
+    from .device import model_device, require_eval
+    from .games import ImageGames, image_game
 
+    require_eval(model, "deletion_curve / insertion_curve")
     x = torch.as_tensor(x)
     if x.dim() == 3:
         x = x[None]
@@ -201,21 +203,24 @@ def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, ins
         raise ValueError("the attribution maps contain NaN or infinite values")
     if not 1 <= n_steps <= H * W:
         raise ValueError(f"n_steps must be between 1 and the number of pixels {H * W}; got {n_steps}")
-    targets = torch.as_tensor(target).expand(B).tolist()
+    dev = model_device(model)
+    x = x.to(dev)
+    targets = torch.as_tensor(target).expand(B).to(dev)
     steps = torch.arange(n_steps + 1)
     # a pixel of rank r (0 = highest) belongs to step player floor(r * n_steps / HW): equal-size groups
+    order = torch.sort(heat.flatten(1).float().cpu(), dim=1, descending=True, stable=True).indices  # (B, HW)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(H * W).expand(B, -1))
+    segs = (rank * n_steps // (H * W)).view(B, H, W).to(dev)  # image b's players
+    # what a removed player shows: image_game's own baseline for each image and its segments (checks x too)
+    none = torch.zeros(1, n_steps, dtype=torch.bool)
+    base = torch.cat([image_game(model, x[b], segs[b], baseline=baseline, output=output).inputs(none) for b in range(B)])  # (B, C, H, W)
+    # game s * B + b is image b with segment map s: here only s == b, with its own baseline (base[s])
+    games = ImageGames(model, x, segs, base[:, None], targets, output=output, batch_size=batch_size, desc="curve")
     masks = steps[:, None] <= torch.arange(n_steps)[None, :]  # (S+1, S): row t = players t.. present
     if insert:
         masks = ~masks  # row t = players 0..t-1 present
-    scores = []
-    for b in range(B):
-        order = torch.sort(heat[b].flatten().float().cpu(), descending=True, stable=True).indices
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(H * W)
-        seg = (rank * n_steps // (H * W)).view(H, W)
-        game = image_game(model, x[b], seg, baseline=baseline, target=int(targets[b]), output=output, batch_size=batch_size)
-        scores.append(game(masks).float().cpu())
-    scores = torch.stack(scores)  # (B, S+1)
+    rows = (torch.arange(B) * (B + 1)).repeat_interleave(n_steps + 1)  # image-major: game b * B + b
+    scores = games(rows, masks.repeat(B, 1)).view(B, n_steps + 1).float().cpu()  # one stream of B (S+1) inputs
     area = ((scores[:, 1:] + scores[:, :-1]) / 2).mean(1)
     return PerturbationCurve(steps.float() / n_steps, scores, area, B * (n_steps + 1))
 

@@ -347,3 +347,28 @@ def test_occlusion_of_a_model_that_flattens_with_view_equals_captum():
     ours = A.occlusion(model, x, torch.tensor([0, 2]), patch=4, stride=4, baseline=0.5)
     ref = Occlusion(model).attribute(x, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4), baselines=0.5, target=torch.tensor([0, 2]))
     torch.testing.assert_close(ours, ref[:, 0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("insert", [False, True])
+def test_curves_equal_the_images_built_by_hand_and_go_to_the_model_in_one_stream(scenes_cnn, scenes_test, insert):
+    x, y = scenes_test.images[:3], scenes_test.labels[:3]
+    heat = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(4))
+    S, H, W = 8, 64, 64
+    calls = []
+    h = scenes_cnn.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        fn = M.insertion_curve if insert else M.deletion_curve
+        got = fn(scenes_cnn, x, heat, y, n_steps=S, baseline=0.5, batch_size=4)
+    finally:
+        h.remove()
+    # by hand: at step t the t/S highest-ranked pixels are removed (deletion) or the only ones present (insertion)
+    rank = heat.flatten(1).argsort(1, descending=True).argsort(1).view(3, H, W)  # no ties in rand
+    want = torch.empty(3, S + 1)
+    with torch.no_grad():
+        for t in range(S + 1):
+            top = rank < t * H * W // S  # (3, H, W)
+            shown = top if insert else ~top
+            xt = torch.where(shown[:, None], x, torch.full_like(x, 0.5))
+            want[:, t] = scenes_cnn(xt).softmax(1).gather(1, y[:, None])[:, 0]
+    torch.testing.assert_close(got.scores, want, atol=1e-5, rtol=1e-4)
+    assert sum(calls) == 3 * (S + 1) and len(calls) == math.ceil(3 * (S + 1) / 4)  # 7 forwards, not 3 * ceil(9 / 4) = 9

@@ -17,8 +17,8 @@ batch or one per input), layers are named by dotted names, and randomness comes 
 Occlusion is a perturbation method: the game of an image (grid patches as players, as
 :func:`course_lib.games.image_game` builds it) is asked for the all-present coalition and every
 coalition with one patch missing. The coalitions of all images go to the model in one stream,
-chunked by the games engine's ``default_batch_size`` (:class:`_ImageGames`, the multi-image form
-of ``image_game``), so one forward pass serves many images. :func:`leave_one_out` works on any game.
+chunked by the games engine's ``default_batch_size`` (:class:`course_lib.games.ImageGames`, the
+multi-image form of ``image_game``), so one forward pass serves many images. :func:`leave_one_out` works on any game.
 """
 from __future__ import annotations
 
@@ -30,10 +30,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..device import forward_any_layout, model_device, require_eval, require_unit_range
-from ..games import Game, _check_output, _select, default_batch_size, image_game
+from ..device import model_device, require_eval, require_unit_range
+from ..games import Game, ImageGames, default_batch_size, image_game
 from ..hooks import capture, get_module
-from ..progress import progress_bar
 from .results import PerturbationResult
 
 __all__ = [
@@ -305,75 +304,6 @@ def _window_groups(size: int, patch: int, stride: int) -> list[list[int]]:
     return [starts[r::m] for r in range(min(m, len(starts)))]
 
 
-class _ImageGames:
-    """Many image games of one model, asked in ONE stream of model calls: the multi-image form of
-    :func:`course_lib.games.image_game` (it belongs in ``course_lib.games``; it lives here until it
-    moves there).
-
-    Game ``k = s * B + b`` shows image ``x[b]`` (B, C, H, W) cut into players by the segment map
-    ``segments[s]`` (S, H, W), labels 0..d-1 shared by all maps; a removed player shows
-    ``base[s, b]`` (``base`` broadcasts to (S, B, C, H, W)) and the game's value is the
-    ``output`` ("logit", "logprob" or "prob") of class ``targets[b]``. A request is a list of
-    rows (game ``k``, coalition mask); the rows of all games go to the model together, in chunks
-    of ``batch_size`` model inputs (default: the engine's ``default_batch_size`` for one image),
-    so one forward pass serves many images. ``n_calls`` counts the masks asked for,
-    ``n_forwards`` the model calls.
-    """
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, segments: torch.Tensor, base: torch.Tensor, targets: torch.Tensor,
-                 *, output: str = "logit", batch_size: int | None = None, progress: bool = False):
-        _check_output(output)
-        self.model, self.x, self.output, self.progress = model, x, output, progress  # x: (B, C, H, W)
-        self.segments = segments.long()  # (S, H, W)
-        S, (B, C, H, W) = segments.shape[0], x.shape
-        self.base = base.to(x).expand(S, B, C, H, W)  # a view: a constant baseline costs no memory
-        self.targets = targets.long().to(x.device).expand(B)  # (B,)
-        self.n_players = int(self.segments.max()) + 1
-        self.n_games, self.device = S * B, x.device
-        self.chunk = int(batch_size or default_batch_size(x[0].numel() * x.element_size(), device=x.device))
-        self.n_calls = self.n_forwards = 0
-
-    def inputs(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """The model inputs (n, C, H, W) of rows ``games`` (n,) with coalitions ``masks`` (n, d)."""
-        B, _, H, W = self.x.shape
-        s, b = games // B, games % B
-        if self.segments.shape[0] == 1:
-            keep = masks[:, self.segments[0]]  # (n, H, W)
-        else:
-            keep = masks.gather(1, self.segments[s].flatten(1)).view(-1, H, W)
-        out = torch.where(keep[:, None], self.x[b], self.base[s, b])
-        # channels-last on a CPU: oneDNN's fast conv path, as image_game does (same numbers to ~1e-6)
-        return out.contiguous(memory_format=torch.channels_last) if out.device.type == "cpu" else out
-
-    def _evaluate(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:  # -> (n,)
-        scores = _select(forward_any_layout(self.model, self.inputs(games, masks)), self.output, None)  # (n, K), as image_game reports them
-        return scores.gather(1, self.targets[games % self.x.shape[0]][:, None])[:, 0]
-
-    def _stream(self, n: int, rows) -> torch.Tensor:
-        """Evaluate rows 0..n-1, ``rows(slice)`` giving each chunk's (games, masks)."""
-        if n == 0:
-            raise ValueError("the games were asked for zero masks")
-        outs = []
-        starts = range(0, n, self.chunk)
-        with torch.inference_mode():
-            for s in progress_bar(starts, total=len(starts), desc="occlusion", enabled=self.progress and n > self.chunk):
-                outs.append(self._evaluate(*rows(slice(s, s + self.chunk))))
-                self.n_forwards += 1
-        self.n_calls += n
-        return torch.cat(outs)
-
-    def __call__(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Values (M,) of coalitions ``masks`` (M, d) bool in games ``games`` (M,)."""
-        games, masks = torch.as_tensor(games, device=self.device).long(), torch.as_tensor(masks, device=self.device).bool()
-        return self._stream(games.shape[0], lambda sl: (games[sl], masks[sl]))
-
-    def leave_one_out(self, games: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
-        """Values (M,) of the coalitions "everyone but player ``missing[i]``" (-1: everyone) in
-        games ``games[i]``; the masks are made chunk by chunk, never all at once."""
-        players = torch.arange(self.n_players, device=self.device)
-        return self._stream(games.shape[0], lambda sl: (games[sl], players != missing[sl, None]))
-
-
 def occlusion(
     model: nn.Module,
     x: torch.Tensor,
@@ -425,7 +355,7 @@ def occlusion(
     groups = [_window_segments(H, W, rg, cg, patch, dev) for rg in rows for cg in cols]  # [(seg (H, W), n_win)]
     segs = torch.stack([seg for seg, _ in groups])  # (S, H, W): windows 0..n_win-1, gaps n_win
     base = _occlusion_baseline(model, xd, segs, baseline)  # broadcasts to (S, B, C, H, W)
-    games = _ImageGames(model, xd, segs, base, t, output=output, batch_size=batch_size, progress=progress)
+    games = ImageGames(model, xd, segs, base, t, output=output, batch_size=batch_size, progress=progress, desc="occlusion")
     # one stream: every image whole (game b, nobody missing), then every window of every group and image
     ask_games, ask_missing = [torch.arange(B, device=dev)], [torch.full((B,), -1, device=dev)]
     for s, (_, n_win) in enumerate(groups):

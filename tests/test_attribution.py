@@ -372,3 +372,9 @@ def test_curves_equal_the_images_built_by_hand_and_go_to_the_model_in_one_stream
             want[:, t] = scenes_cnn(xt).softmax(1).gather(1, y[:, None])[:, 0]
     torch.testing.assert_close(got.scores, want, atol=1e-5, rtol=1e-4)
     assert sum(calls) == 3 * (S + 1) and len(calls) == math.ceil(3 * (S + 1) / 4)  # 7 forwards, not 3 * ceil(9 / 4) = 9
+
+
+def test_curves_refuse_a_target_the_model_does_not_have(scenes_cnn, scenes_test):
+    x = scenes_test.images[:2]
+    with pytest.raises(ValueError, match="out of range"):
+        M.deletion_curve(scenes_cnn, x, torch.rand(2, 64, 64), 10, n_steps=4)

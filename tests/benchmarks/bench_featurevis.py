@@ -43,21 +43,24 @@ per step, ours 13.1 (1.34x), 12.7 with one resample (1.39x); a plain forward + b
 (at most ~2.2x). Per objective, 16 objectives in one batch cost 6.9 ms per objective and step
 (2.5x faster than lucent's one-per-run), 6.4 ms with one resample (2.7x).
 
-Third round (this file as it is now; one thread, best of 3, load ~1): ``render`` now does the default
-transformations as one resample (``"composed"`` keeps the step-by-step version) and, on the CPU, hands
-the model its images channels-last, where oneDNN's convolutions and max-pooling are much faster. That
-also lowers the floor, so the floor is now the faster of the two layouts. Per step, 16 objectives:
-plain passes 77.9 ms contiguous, 49.0 ms channels-last; render 62.2 ms (1.27x the channels-last
-floor, 0.80x the contiguous one), composed 69.9 ms (1.42x), without transformations 61.3 ms; the
-hand-written loop (now also one resample, channels-last) 66.7 ms. Old and new render in one process
-(medians of 5 alternating runs of 16 steps): 110.6 -> 78.4 ms per step, 1.41x faster. One objective
-per run: lucent 15.8 ms per step, ours 11.0 (1.43x faster), composed 11.5 (1.38x); per objective in a
-batch of 16, ours 3.9 ms per objective and step, 4.1x faster than lucent's one-per-run. The <= 1.15x
-target is still not met: per step the 16 images cost, besides the passes, ~2 ms for the Fourier
+Third round (this file as it is now; one thread, best of 3, load ~1, ``MALLOC_TOP_PAD_`` as ``make bench``
+sets it): ``render`` now does the default transformations as one resample (``"composed"`` keeps the
+step-by-step version) and, on the CPU, hands the model its images channels-last, where oneDNN's
+convolutions and max-pooling are much faster. That also lowers the floor, so the floor is now the
+faster of the two layouts. Per step, 16 objectives: plain passes 71.2 ms contiguous, 46.6 ms
+channels-last; render 60.5 ms (1.30x the channels-last floor, 0.85x the contiguous one), composed
+64.0 ms (1.44x), without transformations 52.8 ms (1.13x); the hand-written loop (now also one
+resample, channels-last) 60.2 ms (render 1.01x it). Old and new render in one process (medians of 5
+alternating runs of 16 steps, before the allocator setting): 110.6 -> 78.4 ms per step, 1.41x faster.
+One objective per run: lucent 21.3 ms per step, ours 13.6 (1.57x faster); per objective in a batch of
+16, ours 3.8 ms per objective and step, 5.6x faster than lucent's one-per-run. The <= 1.15x target is
+still not met: per step the 16 images cost, besides the passes, ~2 ms for the Fourier
 parameterisation (irfft2, colour, sigmoid) and ~2 ms for its backward, ~1.3 ms for the resample and
 ~3.3 ms for its backward (``grid_sample``; gathers, ``embedding_bag`` and a sparse matrix were all
-slower here), ~1.4 ms for the objectives and 0.8 ms for Adam: ~11-13 ms on a 49 ms floor. The
-faster the model's passes, the larger that fixed cost per image looks.
+slower here), ~1.2 ms for the objectives and 0.8 ms for Adam: ~11-14 ms on a 47 ms floor. The faster
+the model's passes, the larger that fixed cost per image looks. Without ``MALLOC_TOP_PAD_`` the
+same plain channels-last loop took 49 ms in one run and 68 ms in another: glibc handed the freed
+activations back to the system after each step and faulted them in again on the next.
 
 Runs alternate and the best of several repeats counts, so a shared CPU hurts both sides alike.
 Run with ``make bench``; compare ratios, not absolute times. ``COURSE_LIB_BENCH_QUICK=1`` shrinks

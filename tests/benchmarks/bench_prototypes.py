@@ -25,15 +25,16 @@
   runs after (1.83x before). The 1.15x target is not met: what remains is the Fourier
   parameterisation (~0.3 ms per image and step, forward and backward), the resample (~0.5 ms per
   image and step) and the penalties on the image (TV and L1, ~0.4 ms per image and step);
-  Third round (this file as it is now; one thread, best of 3, load ~1): render does the default
-  transformations as one resample and hands the model channels-last images on the CPU, which also
-  lowers the floor; the floor is now the faster layout. Per step: one batch 46.7 ms, composed
-  transformations 50.6 ms, no transformations 37.6 ms, 10 separate runs 114.3 ms (one batch 2.45x
-  faster); plain passes 44.2 ms contiguous, 31.0 ms channels-last (at 64 x 64: 43.0 / 28.7 ms). One
-  batch is 1.50x the channels-last floor (1.06x the contiguous one), 1.31x without
-  transformations. Old and new code in one process (medians of 5 alternating runs of 16 steps):
-  62.7 -> 45.0 ms per step, 1.39x faster. Still not <= 1.15x: the per-image costs listed above
-  stay, on a floor that is 30% lower;
+  Third round (this file as it is now; one thread, best of 3, load ~1, ``MALLOC_TOP_PAD_`` as
+  ``make bench`` sets it): render does the default transformations as one resample and hands the
+  model channels-last images on the CPU, which also lowers the floor; the floor is now the faster
+  layout. Per step: one batch 44.3 ms, composed transformations 48.2 ms, no transformations
+  39.4 ms, 10 separate runs 122.7 ms (one batch 2.77x faster); plain passes 45.6 ms contiguous,
+  30.8 ms channels-last (at 64 x 64: 43.9 / 29.8 ms). One batch is 1.44x the channels-last floor
+  (0.97x the contiguous one), 1.32x without transformations. Old and new code in one process
+  (medians of 5 alternating runs of 16 steps, before the allocator setting): 62.7 -> 45.0 ms per
+  step, 1.39x faster. Still not <= 1.15x: the per-image costs listed above stay, on a floor that
+  is 30% lower;
 - the Spearman evaluation of the whole test split in one pass (pooled activations of every image
   once, then each image against its class's mean, four layers), with its time, next to the same
   scores computed class by class with ``spearman_score`` (500 images: 1.09 s on the quiet 2-thread

@@ -49,7 +49,7 @@ step-by-step version) and, on the CPU, hands the model its images channels-last,
 convolutions and max-pooling are much faster. That also lowers the floor, so the floor is now the
 faster of the two layouts. Per step, 16 objectives: plain passes 71.2 ms contiguous, 46.6 ms
 channels-last; render 60.5 ms (1.30x the channels-last floor, 0.85x the contiguous one), composed
-64.0 ms (1.44x), without transformations 52.8 ms (1.13x); the hand-written loop (now also one
+67.0 ms (1.44x), without transformations 52.8 ms (1.13x); the hand-written loop (now also one
 resample, channels-last) 60.2 ms (render 1.01x it). Old and new render in one process (medians of 5
 alternating runs of 16 steps, before the allocator setting): 110.6 -> 78.4 ms per step, 1.41x faster.
 One objective per run: lucent 21.3 ms per step, ours 13.6 (1.57x faster); per objective in a batch of

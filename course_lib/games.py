@@ -19,7 +19,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import nn
 
-from .device import forward_any_layout, model_device, require_eval, require_unit_range
+from .device import forward_fast, model_device, require_eval, require_unit_range
 from .progress import progress_bar  # re-exported for old imports; new code imports it from course_lib.progress
 
 __all__ = [
@@ -230,7 +230,7 @@ def image_game(
             return torch.where(keep[:, None], x, base)
 
     def evaluate(masks: torch.Tensor) -> torch.Tensor:
-        return _select(forward_any_layout(model, perturb(masks)), output, target)
+        return _select(forward_fast(model, perturb(masks)), output, target)
 
     bs = batch_size or default_batch_size(x.numel() * x.element_size(), device=device)
     return Game(d, evaluate, bs, device, None, perturb, progress)
@@ -273,12 +273,10 @@ class ImageGames:
             keep = masks[:, self.segments[0]]  # (n, H, W)
         else:
             keep = masks.gather(1, self.segments[s].flatten(1)).view(-1, H, W)
-        out = torch.where(keep[:, None], self.x[b], self.base[s, b])
-        # channels-last on a CPU: oneDNN's fast conv path, as image_game does (same numbers to ~1e-6)
-        return out.contiguous(memory_format=torch.channels_last) if out.device.type == "cpu" else out
+        return torch.where(keep[:, None], self.x[b], self.base[s, b])  # forward_fast stores them channels-last on a CPU
 
     def _evaluate(self, games: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:  # -> (n,)
-        scores = _select(forward_any_layout(self.model, self.inputs(games, masks)), self.output, None)  # (n, K), as image_game reports them
+        scores = _select(forward_fast(self.model, self.inputs(games, masks)), self.output, None)  # (n, K), as image_game reports them
         if not self._targets_checked:  # once, on the first outputs (the number of classes is known only now)
             for t in self.targets.unique().tolist():
                 _check_target(t, scores.shape[-1])

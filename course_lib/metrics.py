@@ -186,13 +186,16 @@ class PerturbationCurve:
 
 
 def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, insert) -> PerturbationCurve:
-    from .device import model_device, require_eval
-    from .games import ImageGames, image_game
+    from .device import model_device, require_eval, require_unit_range
+    from .games import ImageGames, _check_output, _image_baseline, require_finite
 
     require_eval(model, "deletion_curve / insertion_curve")
+    _check_output(output)
     x = torch.as_tensor(x)
     if x.dim() == 3:
         x = x[None]
+    require_finite(x)
+    require_unit_range(x)
     heat = torch.as_tensor(heat).detach()
     if heat.dim() == 2:
         heat = heat[None]
@@ -211,9 +214,8 @@ def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, ins
     order = torch.sort(heat.flatten(1).float().cpu(), dim=1, descending=True, stable=True).indices  # (B, HW)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(H * W).expand(B, -1))
     segs = (rank * n_steps // (H * W)).view(B, H, W).to(dev)  # image b's players
-    # what a removed player shows: image_game's own baseline for each image and its segments (checks x too)
-    none = torch.zeros(1, n_steps, dtype=torch.bool)
-    base = torch.cat([image_game(model, x[b], segs[b], baseline=baseline, output=output).inputs(none) for b in range(B)])  # (B, C, H, W)
+    # what a removed player shows: image_game's baseline for each image and its own segments
+    base = torch.stack([_image_baseline(x[b], segs[b], baseline) for b in range(B)])  # (B, C, H, W)
     # game s * B + b is image b with segment map s: here only s == b, with its own baseline (base[s])
     games = ImageGames(model, x, segs, base[:, None], targets, output=output, batch_size=batch_size, desc="curve")
     masks = steps[:, None] <= torch.arange(n_steps)[None, :]  # (S+1, S): row t = players t.. present

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..device import model_device, require_eval, require_unit_range
-from ..games import Game, ImageGames, default_batch_size, image_game
+from ..games import Game, ImageGames, _image_baseline, default_batch_size
 from ..hooks import capture, get_module
 from .results import PerturbationResult
 
@@ -354,7 +354,7 @@ def occlusion(
     rows, cols = _window_groups(H, patch, stride), _window_groups(W, patch, stride)
     groups = [_window_segments(H, W, rg, cg, patch, dev) for rg in rows for cg in cols]  # [(seg (H, W), n_win)]
     segs = torch.stack([seg for seg, _ in groups])  # (S, H, W): windows 0..n_win-1, gaps n_win
-    base = _occlusion_baseline(model, xd, segs, baseline)  # broadcasts to (S, B, C, H, W)
+    base = _occlusion_baseline(xd, segs, baseline)  # broadcasts to (S, B, C, H, W)
     games = ImageGames(model, xd, segs, base, t, output=output, batch_size=batch_size, progress=progress, desc="occlusion")
     # one stream: every image whole (game b, nobody missing), then every window of every group and image
     ask_games, ask_missing = [torch.arange(B, device=dev)], [torch.full((B,), -1, device=dev)]
@@ -373,16 +373,13 @@ def occlusion(
     return (total / count.clamp_min(1)).to(x.device)
 
 
-def _occlusion_baseline(model: nn.Module, x: torch.Tensor, segs: torch.Tensor, baseline) -> torch.Tensor:
+def _occlusion_baseline(x: torch.Tensor, segs: torch.Tensor, baseline) -> torch.Tensor:
     """What a removed window shows, broadcastable to (S, B, C, H, W). Named baselines ("blur",
-    "mean") are the image games' own: the all-absent coalition of image_game's inputs."""
+    "mean") are the image games' own (``games._image_baseline``)."""
     B = x.shape[0]
     if isinstance(baseline, str):
         per_map = segs if baseline == "mean" else segs[:1]  # only "mean" depends on the segments
-        return torch.stack([
-            torch.cat([image_game(model, x[b], seg, baseline=baseline).inputs(torch.zeros(1, int(seg.max()) + 1, dtype=torch.bool)) for b in range(B)])
-            for seg in per_map
-        ])  # (S or 1, B, C, H, W)
+        return torch.stack([torch.stack([_image_baseline(x[b], seg, baseline) for b in range(B)]) for seg in per_map])  # (S or 1, B, C, H, W)
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     if base.dim() == 0 or base.shape == x.shape[1:]:
         return base

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..device import forward_any_layout, model_device, require_eval
+from ..device import forward_fast, model_device, require_eval
 from ..hooks import get_module, patch
 
 __all__ = [
@@ -574,14 +574,6 @@ def _param_dtype(model: nn.Module) -> torch.dtype:
     return dt if dt in (torch.float32, torch.float64) else torch.float32
 
 
-# _CPU_LAYOUT_NOTE: on the CPU render hands the model its images channels-last (the same values, stored
-# pixel by pixel with the three colours together). oneDNN's convolutions, and max-pooling above all, are
-# much faster that way: for scenes-cnn a forward + backward of 16 images of 66 x 66 took 52 ms instead of
-# 76 ms on one thread here (tests/benchmarks/bench_featurevis.py). The model is not changed; its outputs
-# agree with the contiguous layout up to rounding (~1e-7), and that rounding, like any change of batch
-# size, can send a long optimisation along a slightly different path (the batching test runs in float64).
-
-
 def _same_draws(t: Transform, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     """Apply ``t`` to ``x`` (K*n, C, H, W), objective-major, so that the n images of every objective
     get the same n random draws: the K objectives are folded into the channel axis,
@@ -694,7 +686,7 @@ def render(
     once for the batch, and channel or logit objectives of one layer at once (see :class:`Objective`).
     Images come back on ``device`` (default: the model's device). The parameters are optimised in the
     model's dtype (float32 or float64); on the CPU the model sees its images channels-last (faster, the
-    same values; see the note above :func:`_same_draws`).
+    same values; see :func:`course_lib.device.forward_fast`).
     """
     objs = [objectives] if isinstance(objectives, Objective) else list(objectives)
     if not objs or not all(isinstance(o, Objective) for o in objs):
@@ -718,7 +710,6 @@ def render(
     p0 = par.init(n, g)  # (n, ...) the same start for every objective
     dtype = _param_dtype(model)
     params = p0.repeat(k, *([1] * (p0.dim() - 1))).to(dev, dtype).requires_grad_(True)  # (K*n, ...)
-    layout = torch.channels_last if dev.type == "cpu" else torch.contiguous_format  # see _CPU_LAYOUT_NOTE
     # fused: one pass over the parameters per step instead of several (CPU and CUDA; same update up to rounding)
     opt = torch.optim.Adam([params], lr=lr, fused=dev.type in ("cpu", "cuda") and params.dtype in (torch.float32, torch.float64))
     layers = [name for o in objs for name in o.layers]
@@ -727,7 +718,7 @@ def render(
         for step in progress_bar(range(steps), total=steps, desc="render", enabled=progress):
             x = par(params)  # (K*n, 3, H, W)
             seen = x if t is None else _same_draws(t, x, k, g)  # (K*n, 3, H', W')
-            logits = forward_any_layout(model, seen.contiguous(memory_format=layout))
+            logits = forward_fast(model, seen)  # channels-last on a CPU
             a = dict(acts)
             a[LOGITS], a[INPUT] = logits, x
             values = _values(objs, a, n)  # (K*n,)

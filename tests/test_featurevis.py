@@ -87,6 +87,23 @@ def test_penalties_on_known_images():
     assert fv.blur_penalty()({"input": checker}).item() > 0.1
 
 
+def test_total_variation_has_the_gradient_of_the_plain_expression():
+    # its own backward: against autograd through the plain formula, and torch.autograd.gradcheck (finite differences)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 7, 9, generator=g, dtype=torch.float64)
+    x[0, 0, 2:5, 3] = x[0, 0, 1, 3]  # equal neighbours: the plain expression's abs has gradient 0 there
+    w = torch.rand(3, generator=g, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    plain = ((a[:, :, 1:] - a[:, :, :-1]).abs().sum((1, 2, 3)) + (a[:, :, :, 1:] - a[:, :, :, :-1]).abs().sum((1, 2, 3))) / 63
+    ours = fv.total_variation()({"input": b})
+    torch.testing.assert_close(ours, plain, atol=1e-12, rtol=0)
+    (plain * w).sum().backward()
+    (ours * w).sum().backward()
+    torch.testing.assert_close(b.grad, a.grad, atol=1e-12, rtol=0)
+    smooth = torch.rand(2, 3, 5, 6, generator=g, dtype=torch.float64).requires_grad_(True)  # no ties: differentiable
+    assert torch.autograd.gradcheck(lambda t: fv.total_variation()({"input": t}), (smooth,))
+
+
 def test_diversity_is_minus_the_mean_gram_similarity():
     a = torch.rand(1, 4, 5, 5)
     same = fv.diversity("l")({"l": a.expand(3, 4, 5, 5)})
@@ -303,6 +320,23 @@ def test_one_resample_is_seeded_keeps_the_range_and_stays_close_to_the_compositi
     assert a.min() >= x.min() - 1e-6 and a.max() <= x.max() + 1e-6
     slow = fv.default_transforms()(x, torch.Generator().manual_seed(3))  # the same draws, one blur fewer
     assert (a - slow).abs().mean() < 0.02  # measured: 0.007 on these images (sharp synthetic edges)
+
+
+@pytest.mark.parametrize("n, c, per", [(1, 48, 3), (1, 3, 3), (2, 30, 3), (3, 8, 3), (2, 7, 3), (4, 6, 1)])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_grid_sample_by_groups_of_channels_equals_grid_sample(n, c, per, padding_mode):
+    # the channels are cut into images of their own, each with its image's grid: values and gradients must not change
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, c, 20, 24, generator=g, dtype=torch.float64)
+    grid = torch.rand(n, 18, 22, 2, generator=g, dtype=torch.float64) * 2.4 - 1.2  # some positions outside
+    weights = torch.rand(n, c, 18, 22, generator=g, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    want = F.grid_sample(a, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    got = fv._grid_sample(b, grid, padding_mode, channels=per)
+    (want * weights).sum().backward()
+    (got * weights).sum().backward()
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(b.grad, a.grad, atol=1e-12, rtol=0)
 
 
 def test_shared_terms_are_evaluated_once_and_give_each_objective_its_own_value():

@@ -143,6 +143,25 @@ def test_fourier_scales_each_frequency_by_one_over_its_frequency():
     assert torch.isclose(par.scale[1, 0] / par.scale[8, 8], torch.tensor(8 * 2**0.5 / 1), rtol=1e-4)
 
 
+@pytest.mark.parametrize("hw", [(8, 8), (7, 9), (6, 5)])
+@pytest.mark.parametrize("decorrelate", [True, False])
+def test_fourier_has_the_gradient_of_the_plain_expression(hw, decorrelate):
+    # its own backward: against autograd through view_as_complex, the product, irfft2 and einsum, and gradcheck
+    par = fv.Fourier(hw, decorrelate=decorrelate)
+    g = torch.Generator().manual_seed(1)
+    p = torch.randn(2, 3, hw[0], hw[1] // 2 + 1, 2, generator=g, dtype=torch.float64)
+    w = torch.randn(2, 3, *hw, generator=g, dtype=torch.float64)
+    a, b = p.clone().requires_grad_(True), p.clone().requires_grad_(True)
+    colour = par.colour.double()
+    plain = torch.einsum("ij,njhw->nihw", colour, torch.fft.irfft2(torch.view_as_complex(a) * par.scale.double(), s=hw, norm="ortho"))
+    ours = par.signal(b)
+    torch.testing.assert_close(ours, plain, atol=1e-12, rtol=0)
+    (plain * w).sum().backward()
+    (ours * w).sum().backward()
+    torch.testing.assert_close(b.grad, a.grad, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda t: par(t), (p.clone().requires_grad_(True),))
+
+
 def test_colour_basis_decorrelates_the_data(data):
     basis = fv.colour_basis(data.images)
     px = data.images.permute(1, 0, 2, 3).reshape(3, -1)

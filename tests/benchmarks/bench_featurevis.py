@@ -62,6 +62,27 @@ the model's passes, the larger that fixed cost per image looks. Without ``MALLOC
 same plain channels-last loop took 49 ms in one run and 68 ms in another: glibc handed the freed
 activations back to the system after each step and faulted them in again on the next.
 
+Fourth round (this file as it is now; ``make bench``: 2 threads, best of 3). This machine's speed
+changed by up to 2x within minutes that day (a 512 x 512 matmul took 2.1 to 5.5 ms), so the figures
+are from a run on the quiet machine, one run on a busy one in brackets. Changes: ``grid_sample`` by
+images of 3 channels instead of one image of K*3 (on the CPU its forward and, above all, its
+backward are much slower per channel for many channels: 48 channels of 64 x 64 onto 66 x 66,
+forward and backward, one thread, 9.2 ms as one image, 5.8 ms as 16 images of 3 channels; the same
+numbers); the Fourier map with its own backward (16 images, forward and backward: 4.9 -> 4.0 ms on
+2 threads, 7.6 -> 6.3 ms on one); the objectives' sharing plan worked out once per render (16
+channel objectives: 1.4 -> 0.16 ms per step); a cached base grid for the resample. Per step, 16
+objectives: render 38.8 ms (70.0), composed 42.5, without transformations 34.3, hand-written loop
+40.5, plain passes 47.7 contiguous and 32.2 channels-last (60.1): render 1.20x the floor (1.16x;
+the same code before this round: 1.29x on the busy machine), without transformations 1.06x.
+One objective per run: ours 9.7 ms per step, lucent 15.5 (1.60x; CPU time 1.39x); per objective in
+the batch of 16, 2.4 ms, 6.4x faster than lucent's one-per-run. Old and new render in one process
+(medians of 7 alternating runs of 16 steps): 45.7 -> 41.8 ms per step on 2 threads (1.09x),
+77.4 -> 64.5 ms on one thread (1.20x). The <= 1.15x target is still not met on the quiet machine:
+of the 6.6 ms over the floor, the resample takes ~2 ms forward and backward plus ~1 ms for its grid
+and the grey padding, the passes at 66 x 66 instead of 64 x 64 ~1.5 ms, the Fourier map ~2 ms, and
+Adam and the objectives the rest. And >= 3x lucent for one objective per run stays out of reach:
+the forward and backward of one image alone cost more than a third of lucent's step.
+
 Runs alternate and the best of several repeats counts, so a shared CPU hurts both sides alike.
 Run with ``make bench``; compare ratios, not absolute times. ``COURSE_LIB_BENCH_QUICK=1`` shrinks
 everything to check that the file runs.

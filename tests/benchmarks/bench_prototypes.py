@@ -34,7 +34,19 @@
   (0.97x the contiguous one), 1.32x without transformations. Old and new code in one process
   (medians of 5 alternating runs of 16 steps, before the allocator setting): 62.7 -> 45.0 ms per
   step, 1.39x faster. Still not <= 1.15x: the per-image costs listed above stay, on a floor that
-  is 30% lower;
+  is 30% lower.
+  Fourth round (this file as it is now; ``make bench``: 2 threads, best of 3; this machine's speed
+  changed by up to 2x within minutes that day, so a run on the quiet machine and, in brackets, one
+  on a busy one): the resample runs ``grid_sample`` by images of 3 channels, the Fourier map and the
+  total variation have their own backward (the same numbers as autograd's, fewer passes), the
+  objectives' sharing plan is worked out once. Per step: one batch 31.9 ms (47.1), composed 34.7,
+  no transformations 29.0, 10 separate runs 113.9 (one batch 3.57x faster); plain passes 22.6 ms
+  channels-last (40.1). One batch is 1.41x the floor (1.17x; the same code before this round, busy:
+  1.37x), 1.26x without transformations. Old and new render in one process (medians of 7
+  alternating runs of 16 steps): 34.9 -> 29.9 ms per step on 2 threads (1.17x), 46.0 -> 43.7 on one
+  (1.05x). Still not <= 1.15x: over a 22.6 ms floor, the 10 images cost ~2.3 ms for TV and L1 with
+  their backward, ~2.5 ms for the Fourier map, ~3 ms for the resample and ~1.5 ms for Adam and the
+  loop;
 - the Spearman evaluation of the whole test split in one pass (pooled activations of every image
   once, then each image against its class's mean, four layers), with its time, next to the same
   scores computed class by class with ``spearman_score`` (500 images: 1.09 s on the quiet 2-thread

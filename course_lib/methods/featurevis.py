@@ -344,7 +344,8 @@ class _FourierSignal(torch.autograd.Function):
     times its scale and times 2 where ``irfft2`` counts the bin twice (all but the first column
     and, for even W, the last). The same numbers as autograd through the three operations, in
     fewer passes: autograd's backward of the complex product and of ``irfft2`` goes through
-    conjugates, masks and copies of the whole spectrum (~40% of this map's time for 16 images)."""
+    conjugates, masks and copies of the whole spectrum (~40% of this map's time for 16 images).
+    First derivatives only (``once_differentiable``): nothing here needs the gradient of a gradient."""
 
     @staticmethod
     def forward(ctx, p, scale, colour, weight, hw):
@@ -372,7 +373,8 @@ class Fourier:
     step of the optimiser changes low frequencies as much as high ones in the image (plain
     pixels favour high frequencies). ``decorrelate`` mixes the three channels through a colour
     basis (default :func:`opponent_colours`; ``colour_basis(images)`` fits one to data).
-    The map is invertible: ``param(param.inverse(x)) == x`` for images in (0, 1).
+    The map is invertible: ``param(param.inverse(x)) == x`` for images in (0, 1). Its backward is
+    written out (first derivatives only; see ``_FourierSignal``).
     """
 
     def __init__(self, size: int | tuple[int, int] = 64, *, decay: float = 1.0, decorrelate: bool = True,

@@ -253,6 +253,11 @@ class ImageGames:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, segments: torch.Tensor, base: torch.Tensor, targets: torch.Tensor,
                  *, output: str = "logit", batch_size: int | None = None, progress: bool = False, desc: str = "games"):
+        require_eval(model, "ImageGames")
+        if x.dim() != 4:
+            raise ValueError(f"ImageGames takes a batch of images (B, C, H, W); got shape {tuple(x.shape)}")
+        require_finite(x)
+        require_unit_range(x)
         _check_output(output)
         self.model, self.x, self.output, self.progress, self.desc = model, x, output, progress, desc  # x: (B, C, H, W)
         self.segments = segments.long()  # (S, H, W)
@@ -313,7 +318,7 @@ def _image_baseline(x: torch.Tensor, segments: torch.Tensor, baseline) -> torch.
         if baseline == "mean":
             d = int(segments.max()) + 1
             flat = segments.flatten()
-            sums = torch.zeros(x.shape[0], d, device=x.device).index_add_(1, flat, x.flatten(1))
+            sums = torch.zeros(x.shape[0], d, dtype=x.dtype, device=x.device).index_add_(1, flat, x.flatten(1))
             counts = torch.bincount(flat, minlength=d).clamp_min(1)
             return (sums / counts)[:, segments]
         if baseline == "blur":

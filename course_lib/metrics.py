@@ -186,16 +186,14 @@ class PerturbationCurve:
 
 
 def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, insert) -> PerturbationCurve:
-    from .device import model_device, require_eval, require_unit_range
-    from .games import ImageGames, _check_output, _image_baseline, require_finite
+    from .device import model_device, require_eval
+    from .games import ImageGames, _check_output, _image_baseline
 
     require_eval(model, "deletion_curve / insertion_curve")
     _check_output(output)
     x = torch.as_tensor(x)
     if x.dim() == 3:
         x = x[None]
-    require_finite(x)
-    require_unit_range(x)
     heat = torch.as_tensor(heat).detach()
     if heat.dim() == 2:
         heat = heat[None]

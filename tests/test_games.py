@@ -5,7 +5,7 @@ from torch import nn
 
 from modelutil import FlattenNet
 
-from course_lib.games import function_game, grid_segments, image_game, segment_map, tabular_game, token_game
+from course_lib.games import ImageGames, function_game, grid_segments, image_game, segment_map, tabular_game, token_game
 
 
 def _random_masks(n, d, seed=0):
@@ -78,6 +78,35 @@ def test_image_game_rejects_bad_input(scenes_cnn, scenes_test):
             image_game(scenes_cnn, x, seg)
     finally:
         scenes_cnn.eval()
+
+
+def test_image_games_reject_what_image_game_rejects(scenes_cnn, scenes_test):
+    x = scenes_test.images[:2]
+    seg = grid_segments(64, 64, 16)[None]
+    t = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ImageGames(scenes_cnn, (x - 0.5) / 0.25, seg, torch.tensor(0.0), t)
+    with pytest.raises(ValueError, match="finite"):
+        ImageGames(scenes_cnn, torch.where(x > 0.9, float("nan"), x), seg, torch.tensor(0.0), t)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        ImageGames(scenes_cnn, x[0], seg, torch.tensor(0.0), t)
+    scenes_cnn.train()
+    try:
+        with pytest.raises(ValueError, match="model.eval"):
+            ImageGames(scenes_cnn, x, seg, torch.tensor(0.0), t)
+    finally:
+        scenes_cnn.eval()
+
+
+def test_mean_baseline_keeps_the_image_dtype(scenes_test):
+    # a float64 image with the "mean" baseline: each superpixel its own mean colour, in float64
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 4)).double().eval()
+    x = scenes_test.images[0].double()
+    seg = grid_segments(64, 64, 32)
+    game = image_game(model, x, seg, baseline="mean")
+    img = game.inputs(torch.zeros(1, 4, dtype=torch.bool))[0]
+    assert img.dtype == torch.float64
+    torch.testing.assert_close(img[:, 40, 40], x[:, 32:, 32:].mean((1, 2)), atol=1e-12, rtol=0)
 
 
 def test_tabular_game_is_mean_over_background():

@@ -685,11 +685,6 @@ def _same_draws(t: Transform, x: torch.Tensor, k: int, g: torch.Generator) -> to
     return out.reshape(n, k, c, *out.shape[2:]).transpose(0, 1).contiguous().view(kn, c, *out.shape[2:])  # (K*n, C, H', W')
 
 
-def _values(objs: Sequence[Objective], acts: dict[str, torch.Tensor], n: int) -> torch.Tensor:
-    """Objective ``i`` on its own ``n`` images, (K*n,), from the activations of all K*n images: ``_plan(objs, n)(acts)``."""
-    return _plan(objs, n)(acts)
-
-
 def _plan(objs: Sequence[Objective], n: int) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """A function ``acts -> (K*n,)``: objective ``i`` on its own ``n`` images, from the activations of all K*n images.
 

@@ -369,9 +369,14 @@ class Fourier:
     """The image is ``sigmoid(colour @ irfft2(spectrum * scale))`` (Mordvintsev et al. 2018).
 
     ``spectrum`` (n, 3, H, W//2+1, 2) holds real and imaginary parts; ``scale`` is
-    ``1 / max(|f|, 1/max(H, W)) ** decay`` with ``|f|`` the frequency in cycles per pixel, so a
-    step of the optimiser changes low frequencies as much as high ones in the image (plain
-    pixels favour high frequencies). ``decorrelate`` mixes the three channels through a colour
+    ``1 / max(|f|, 1/max(H, W)) ** decay`` with ``|f|`` the frequency in cycles per pixel. The
+    optimiser moves ``spectrum``, whose coefficients all start with the same spread, and every
+    move reaches the image multiplied by ``scale``: a step changes low frequencies far *more*
+    than high ones (the image change has a ~1/f amplitude spectrum, as natural images do; with
+    plain SGD the gradient is scaled once more, ~1/f**2). Plain pixels do the opposite: the
+    gradient of a CNN is dominated by high frequencies, so pixel steps add fine-grained noise.
+    Lecture 05 measures the low-to-high power ratio of the image change for both.
+    ``decorrelate`` mixes the three channels through a colour
     basis (default :func:`opponent_colours`; ``colour_basis(images)`` fits one to data).
     The map is invertible: ``param(param.inverse(x)) == x`` for images in (0, 1). Its backward is
     written out (first derivatives only; see ``_FourierSignal``).

@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test install fetch doctor grade release bench clean-venv site browser
+.PHONY: lab test install fetch doctor grade release bench clean-venv site browser hub
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,8 +49,15 @@ browser:
 	@dpkg -s chromium fonts-wqy-zenhei >/dev/null 2>&1 || ! command -v apt-get >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; }
 
-## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip, website)
-test: fetch browser
+## make hub: configurable-http-proxy (npm, into .hub-node/) for the JupyterHub test (tests/test_hub.py; jupyterhub itself
+## comes with the test extras); nothing to do once installed
+HUB_NODE := .hub-node
+hub:
+	@test -x $(HUB_NODE)/node_modules/.bin/configurable-http-proxy || ! command -v npm >/dev/null || \
+	  npm install --prefix $(HUB_NODE) --no-audit --no-fund --loglevel=error configurable-http-proxy@5 >/dev/null
+
+## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip, website, hub)
+test: fetch browser hub
 	$(BIN)/course-lib doctor
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 

@@ -28,7 +28,12 @@ def test_environment_yml_agrees_with_pyproject():
 
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    # the hub's environment also needs jupyterhub (jupyterhub-singleuser), which pyproject keeps in the test extras
+    hub_only = [s for s in py["optional-dependencies"]["test"] if _names([s]) == {"jupyterhub"}]
+    assert hub_only, "pyproject.toml's test extras lack jupyterhub (tests/test_hub.py)"
+    conda = [d for d in env["dependencies"] if isinstance(d, str) and d not in hub_only]
+    assert len(conda) == sum(isinstance(d, str) for d in env["dependencies"]) - 1, (
+        f"environment.yml must list {hub_only[0]} exactly as pyproject.toml's test extras do")
     conda_names = _names(conda) - {"python", "pip"}
     assert conda_names == _names(py["dependencies"]), (
         f"only in environment.yml: {sorted(conda_names - _names(py['dependencies']))}; "

@@ -16,6 +16,12 @@ def doctor(args) -> int:
 
     print(f"python     {platform.python_version()} ({sys.executable})")
     print(f"torch      {torch.__version__}")
+    from . import threads
+
+    budget = threads.cpu_budget()
+    print(f"cpus       {budget.cpus} ({budget.source})")
+    why = f": {threads.last_cap[2]}" if threads.last_cap else ""
+    print(f"threads    torch uses {torch.get_num_threads()} intra-op threads{why}")
     try:
         dev = default_device()
         extra = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""

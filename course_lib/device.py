@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 import weakref
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
+
+from . import checks
 
 
 def default_device() -> torch.device:
@@ -45,21 +49,12 @@ def model_device(model: nn.Module) -> torch.device:
 
 def require_eval(model: nn.Module, what: str = "this method") -> None:
     """Refuse a model in training mode: dropout and batch-norm would make every answer random."""
-    if isinstance(model, nn.Module) and model.training:
-        raise ValueError(
-            f"{what} needs the model in evaluation mode, but model.training is True "
-            "(dropout and batch norm would change the outputs from call to call). Call model.eval() first."
-        )
+    checks.eval_mode(model, what)
 
 
 def require_unit_range(x: torch.Tensor, name: str = "x") -> None:
     """Images in this course live in [0, 1]; the models normalise inside themselves."""
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1e-4 or hi > 1 + 1e-4:
-        raise ValueError(
-            f"{name} has values in [{lo:.3g}, {hi:.3g}], but course_lib works on images in [0, 1] "
-            "(the zoo models normalise inside themselves). Pass un-normalised pixels, e.g. dataset.images."
-        )
+    checks.unit_range(x, name)
 
 
 # models that raised on a channels-last input and then ran on a contiguous one (see forward_fast)
@@ -91,3 +86,14 @@ def forward_fast(model: nn.Module, x: torch.Tensor):
     out = model(x.contiguous())
     _CONTIGUOUS_ONLY[model] = True
     return out
+
+
+@contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """Run a block with torch's global CPU generator seeded with ``seed``, then put the caller's
+    generator state back: for code that draws from the global generator by design (``nn.Linear``'s
+    initialisation). The same numbers as ``torch.manual_seed(seed)`` for CPU draws, but the caller's
+    random state is untouched and no CUDA generator is seeded (``torch.manual_seed`` seeds them all)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        yield

@@ -19,6 +19,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import nn
 
+from . import checks
 from .device import forward_fast, model_device, require_eval, require_unit_range
 from .progress import progress_bar  # re-exported for old imports; new code imports it from course_lib.progress
 
@@ -42,14 +43,7 @@ _OUTPUTS = ("logit", "logprob", "prob", "raw")
 
 def require_finite(x: torch.Tensor, name: str = "x") -> None:
     """Refuse NaN or infinite values: they would flow silently into every answer."""
-    if x.is_floating_point() or x.is_complex():
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            raise ValueError(
-                f"{name} contains {int(bad.sum())} NaN or infinite value(s) (of {x.numel()}); "
-                "every method here needs finite inputs. Find where they came from (a division by zero, "
-                "a failed load) or replace them, e.g. torch.nan_to_num(x)."
-            )
+    checks.finite(x, name)
 
 
 def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16, device: torch.device | str | None = None) -> int:

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -167,7 +168,11 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     a = torch.as_tensor(a).detach().flatten().double().cpu().numpy()
     b = torch.as_tensor(b).detach().flatten().double().cpu().numpy()
     if a.size != b.size or a.size < 2:
-        raise ValueError(f"need two maps with the same number (>= 2) of entries; got {a.size} and {b.size}")
+        raise ValueError(f"spearman: need two maps with the same number (>= 2) of entries; got {a.size} and {b.size}")
+    for name, v in (("a", a), ("b", b)):
+        if not np.isfinite(v).all():
+            raise ValueError(f"spearman: {name} contains {int((~np.isfinite(v)).sum())} NaN or infinite value(s); "
+                             "a rank correlation of such maps means nothing. Find where they came from.")
     if a.min() == a.max() or b.min() == b.max():
         return float("nan")
     return float(spearmanr(a, b).statistic)

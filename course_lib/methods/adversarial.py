@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..device import model_device, require_eval
+from .. import checks
+from ..device import model_device
 from ..progress import progress_bar
 
 __all__ = ["fgsm", "pgd", "attack_loss", "predict", "accuracy_under_attack", "project_to_ball"]
@@ -37,49 +38,20 @@ _TINY = 1e-12
 
 # ----------------------------------------------------------------------------- checks
 
-def _check_images(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x should be a float tensor of images (B, C, H, W) in [0, 1]; got {type(x).__name__}"
-                        + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
-    if x.dim() != 4:
-        raise ValueError(f"x should be a batch of images (B, C, H, W); got shape {tuple(x.shape)}. "
-                         "For one image use x[None] or x.unsqueeze(0).")
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        raise ValueError(f"x contains {int(bad.sum())} NaN or infinite value(s); attacks need finite pixels in [0, 1]. "
-                         "Find where they came from, or replace them (torch.nan_to_num(x).clamp(0, 1)).")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1e-4 or hi > 1 + 1e-4:
-        raise ValueError(
-            f"x has values in [{lo:.3g}, {hi:.3g}], but attacks work on pixels in [0, 1]: eps is measured in "
-            "pixel units and x_adv is clipped to [0, 1]. This looks like a normalised image (e.g. after "
-            "transforms.Normalize). Pass the un-normalised pixels and put the normalisation inside the model, "
-            "e.g. nn.Sequential(Normalize(mean, std), net); the course_lib zoo models already normalise inside."
-        )
-
-
-def _labels(v, n: int, dev: torch.device, what: str) -> torch.Tensor:
-    """An int, a sequence or a tensor of class indices -> a (n,) long tensor on ``dev``."""
-    t = torch.as_tensor(v, device=dev)
-    if t.is_floating_point() or t.is_complex():
-        raise TypeError(f"{what} should hold class indices (integers); got dtype {t.dtype}")
-    t = t.long()
-    if t.dim() == 0:
-        t = t.expand(n)
-    if t.shape != (n,):
-        raise ValueError(f"{what} should be one class index or one per image, shape ({n},); got shape {tuple(t.shape)}")
-    return t
+def _labels(v, n: int, k: int, dev: torch.device, what: str, name: str) -> torch.Tensor:
+    """An int, a sequence or a tensor of class indices, checked against the model's ``k`` classes
+    -> a (n,) long tensor on ``dev``."""
+    t = checks.target(v, k, name, what=what, n=n)
+    return torch.as_tensor(t, device=dev).long().expand(n)
 
 
 def _prepare(model: nn.Module, x: torch.Tensor, eps: float, what: str) -> torch.device:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{what} needs a torch nn.Module; got {type(model).__name__}")
-    require_eval(model, what)
+    checks.module(model, what=what)
     if torch.is_inference_mode_enabled():
         raise RuntimeError(f"{what} needs gradients, but it was called inside torch.inference_mode(); call it outside that block.")
-    _check_images(x)
-    if not (eps >= 0 and eps < float("inf")):
-        raise ValueError(f"eps should be a non-negative number in pixel units (e.g. 8/255); got {eps}")
+    checks.images(x, "x", what=what)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps >= 0 and eps < float("inf")):
+        raise ValueError(f"{what}: eps should be a non-negative number in pixel units (e.g. 8/255); got {eps!r}")
     return model_device(model)
 
 
@@ -88,9 +60,13 @@ def _prepare(model: nn.Module, x: torch.Tensor, eps: float, what: str) -> torch.
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """The model's top-1 class for each image (B,), on ``x``'s device."""
-    require_eval(model, "predict")
+    checks.module(model, what="predict")
+    checks.tensor(x, "x", what="predict")
+    checks.float_dtype(x, "x", what="predict")
+    checks.batch(x, "x", what="predict")
+    checks.finite(x, "x", what="predict")
     dev = model_device(model)
-    bs = batch_size or len(x)
+    bs = len(x) if batch_size is None else checks.positive_int(batch_size, "batch_size", what="predict")
     out = [model(x[s : s + bs].to(dev)).argmax(1) for s in range(0, len(x), bs)]
     return torch.cat(out).to(x.device)
 
@@ -158,22 +134,20 @@ def _random_start(x: torch.Tensor, eps: float, norm: str, g: torch.Generator) ->
     return (x + delta).clamp(0, 1)
 
 
-def _targets(model, x, y, target, dev) -> tuple[torch.Tensor, bool]:
+def _targets(model, x, y, target, dev, what: str) -> tuple[torch.Tensor, bool]:
     n = x.shape[0]
     if target is not None:
         if y is not None:
-            raise ValueError("give either y (untargeted: move away from the true class) or target "
+            raise ValueError(f"{what}: give either y (untargeted: move away from the true class) or target "
                              "(targeted: move towards that class), not both")
-        return _labels(target, n, dev, "target"), True
+        return _labels(target, n, checks.n_outputs(model, x, what=what), dev, what, "target"), True
     if y is None:  # untargeted against the model's own answer
         return predict(model, x.to(dev)).to(dev), False
-    return _labels(y, n, dev, "y"), False
+    return _labels(y, n, checks.n_outputs(model, x, what=what), dev, what, "y"), False
 
 
 def _chunks(n: int, batch_size: int | None):
-    bs = n if not batch_size else int(batch_size)
-    if bs < 1:
-        raise ValueError(f"batch_size should be a positive integer or None; got {batch_size}")
+    bs = n if batch_size is None else checks.positive_int(batch_size, "batch_size")
     return [slice(s, s + bs) for s in range(0, n, bs)]
 
 
@@ -196,10 +170,9 @@ def fgsm(
     one per image): descend the loss of ``target``, ``s = -1``. Returns ``x_adv`` on x's device.
     """
     dev = _prepare(model, x, eps, "fgsm")
-    if loss not in _LOSSES:
-        raise ValueError(f"loss should be one of {_LOSSES}; got {loss!r}")
+    checks.choice(loss, _LOSSES, "loss", what="fgsm")
     x0 = x.detach().to(dev)
-    labels, targeted = _targets(model, x0, y, target, dev)
+    labels, targeted = _targets(model, x0, y, target, dev, "fgsm")
     out = torch.empty_like(x0)
     for sl in _chunks(len(x0), batch_size):
         grad = _input_grad(model, x0[sl], labels[sl], targeted, loss)  # (b, C, H, W)
@@ -237,15 +210,13 @@ def pgd(
     Returns ``x_adv`` (B, C, H, W) on x's device.
     """
     dev = _prepare(model, x, eps, "pgd")
-    if norm not in _NORMS:
-        raise ValueError(f"norm should be one of {_NORMS}; got {norm!r}")
-    if loss not in _LOSSES:
-        raise ValueError(f"loss should be one of {_LOSSES}; got {loss!r}")
-    if int(steps) != steps or steps < 0:
-        raise ValueError(f"steps should be a non-negative integer; got {steps}")
-    alpha = 2.5 * eps / max(int(steps), 1) if alpha is None else float(alpha)
+    checks.choice(norm, _NORMS, "norm", what="pgd")
+    checks.choice(loss, _LOSSES, "loss", what="pgd")
+    # steps=0 would return the random start, which is no attack at all
+    steps = checks.positive_int(steps, "steps", what="pgd (for no attack, use x itself)")
+    alpha = 2.5 * eps / steps if alpha is None else checks.positive_number(alpha, "alpha", what="pgd", allow_zero=True)
     x0 = x.detach().to(dev)
-    labels, targeted = _targets(model, x0, y, target, dev)
+    labels, targeted = _targets(model, x0, y, target, dev, "pgd")
     if random_start:  # drawn for the whole batch at once, so chunking cannot change it
         g = generator
         if g is None:
@@ -285,11 +256,14 @@ def accuracy_under_attack(
 ) -> torch.Tensor:
     """For each eps: accuracy on ``fgsm``/``pgd`` examples (untargeted), or, with ``target``,
     the targeted success rate (fraction classified as ``target``). Returns (len(eps_values),) on CPU."""
-    fn = {"fgsm": fgsm, "pgd": pgd}.get(attack)
-    if fn is None:
-        raise ValueError(f"attack should be 'fgsm' or 'pgd'; got {attack!r}")
-    y = torch.as_tensor(y, device=x.device)
-    tgt = None if target is None else _labels(target, len(y), x.device, "target")
+    what = "accuracy_under_attack"
+    fn = {"fgsm": fgsm, "pgd": pgd}[checks.choice(attack, ("fgsm", "pgd"), "attack", what=what)]
+    checks.module(model, what=what)
+    checks.images(x, "x", what=what)
+    eps_values = checks.non_empty(eps_values, "eps_values", what=what)
+    k = checks.n_outputs(model, x.to(model_device(model)), what=what)
+    y = _labels(y, len(x), k, x.device, what, "y")
+    tgt = None if target is None else _labels(target, len(y), k, x.device, what, "target")
     keep = None if tgt is None else y != tgt  # targeted success is counted on images not already of the target class
     out = []
     for eps in progress_bar(list(eps_values), total=len(eps_values), desc=f"{attack} over eps", enabled=progress):

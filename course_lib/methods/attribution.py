@@ -30,7 +30,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..device import model_device, require_eval, require_unit_range
+from .. import checks
+from ..device import model_device
 from ..games import Game, ImageGames, _image_baseline, default_batch_size
 from ..hooks import capture, get_module
 from .results import PerturbationResult
@@ -54,51 +55,23 @@ __all__ = [
 # ----------------------------------------------------------------------------- input checks
 
 
-def _check_finite(t: torch.Tensor, what: str, name: str = "x") -> None:
-    if not torch.isfinite(t).all():
-        n_bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{what}: {name} contains {n_bad} NaN or infinite values; attributions of such inputs mean nothing. "
-                         f"Check how {name} was made (e.g. a division by zero in preprocessing).")
-
-
-def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad():
-        out = model(x[:1])
-    if out.dim() != 2:
-        raise ValueError(f"attribution methods need a model that returns (B, K) scores; this one returns shape {tuple(out.shape)}")
-    return out.shape[1]
-
-
 def _check_target(model: nn.Module, x: torch.Tensor, target, what: str):
     """``target`` as an int or a (B,) long tensor on x's device, checked against the model's K outputs."""
-    k = _n_outputs(model, x)
-    if isinstance(target, bool) or target is None:
-        raise ValueError(f"{what}: target must be a class index in 0..{k - 1} (or one per input); got {target!r}")
-    if isinstance(target, int):
-        t = torch.tensor([target])
-    else:
-        t = torch.as_tensor(target)
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise ValueError(f"{what}: target must hold integer class indices in 0..{k - 1}; got dtype {t.dtype}")
-        t = t.flatten()
-        if t.numel() not in (1, x.shape[0]):
-            raise ValueError(f"{what}: target must be one class or one per input ({x.shape[0]}); got {t.numel()} targets")
-    bad = (t < 0) | (t >= k)
-    if bad.any():
-        raise ValueError(f"{what}: target {t[bad][0].item()} is out of range; this model has {k} outputs, "
-                         f"so a target must lie in 0..{k - 1}.")
-    if isinstance(target, int) or t.numel() == 1 and torch.as_tensor(target).dim() == 0:
-        return int(t.item())
-    return t.long().to(x.device).expand(x.shape[0]).contiguous()
+    k = checks.n_outputs(model, x, what=what)
+    t = checks.target(target, k, what=what, n=x.shape[0])
+    if isinstance(t, int):
+        return t
+    return t.to(x.device).expand(x.shape[0]).contiguous()
 
 
 def _prepare(model: nn.Module, x: torch.Tensor, target, what: str):
-    require_eval(model, what)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} takes x as a tensor (B, ...); got {type(x).__name__}")
+    checks.module(model, what=what)
+    checks.tensor(x, "x", what=what)
+    checks.float_dtype(x, "x", what=what)
     if x.dim() < 2:
-        raise ValueError(f"{what} takes a batch (B, ...); got shape {tuple(x.shape)}. Use x[None] for one input.")
-    _check_finite(x, what)
+        raise ValueError(f"{what}: x must be a batch (B, ...); got shape {tuple(x.shape)}. Use x[None] for one input.")
+    checks.batch(x, "x", what=what)
+    checks.finite(x, "x", what=what)
     x = x.detach().to(model_device(model))
     target = _check_target(model, x, target, what)
     # requires_grad up front: captum warns (on stderr, fatal in a graded cell) when it must set it itself
@@ -148,10 +121,10 @@ def smoothgrad(
     own chunking is not used: it draws different noise for different chunk sizes."""
     from captum.attr import Saliency
 
-    if not (noise >= 0 and math.isfinite(noise)):
-        raise ValueError(f"smoothgrad: noise is a standard deviation and must be a finite number >= 0; got {noise}")
-    if n_samples < 1:
-        raise ValueError(f"smoothgrad: n_samples must be at least 1; got {n_samples}")
+    checks.positive_number(noise, "noise", what="smoothgrad (a standard deviation in pixel units)", allow_zero=True)
+    n_samples = checks.positive_int(n_samples, "n_samples", what="smoothgrad")
+    if batch_size is not None:
+        checks.positive_int(batch_size, "batch_size", what="smoothgrad")
     x, target = _prepare(model, x, target, "smoothgrad")
     x = x.detach()
     B = x.shape[0]
@@ -208,14 +181,15 @@ def integrated_gradients(
         base = blurred(x)
     else:
         base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-        _check_finite(base, "integrated_gradients", "baseline")
+        checks.finite(base, "baseline", what="integrated_gradients")
         if base.dim() == 0 or base.shape == x.shape[1:]:
             base = base.expand_as(x)
         elif base.shape != x.shape:
             raise ValueError(f"integrated_gradients: baseline must be a number, shape {tuple(x.shape[1:])} or {tuple(x.shape)}; "
                              f"got {tuple(base.shape)}")
-    if n_steps < 1:
-        raise ValueError(f"integrated_gradients: n_steps must be at least 1; got {n_steps}")
+    n_steps = checks.positive_int(n_steps, "n_steps", what="integrated_gradients")
+    if batch_size is not None:
+        checks.positive_int(batch_size, "batch_size", what="integrated_gradients")
     # captum evaluates n_steps * B path points in chunks of internal_batch_size (at least B, or it warns)
     bs = batch_size or default_batch_size(x[0].numel() * x.element_size(), device=x.device)
     chunk = max(int(bs), x.shape[0])
@@ -333,18 +307,18 @@ def occlusion(
     ``"blur"`` or ``"mean"`` (each window filled with its own mean colour); returns (B, H, W) on
     x's device.
     """
-    stride = patch if stride is None else stride
+    patch = checks.positive_int(patch, "patch", what="occlusion")
+    stride = patch if stride is None else checks.positive_int(stride, "stride", what="occlusion")
     if not (1 <= stride <= patch):
         raise ValueError(f"occlusion: stride must be between 1 and patch ({patch}); got {stride}")
-    require_eval(model, "occlusion")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"occlusion takes a batch of images (B, C, H, W); got {getattr(x, 'shape', type(x).__name__)}")
-    _check_finite(x, "occlusion")
+    if batch_size is not None:
+        checks.positive_int(batch_size, "batch_size", what="occlusion")
+    checks.module(model, what="occlusion")
+    checks.images(x, "x", what="occlusion")
     if isinstance(baseline, torch.Tensor):
-        _check_finite(baseline, "occlusion", "baseline")
+        checks.finite(baseline, "baseline", what="occlusion")
     elif not isinstance(baseline, str) and not math.isfinite(baseline):
         raise ValueError(f"occlusion: baseline must be finite; got {baseline}")
-    require_unit_range(x)
     B, C, H, W = x.shape
     if patch > min(H, W):
         raise ValueError(f"occlusion: patch {patch} is larger than the image ({H} x {W})")

@@ -65,6 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import checks
 from ..device import model_device, require_eval, require_unit_range
 from ..hooks import capture, get_module
 from ..progress import progress_bar
@@ -416,8 +417,11 @@ def tcav_significance(concept_scores, random_scores, *, alpha: float = 0.05) -> 
     r = np.asarray(torch.as_tensor(random_scores).detach().cpu(), dtype=float).ravel()
     if len(c) < 2 or len(r) < 2:
         raise ValueError(f"tcav_significance: needs at least 2 concept and 2 random scores; got {len(c)} and {len(r)}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"tcav_significance: alpha must lie in (0, 1); got {alpha}")
+    for name, v in (("concept_scores", c), ("random_scores", r)):
+        if not np.isfinite(v).all():  # a NaN score would give p = 0, "significant"
+            raise ValueError(f"tcav_significance: {name} contains {int((~np.isfinite(v)).sum())} NaN or infinite value(s); "
+                             "TCAV scores are fractions in [0, 1]. Find where they came from (e.g. NaN activations).")
+    alpha = checks.probability(alpha, "alpha", what="tcav_significance")
     if np.ptp(np.r_[c, r]) == 0:  # all scores equal: no evidence either way
         return 1.0, False
     with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checks
 from ..device import forward_fast, model_device, require_eval
 from ..hooks import get_module, patch
 
@@ -147,10 +148,27 @@ def _family(o: Objective, family: tuple, index: int, fn) -> Objective:
     return o
 
 
+def _in_range(a: torch.Tensor, c: int, what: str, name: str, unit: str) -> torch.Tensor:
+    """``a`` (B, K, ...) after checking that index ``c`` is one of its K entries along axis 1."""
+    if c >= a.shape[1]:
+        raise ValueError(f"{what}: {name}={c} is out of range; this layer has {a.shape[1]} {unit}, "
+                         f"so {name} must lie in 0..{a.shape[1] - 1}.")
+    return a
+
+
+def _index(c, name: str, what: str) -> int:
+    """A channel or class index >= 0 (negative indices are refused, not counted from the end)."""
+    return checks.non_negative_int(c, name, what=what)
+
+
 def channel(layer: str, c: int) -> Objective:
     """Mean activation of channel ``c`` of ``layer`` over all positions: ``acts[layer][:, c].mean()`` (B,)."""
-    o = Objective(lambda acts: _spatial(acts[layer], layer, "channel")[:, c].mean((1, 2)), [layer], f"channel({layer}:{c})",
-                  key=("channel", layer, c), rowwise=True)
+    c = _index(c, "c", "channel")
+
+    def fn(acts):
+        return _in_range(_spatial(acts[layer], layer, "channel"), c, "channel", "c", "channels")[:, c].mean((1, 2))
+
+    o = Objective(fn, [layer], f"channel({layer}:{c})", key=("channel", layer, c), rowwise=True)
     return _family(o, ("channel", layer), c,
                    lambda acts, idx: _spatial(acts[layer], layer, "channel").mean((2, 3)).gather(1, idx[:, None])[:, 0])
 
@@ -158,10 +176,16 @@ def channel(layer: str, c: int) -> Objective:
 def neuron(layer: str, c: int, y: int | None = None, x: int | None = None) -> Objective:
     """One unit: channel ``c`` of ``layer`` at position ``(y, x)`` (default: the centre), (B,)."""
 
+    c = _index(c, "c", "neuron")
+    y = None if y is None else _index(y, "y", "neuron")
+    x = None if x is None else _index(x, "x", "neuron")
+
     def fn(acts):
-        a = _spatial(acts[layer], layer, "neuron")  # (B, C, H, W)
+        a = _in_range(_spatial(acts[layer], layer, "neuron"), c, "neuron", "c", "channels")  # (B, C, H, W)
         yy = a.shape[2] // 2 if y is None else y
         xx = a.shape[3] // 2 if x is None else x
+        if yy >= a.shape[2] or xx >= a.shape[3]:
+            raise ValueError(f"neuron: position (y={yy}, x={xx}) is outside {layer!r}'s {a.shape[2]} x {a.shape[3]} grid")
         return a[:, c, yy, xx]
 
     return Objective(fn, [layer], f"neuron({layer}:{c}@{y},{x})", key=("neuron", layer, c, y, x), rowwise=True)
@@ -170,7 +194,9 @@ def neuron(layer: str, c: int, y: int | None = None, x: int | None = None) -> Ob
 def class_logit(c: int) -> Objective:
     """The pre-softmax logit of class ``c`` (B,). Maximising the logit, not the probability, keeps
     the image about class ``c`` itself rather than about pushing the other classes down (Simonyan et al. 2014)."""
-    o = Objective(lambda acts: acts[LOGITS][:, c], [LOGITS], f"logit({c})", key=("logit", c), rowwise=True)
+    c = _index(c, "c", "class_logit")
+    o = Objective(lambda acts: _in_range(acts[LOGITS], c, "class_logit", "c", "classes")[:, c], [LOGITS], f"logit({c})",
+                  key=("logit", c), rowwise=True)
     return _family(o, ("logit",), c, lambda acts, idx: acts[LOGITS].gather(1, idx[:, None])[:, 0])
 
 
@@ -744,6 +770,7 @@ def _plan(objs: Sequence[Objective], n: int) -> Callable[[dict[str, torch.Tensor
             for i, w in users[gk].items():
                 weights[i], index[i] = w, leaves[gk].family[1]
         family_terms.append((leaves[gks[0]], index.repeat_interleave(n), None if bool((weights == 1).all()) else weights.repeat_interleave(n)))
+    family_max = [max(leaves[gk].family[1] for gk in gks) for gks in families]  # checked against the layer once
     any_own = any(terms for terms, _ in own)
     consts = torch.tensor([c for _, c in own], dtype=torch.float64).repeat_interleave(n)  # (K*n,) when no term is an objective's own
     on_device: dict[tuple, tuple] = {}  # the weights and indices, copied once per (device, dtype)
@@ -752,6 +779,12 @@ def _plan(objs: Sequence[Objective], n: int) -> Callable[[dict[str, torch.Tensor
         ref = next(iter(acts.values()))
         key = (ref.device, ref.dtype)
         if key not in on_device:
+            for (leaf, _, _), top in zip(family_terms, family_max):
+                fam = leaf.family[0]
+                name = LOGITS if fam[0] == "logit" else fam[1]
+                if name in acts:
+                    _in_range(acts[name], top, "class_logit" if fam[0] == "logit" else "channel", "c",
+                              "classes" if fam[0] == "logit" else "channels")
             on_device[key] = ([w.to(ref.device, ref.dtype) for _, w in shared_weights],
                               [(idx.to(ref.device), None if w is None else w.to(ref.device, ref.dtype)) for _, idx, w in family_terms],
                               consts.to(ref.device, ref.dtype))

@@ -45,6 +45,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from .. import checks
 from ..games import Game, require_finite
 from ..games import slic_segments  # noqa: F401  (moved to games with the other segmentation helpers)
 from .results import PerturbationResult
@@ -96,8 +97,9 @@ def sample_masks(n_players: int, n_samples: int, *, seed: int = 0, sampler: Samp
     the draw of n masks (for the same seed). Masks are drawn on the CPU from a generator seeded
     with ``seed``, so they are the same on every device.
     """
-    if n_samples < 1 or n_players < 1:
-        raise ValueError(f"need n_samples >= 1 and n_players >= 1; got {n_samples}, {n_players}")
+    n_players = checks.positive_int(n_players, "n_players", what="sample_masks")
+    n_samples = checks.positive_int(n_samples, "n_samples", what="sample_masks")
+    checks.choice(sampler, ("lime", "bernoulli"), "sampler", what="sample_masks")
     g = torch.Generator().manual_seed(int(seed))
     n, d = n_samples - 1, n_players
     if sampler == "lime":
@@ -155,6 +157,15 @@ def fit_surrogate(masks: torch.Tensor, outputs: torch.Tensor, *, kernel_width: f
     """LIME's steps 3-4 on samples a game already answered: masks (n, d) bool and outputs
     (n,) or (n, K) -> the weighted ridge surrogate (for re-fitting with another kernel width or
     fewer samples without asking the model again)."""
+    checks.tensor(masks, "masks", what="fit_surrogate")
+    checks.tensor(outputs, "outputs", what="fit_surrogate")
+    if masks.dim() != 2 or outputs.dim() not in (1, 2) or outputs.shape[0] != masks.shape[0]:
+        raise ValueError(f"fit_surrogate: masks must be (n, d) and outputs (n,) or (n, K) with the same n; "
+                         f"got {tuple(masks.shape)} and {tuple(outputs.shape)}")
+    if masks.shape[0] < 2:
+        raise ValueError(f"fit_surrogate: needs at least 2 samples (better: more than d + 1 = {masks.shape[1] + 1}); "
+                         f"got {masks.shape[0]}")
+    _check_fit(kernel_width, alpha, n_features, masks.shape[1], "fit_surrogate")
     require_finite(outputs, "the game's outputs")
     squeeze = outputs.dim() == 1
     y = outputs[:, None] if squeeze else outputs  # (n, K)
@@ -180,6 +191,29 @@ def fit_surrogate(masks: torch.Tensor, outputs: torch.Tensor, *, kernel_width: f
     )
 
 
+def _check_game(game, what: str) -> None:
+    if not isinstance(game, Game):
+        raise TypeError(f"{what}: game must be a course_lib.games.Game (build one with image_game, tabular_game, "
+                        f"token_game or function_game); got {type(game).__name__}")
+
+
+def _check_n_samples(n, d: int, what: str, name: str) -> int:
+    """At least d + 1 samples: the surrogate has d coefficients and an intercept. With fewer, it fits
+    the samples perfectly whatever the model does, and its fidelity says nothing (n=1 gave R^2 = 1)."""
+    n = checks.positive_int(n, name, what=what)
+    if n < d + 1:
+        raise ValueError(f"{what}: {name}={n} is too few samples for a surrogate of {d} features and an intercept; "
+                         f"use at least {d + 1} (LIME usually takes hundreds to thousands).")
+    return n
+
+
+def _check_fit(kernel_width, alpha, n_features, d: int, what: str, kernel_name: str = "kernel_width") -> None:
+    checks.positive_number(kernel_width, kernel_name, what=what)
+    checks.positive_number(alpha, "alpha", what=what, allow_zero=True)
+    if n_features is not None:
+        checks.positive_int(n_features, "n_features", what=what)
+
+
 def lime(
     game: Game,
     n_samples: int = 1000,
@@ -198,6 +232,10 @@ def lime(
     (``lime`` uses 1); n_features: keep only the K largest coefficients and refit (None: all).
     Deterministic for a given ``seed``; tensors come back on the game's device.
     """
+    _check_game(game, "lime")
+    n_samples = _check_n_samples(n_samples, game.n_players, "lime", "n_samples")
+    _check_fit(kernel_width, alpha, n_features, game.n_players, "lime")
+    checks.choice(sampler, ("lime", "bernoulli"), "sampler", what="lime")
     masks = sample_masks(game.n_players, n_samples, seed=seed, sampler=sampler, device=game.device)
     outputs = game(masks, progress=progress)
     return fit_surrogate(masks, outputs, kernel_width=kernel_width, alpha=alpha, n_features=n_features, player_names=game.player_names)
@@ -221,7 +259,14 @@ def lime_sweep(
     (``sample_masks`` uses one row of randomness per sample). Every kernel width reuses the
     same answers. Returns ``{(seed, n_samples, kernel_width): LimeResult}``.
     """
-    sizes = sorted(set(int(n) for n in sample_sizes))
+    _check_game(game, "lime_sweep")
+    checks.non_empty(sample_sizes, "sample_sizes", what="lime_sweep")
+    seeds = list(checks.non_empty(seeds, "seeds", what="lime_sweep"))
+    kernel_widths = checks.non_empty(kernel_widths, "kernel_widths", what="lime_sweep")
+    for kw in kernel_widths:
+        _check_fit(kw, alpha, n_features, game.n_players, "lime_sweep", kernel_name="kernel_widths")
+    checks.choice(sampler, ("lime", "bernoulli"), "sampler", what="lime_sweep")
+    sizes = sorted(set(_check_n_samples(n, game.n_players, "lime_sweep", "sample_sizes") for n in sample_sizes))
     n_max = sizes[-1]
     all_masks = torch.cat([sample_masks(game.n_players, n_max, seed=s, sampler=sampler, device=game.device) for s in seeds])
     outputs = game(all_masks, progress=progress)  # (len(seeds) * n_max, ...)

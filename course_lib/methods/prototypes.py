@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .. import checks
 from ..device import model_device, require_eval
 from . import featurevis as fv
 
@@ -100,7 +101,13 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation along the last axis (broadcasting): Pearson correlation of the ranks."""
+    """Spearman rank correlation along the last axis (broadcasting): Pearson correlation of the ranks.
+    NaN has no rank: inputs with NaN are refused (they would be ranked as the largest values)."""
+    for name, t in (("a", a), ("b", b)):
+        checks.tensor(t, name, what="spearman")
+        if t.dim() == 0 or t.shape[-1] < 2:
+            raise ValueError(f"spearman: {name} needs at least 2 values along its last axis; got shape {tuple(t.shape)}")
+        checks.finite(t, name, what="spearman")
     ra, rb = _ranks(a), _ranks(b)
     ra, rb = torch.broadcast_tensors(ra, rb)
     ra = ra - ra.mean(-1, keepdim=True)

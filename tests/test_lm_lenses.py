@@ -345,3 +345,27 @@ def test_train_zoo_prebuilds_the_lecture_sae_only_when_asked(monkeypatch):
     calls.clear()
     assert cli.main(["train-zoo", "--only", "diabetes-mlp"]) == 0
     assert calls == [("zoo", ["diabetes-mlp"])]
+
+
+def test_lm_loss_refuses_a_layer_it_cannot_replace():
+    """layer=0 used to patch block -1, the *last* block: a silent wrong answer (issue 26)."""
+    model, tok, texts = tiny("gpt2"), CharTokenizer(), ["hello there", "a b c"]
+    ident = L.lm_loss(model, tok, texts, layer=3, replace=lambda h: h)
+    assert abs(ident - L.lm_loss(model, tok, texts)) < 1e-5
+    for bad in (0, 4, -1):
+        with pytest.raises(ValueError, match="layer"):
+            L.lm_loss(model, tok, texts, layer=bad, replace=lambda h: h)
+    with pytest.raises(ValueError, match="layer and replace"):
+        L.lm_loss(model, tok, texts, layer=2)
+    with pytest.raises(TypeError, match="texts"):
+        L.lm_loss(model, tok, "hello there")
+
+
+def test_train_sae_leaves_the_global_rng_alone():
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    before = torch.get_rng_state()
+    sae_a, curve_a = L.train_sae(x, n_latents=16, l1=1e-3, steps=5, batch_size=16, seed=3, progress=False)
+    assert torch.equal(before, torch.get_rng_state())
+    torch.manual_seed(123)  # whatever the caller's state, the same seed gives the same SAE
+    sae_b, curve_b = L.train_sae(x, n_latents=16, l1=1e-3, steps=5, batch_size=16, seed=3, progress=False)
+    assert curve_a == curve_b and torch.equal(sae_a.W_dec, sae_b.W_dec)

@@ -138,3 +138,15 @@ def test_previous_token_score():
     uniform = (uniform / uniform.sum(-1, keepdim=True))[None, None, None]  # (1, 1, 1, T, T)
     expected = sum(1 / (t + 1) for t in range(1, T)) / (T - 1)
     assert TL.previous_token_score(uniform).item() == pytest.approx(expected)
+
+
+def test_training_leaves_the_global_rng_alone():
+    """The initial weights come from the seed, not from whatever the caller's global state is, and
+    the caller's state is the same afterwards (issue 26: one randomness rule)."""
+    cfg = TL.TrainConfig(steps=2, checkpoint_every=2)
+    torch.manual_seed(99)
+    before = torch.get_rng_state()
+    a = TL.train_induction(cfg, seed=5, progress=False)
+    assert torch.equal(before, torch.get_rng_state())
+    b = TL.train_induction(cfg, seed=5, progress=False)
+    assert a.loss == b.loss

@@ -32,6 +32,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .. import checks
+from ..device import seeded_cpu_rng
 from ..hooks import get_module, patch
 try:
     from ..progress import progress_bar
@@ -90,6 +92,17 @@ def find_layers(model: nn.Module) -> LayerNames:
     if unembed is None or unembed not in names:
         raise ValueError(f"{type(model).__name__} has no output embedding (get_output_embeddings() is None).")
     return LayerNames([f"{blocks_name}.{i}" for i in range(len(blocks))], final_norm, names[unembed])
+
+
+def _texts(texts, what: str) -> list[str]:
+    """A non-empty list of strings (a single string is refused: it would be read letter by letter)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{what}: texts must be a list of strings; got one string. Use [text].")
+    texts = list(checks.non_empty(texts, "texts", what=what))
+    bad = [t for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"{what}: texts must be strings; got {type(bad[0]).__name__} {bad[0]!r:.40}")
+    return texts
 
 
 def _hidden(output) -> torch.Tensor:
@@ -155,6 +168,11 @@ def residual_stream(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     With ``up_to=l`` the pass stops after block ``l-1``: ``resid`` is ``(l+1, B, T, D)``, logits None
     (the later blocks cost nothing)."""
     names = find_layers(model)
+    if up_to is not None:
+        checks.non_negative_int(up_to, "up_to", what="residual_stream")
+        if up_to > len(names.blocks):
+            raise ValueError(f"residual_stream: up_to={up_to} is out of range; the model has {len(names.blocks)} blocks, "
+                             f"so up_to must lie in 0..{len(names.blocks)}.")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     last = len(names.blocks) if up_to is None else max(up_to, 1)
@@ -423,24 +441,24 @@ def train_sae(x: torch.Tensor, *, n_latents: int, l1: float, steps: int = 1000, 
     """Adam on minibatches of ``x (N, D)``; the decoder columns are renormalised after every step.
     Returns the SAE and its training curve (the loss of every step). ``x`` is best pre-scaled
     (see :func:`sae_report`'s ``scale``); the SAE lives on ``x``'s device."""
-    torch.manual_seed(seed)
-    sae = SparseAutoencoder(x.shape[1], n_latents, seed=seed).to(x.device)
-    with torch.no_grad():
-        sae.b_dec.copy_(x.median(0).values)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    curve = []
-    for _ in progress_bar(range(steps), total=steps, desc="SAE", enabled=progress):
-        idx = torch.randint(len(x), (batch_size,), generator=g).to(x.device)
-        xb = x[idx]
-        x_hat, f = sae(xb)
-        loss = sae_loss(xb, x_hat, f, l1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sae.normalise_decoder()
-        curve.append(loss.item())
-    return sae.requires_grad_(False).eval(), curve
+    with seeded_cpu_rng(seed):  # the global generator, for the initial weights; the caller's state is put back
+        sae = SparseAutoencoder(x.shape[1], n_latents, seed=seed).to(x.device)
+        with torch.no_grad():
+            sae.b_dec.copy_(x.median(0).values)
+        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+        g = torch.Generator().manual_seed(seed)
+        curve = []
+        for _ in progress_bar(range(steps), total=steps, desc="SAE", enabled=progress):
+            idx = torch.randint(len(x), (batch_size,), generator=g).to(x.device)
+            xb = x[idx]
+            x_hat, f = sae(xb)
+            loss = sae_loss(xb, x_hat, f, l1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sae.normalise_decoder()
+            curve.append(loss.item())
+        return sae.requires_grad_(False).eval(), curve
 
 
 @torch.no_grad()
@@ -461,8 +479,25 @@ def lm_loss(model: nn.Module, tokenizer, texts: Sequence[str], *, layer: int | N
     """Mean next-token cross-entropy on ``texts``; with ``layer`` and ``replace``, the output of
     block ``layer-1`` (the residual stream at ``layer``) is replaced by ``replace(resid)`` at every
     position, e.g. an SAE's reconstruction (splice-in) or zeros (ablation)."""
+    what = "lm_loss"
+    checks.module(model, what=what)
+    texts = _texts(texts, what)
+    batch_size = checks.positive_int(batch_size, "batch_size", what=what)
+    max_length = checks.positive_int(max_length, "max_length", what=what)
     device = next(model.parameters()).device
     names = find_layers(model)
+    if (layer is None) != (replace is None):
+        raise ValueError(f"{what}: give both layer and replace (to splice replace(resid) in at that layer) or neither; "
+                         f"got layer={layer!r}, replace={'None' if replace is None else 'a function'}")
+    if layer is not None:
+        # the residual stream at layer l is the output of block l-1: l = 0 (the embeddings) has no block to patch
+        n_blocks = len(names.blocks)
+        checks.non_negative_int(layer, "layer", what=what)
+        if not 1 <= layer <= n_blocks:
+            raise ValueError(f"{what}: layer={layer} cannot be replaced; layer must lie in 1..{n_blocks} (the residual "
+                             "stream after block layer-1; 0 is the embeddings, which have no block to patch).")
+        if not callable(replace):
+            raise TypeError(f"{what}: replace must be a function (N, D) -> (N, D), e.g. an SAE's reconstruct; got {type(replace).__name__}")
     total, count = 0.0, 0
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_length)

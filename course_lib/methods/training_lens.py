@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..device import seeded_cpu_rng
+from ..zoo.cache import file_problem, write_checksum, writable
 from ..progress import progress_bar
 
 __all__ = [
@@ -234,36 +236,36 @@ def train_induction(config: TrainConfig = TrainConfig(), *, seed: int = 0, progr
     The loss is the plain next-token loss over all positions (the first period's tokens stay at
     chance, ``log V``, whatever the model does)."""
     c = config
-    torch.manual_seed(seed)  # the initial weights
-    model = AttnOnlyTransformer(c.vocab, c.d_model, c.n_layers, c.n_heads, c.seq_len)
-    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-    g = torch.Generator().manual_seed(seed + 1)  # the training stream
-    eval_tokens = repeated_tokens(c.eval_batch, c.eval_period, c.vocab, seed=seed + 2)
-    steps, ckpts, scores, icl, losses, seconds_at = [], [], [], [], [], []
+    with seeded_cpu_rng(seed):  # the global generator, for the initial weights; the caller's state is put back
+        model = AttnOnlyTransformer(c.vocab, c.d_model, c.n_layers, c.n_heads, c.seq_len)
+        opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        g = torch.Generator().manual_seed(seed + 1)  # the training stream
+        eval_tokens = repeated_tokens(c.eval_batch, c.eval_period, c.vocab, seed=seed + 2)
+        steps, ckpts, scores, icl, losses, seconds_at = [], [], [], [], [], []
 
-    def keep(step):
-        s, l = _evaluate(model, eval_tokens)
-        steps.append(step)
-        ckpts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        scores.append(s)
-        icl.append(l)
-        seconds_at.append(time.perf_counter() - t0)
+        def keep(step):
+            s, l = _evaluate(model, eval_tokens)
+            steps.append(step)
+            ckpts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            scores.append(s)
+            icl.append(l)
+            seconds_at.append(time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    keep(0)
-    for step in progress_bar(range(1, c.steps + 1), total=c.steps, desc="training", enabled=progress):
-        x = periodic_tokens(c.batch, c.seq_len, c.vocab, min_period=c.min_period, max_period=c.max_period, generator=g)
-        logits = model(x[:, :-1])  # (B, T-1, V)
-        loss = F.cross_entropy(logits.reshape(-1, c.vocab), x[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % c.checkpoint_every == 0 or step == c.steps:
-            keep(step)
-    seconds = time.perf_counter() - t0
-    return TrainingRun(c, seed, steps, ckpts, losses, eval_tokens, torch.stack(scores), torch.stack(icl), seconds,
-                       seconds_at=seconds_at)
+        t0 = time.perf_counter()
+        keep(0)
+        for step in progress_bar(range(1, c.steps + 1), total=c.steps, desc="training", enabled=progress):
+            x = periodic_tokens(c.batch, c.seq_len, c.vocab, min_period=c.min_period, max_period=c.max_period, generator=g)
+            logits = model(x[:, :-1])  # (B, T-1, V)
+            loss = F.cross_entropy(logits.reshape(-1, c.vocab), x[:, 1:].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if step % c.checkpoint_every == 0 or step == c.steps:
+                keep(step)
+        seconds = time.perf_counter() - t0
+        return TrainingRun(c, seed, steps, ckpts, losses, eval_tokens, torch.stack(scores), torch.stack(icl), seconds,
+                           seconds_at=seconds_at)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -282,15 +284,19 @@ def load_or_train(config: TrainConfig = TrainConfig(), *, seed: int = 0, progres
     if cache:
         for p in paths:
             if p.is_file():
+                legacy = not Path(str(p) + ".sha256").is_file()  # saved by an older course_lib, before checksums
+                if not legacy and file_problem(p) is not None:  # damaged or truncated: train again
+                    continue
                 try:
                     d = torch.load(p, weights_only=True)
+                    if legacy and writable(p.parent):
+                        write_checksum(p)
                     return TrainingRun(config, seed, d["steps"], d["checkpoints"], d["loss"], d["eval_tokens"],
                                        d["scores"], d["icl"], 0.0, str(p))
                 except Exception:  # a damaged or foreign file: train again
                     pass
     run = train_induction(config, seed=seed, progress=progress)
     if cache:
-        from ..zoo.cache import writable
 
         for p in paths:
             if writable(p.parent):
@@ -298,5 +304,6 @@ def load_or_train(config: TrainConfig = TrainConfig(), *, seed: int = 0, progres
                 torch.save({"steps": run.steps, "checkpoints": run.checkpoints, "loss": run.loss,
                             "eval_tokens": run.eval_tokens, "scores": run.scores, "icl": run.icl}, tmp)
                 tmp.replace(p)
+                write_checksum(p)
                 break
     return run

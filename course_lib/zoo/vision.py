@@ -12,7 +12,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..games import progress_bar
+from ..device import seeded_cpu_rng
+from ..progress import progress_bar
 from .scenes import CLASS_NAMES, make_scenes
 
 # Per-channel statistics of the scenes training split (rounded); fixed, so they are part of the model.
@@ -78,33 +79,33 @@ def train_scene_cnn(
     ``cue`` plants the spurious corner mark at that rate (for ``scenes-cnn-spurious``).
     Deterministic for a seed on a given machine and torch version.
     """
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.time()
-    data = make_scenes(n_train, split="train", seed=seed, cue=cue)
-    log(f"generated {n_train} training scenes in {time.time() - t0:.1f}s")
-    model = SceneCNN()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * (n_train // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    model.train()
-    for epoch in progress_bar(range(epochs), total=epochs, desc="epochs", enabled=progress):
-        order = torch.randperm(n_train, generator=g)
-        total, correct, loss_sum = 0, 0, 0.0
-        for s in range(0, n_train - batch_size + 1, batch_size):
-            idx = order[s : s + batch_size]
-            x, y = _augment(data.images[idx], g), data.labels[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
-            total += len(idx)
-        log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.3f}, train accuracy {correct / total:.3f} ({time.time() - t0:.0f}s)")
-    return model.eval()
+    with seeded_cpu_rng(seed):  # the global generator draws the initial weights; the caller's state is put back
+        g = torch.Generator().manual_seed(seed)
+        t0 = time.time()
+        data = make_scenes(n_train, split="train", seed=seed, cue=cue)
+        log(f"generated {n_train} training scenes in {time.time() - t0:.1f}s")
+        model = SceneCNN()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        steps = epochs * (n_train // batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+        model.train()
+        for epoch in progress_bar(range(epochs), total=epochs, desc="epochs", enabled=progress):
+            order = torch.randperm(n_train, generator=g)
+            total, correct, loss_sum = 0, 0, 0.0
+            for s in range(0, n_train - batch_size + 1, batch_size):
+                idx = order[s : s + batch_size]
+                x, y = _augment(data.images[idx], g), data.labels[idx]
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=0.05)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += loss.item() * len(idx)
+                correct += (logits.argmax(1) == y).sum().item()
+                total += len(idx)
+            log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.3f}, train accuracy {correct / total:.3f} ({time.time() - t0:.0f}s)")
+        return model.eval()
 
 
 @torch.inference_mode()

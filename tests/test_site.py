@@ -187,6 +187,21 @@ def test_site_has_every_page_and_stays_small(site):
     assert {"index.html", "instructors.html", "search.html"} <= pages
     size_mb = sum(f.stat().st_size for f in site.rglob("*") if f.is_file()) / 2**20
     assert size_mb <= MAX_SITE_MB, f"the website is {size_mb:.1f} MB (budget {MAX_SITE_MB} MB)"
+    # the Chinese for the course's students (issue 27): each lecture's 中文小结 (where its source has one, so a
+    # preview of a few lectures works), each assignment's 中文任务说明, and the Chinese course pages, linked from home
+    for lec in lectures:
+        page = site / "lectures" / f"{lec.stem}.html"
+        last = json.loads(lec.read_text())["cells"][-1]
+        if page.is_file() and _cell_text(last).startswith("## 中文小结"):
+            text = _visible_text(page)
+            assert "中文小结" in text and "本讲术语" in text, f"lectures/{lec.stem}.html does not show the 中文小结"
+    for nb in sorted((ROOT / "assignments").glob("*/*.ipynb")):
+        if any(_cell_text(c).startswith("### 中文任务说明") for c in json.loads(nb.read_text())["cells"]):
+            assert "中文任务说明" in _visible_text(site / "assignments" / nb.parent.name / (nb.stem + ".html")), (
+                f"assignments/{nb.parent.name}/{nb.stem}.html does not show the 中文任务说明")
+    home = (site / "index.html").read_text(encoding="utf-8")
+    for md in sorted((ROOT / "course").glob("*_zh.md")):
+        assert f'href="course/{md.stem}.html' in home, f"the home page does not link course/{md.stem}.html"
     instructors = _visible_text(site / "instructors.html")
     for needle in ("COURSE_LIB_HOME", "make grade", "--network none", "course-lib doctor", "course-lib fetch",
                    "course-lib train-zoo", "course-lib grade-report", "course-lib export-paper", "course-lib final-grades"):

@@ -93,3 +93,84 @@ def test_notebook_runs(path):
     nbformat.write(nb, str(out))
     print(f"\n{path.relative_to(ROOT)}: {seconds:.1f} s, kernel peak {peak_gib:.2f} GiB")
     assert peak_gib <= PEAK_LIMIT_GIB, f"{path.name} peaked at {peak_gib:.2f} GiB (limit {PEAK_LIMIT_GIB} GiB)"
+    if path.name in CLAIMS:  # what the lecture's prose says about its own run, checked on the executed outputs
+        CLAIMS[path.name](nb)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Claims that a lecture's prose makes about its own run, asserted on the executed outputs (orderings and margins,
+# not digits), so that a change to the library or the model that makes the text false fails here.
+
+def _printed(nb, cell_id):
+    """The stdout a code cell printed, by cell id."""
+    cell = next(c for c in nb.cells if c.get("id") == cell_id)
+    return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout")
+
+
+def _number_after(text, label):
+    import re
+
+    m = re.search(re.escape(label) + r"[^0-9+-]*([-+]?[0-9]*\.?[0-9]+)", text)
+    assert m, f"no number after {label!r} in:\n{text}"
+    return float(m.group(1))
+
+
+def _claims_01(nb):
+    out = _printed(nb, "cell-07")  # SmoothGrad only a little smoother here, and sigma buys little more
+    grad, sg, sg3 = (_number_after(out, k) for k in ("gradient", "SmoothGrad 0.15", "SmoothGrad 0.3"))
+    assert 0 < grad - sg < 0.1 and abs(sg3 - sg) < 0.05, out
+    rows = {}
+    for line in _printed(nb, "replacement-code").splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 7 and parts[-1].endswith(")"):
+            nums = [float(x) for x in line.replace("(", " ").replace(")", " ").split()[-6:]]
+            rows[line[:15].strip()] = {"black": nums[0], "grey": nums[2], "blur": nums[4]}
+    assert len(rows) == 9, rows
+    spread = {r: max(v[r] for v in rows.values()) - min(v[r] for v in rows.values()) for r in ("black", "grey", "blur")}
+    assert spread["black"] < 0.1 and spread["grey"] < 0.1, spread  # a narrow band under constant colours
+    assert spread["blur"] > 2 * max(spread["black"], spread["grey"]), spread
+    blur = {n: v["blur"] for n, v in rows.items()}
+    assert max(blur, key=blur.get) == "random map", blur  # random is worst by far with blur
+    assert min(blur, key=blur.get) == "IG (blur)", blur  # the map built with the same replacement wins
+    assert blur["object +2px"] < blur["gradient"], blur  # a model-free mask beats the gradient under blur
+    black = {n: v["black"] for n, v in rows.items()}
+    assert min(black, key=black.get) == "occlusion 16px", black  # built with black, wins under black
+
+
+def _claims_05(nb):
+    out = _printed(nb, "fourier-step-code")
+    ratio = {l.split(":")[0].strip(): float(l.split("=")[-1]) for l in out.splitlines() if "=" in l}
+    assert ratio["Fourier"] > 10 and ratio["pixels"] < 1, out  # a Fourier step is mostly low-frequency
+    out = _printed(nb, "cue-position-code")
+    line = {l.split(" accuracy")[0].strip(): l for l in out.splitlines() if " accuracy" in l}
+    shifted = line["square in the next class's slot"]
+    assert _number_after(shifted, " accuracy") < _number_after(line["no square"], " accuracy") - 0.3, out
+    assert _number_after(shifted, "marks:") > 0.5, out  # the model follows the square's position
+
+
+def _claims_08(nb):
+    out = _printed(nb, "84d80e8b")
+    layer0 = next(l for l in out.splitlines() if l.split()[:1] == ["0"]).split()
+    assert float(layer0[2]) <= 0.65 and float(layer0[3]) <= 0.65, out  # both curves start near chance
+    best = next(l for l in out.splitlines() if l.startswith("best task layer"))
+    assert _number_after(best, ": task") >= 0.9, out
+    assert _number_after(out, "highest control accuracy") >= 0.65, out  # the subject's identity reaches the attractor
+    out = _printed(nb, "c36097c9")
+    held = next(l for l in out.splitlines() if l.startswith("held-out tokens")).split()
+    assert 0 < float(held[2]) < 1 and int(held[-1]) > 500, out
+
+
+CLAIMS = {"01_attribution.ipynb": _claims_01, "05_feature_visualisation.ipynb": _claims_05,
+          "08_inside_a_language_model.ipynb": _claims_08}
+
+
+@pytest.mark.parametrize("name", sorted(CLAIMS))
+def test_lecture_ends_with_chinese_summary(name):
+    """Lectures 01, 05 and 08 end with a 中文小结: goals, ideas with formulas, pitfalls, the glossary's terms."""
+    nb = nbformat.read(str(ROOT / "lectures" / name), as_version=4)
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## 中文小结"), f"{name} must end with a '## 中文小结' cell"
+    for heading in ("学习目标", "核心思想与公式", "常见陷阱", "本讲术语"):
+        assert f"### {heading}" in last.source, f"{name}'s 中文小结 lacks the sub-heading {heading}"
+    assert "$" in last.source, f"{name}'s 中文小结 has no formula"
+    assert sum("\u4e00" <= ch <= "\u9fff" for ch in last.source) >= 300, f"{name}'s 中文小结 is shorter than 300 characters"

@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test install fetch doctor grade release bench clean-venv site browser hub
+.PHONY: lab test install fetch doctor grade release bench clean-venv site browser sandbox hub
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ browser:
 	@dpkg -s chromium fonts-wqy-zenhei >/dev/null 2>&1 || ! command -v apt-get >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; }
 
+## make sandbox: bubblewrap (Debian's `bubblewrap`), in which `make grade` runs every submission; nothing to do once installed
+sandbox:
+	@command -v bwrap >/dev/null || ! command -v apt-get >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; }
+
 ## make hub: configurable-http-proxy (npm, into .hub-node/) for the JupyterHub test (tests/test_hub.py; jupyterhub itself
 ## comes with the test extras); nothing to do once installed
 HUB_NODE := .hub-node
@@ -57,7 +62,7 @@ hub:
 	  npm install --prefix $(HUB_NODE) --no-audit --no-fund --loglevel=error configurable-http-proxy@5 >/dev/null
 
 ## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip, website, hub)
-test: fetch browser hub
+test: fetch browser hub sandbox
 	$(BIN)/course-lib doctor
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
@@ -65,17 +70,21 @@ test: fetch browser hub
 release: install
 	@for a in $$(ls solutions); do $(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
 
-## make grade: autograde every submission in submitted/<student>/<assignment>/, write feedback/, and print
-## per submission the score, each test cell's time, timeouts and tampering flags (course-lib grade-report)
+## make grade: autograde every submission in submitted/<student>/<assignment>/ (course-lib grade): each in its own
+## bubblewrap sandbox, the tests in a separate checker process, JOBS at a time (default: the CPU budget / threads per
+## kernel) or on a Dask cluster (SCHEDULER=tcp://host:8786); feedback/, grades.csv and the report (grading-report.json).
+## Run it again after an interruption: only what is missing is graded. STUDENT=/ASSIGNMENT= regrade one; GRADE_ARGS=--force.
 ## (regenerates the release first: nbgrader keeps the original test cells in gradebook.db)
-grade: release
+JOBS ?=
+SCHEDULER ?=
+STUDENT ?=
+ASSIGNMENT ?=
+GRADE_ARGS ?=
+grade: release sandbox
 	@test -d submitted || { echo "Put submissions in submitted/<student>/<assignment>/ first (nbgrader collect or zip_collect)."; exit 1; }
-	@for a in $$(ls solutions); do \
-	  if ls -d submitted/*/$$a >/dev/null 2>&1; then \
-	    $(BIN)/nbgrader autograde $$a && $(BIN)/nbgrader generate_feedback $$a || exit 1; fi; done
-	$(BIN)/nbgrader export --to grades.csv
-	$(BIN)/course-lib grade-report
-	@echo "Scores in grades.csv, feedback in feedback/<student>/<assignment>/, timeouts and tampering flags above and in grading-report.json."
+	$(BIN)/course-lib grade . $(if $(JOBS),--jobs $(JOBS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
+	  $(if $(STUDENT),--student $(STUDENT)) $(if $(ASSIGNMENT),--assignment $(ASSIGNMENT)) $(GRADE_ARGS)
+	@echo "Scores in grades.csv, feedback in feedback/<student>/<assignment>/, the report above and in grading-report.json."
 
 ## make site: the course website in build/site/ (open build/site/index.html): lectures with their outputs, taken
 ## from the copies the notebook tests executed (only missing or changed lectures are executed again)

@@ -20,23 +20,25 @@ c.CourseDirectory.db_url = "sqlite:///" + os.path.join(c.CourseDirectory.root, "
 c.Execute.timeout = 180
 c.Execute.interrupt_on_timeout = True
 
-# Checks that a submission cannot switch off from inside the kernel (course_lib/autograde.py):
-# TamperScan records suspicious code in answer cells; CourseExecute zeroes a test cell that did not
-# run to its end even if an exception was hidden, times every cell, names timeouts, and keeps a
-# passing test cell's stderr (a debug print or a library warning) instead of zeroing the cell.
-# `make grade` prints the report (course-lib grade-report).
-try:
-    from course_lib.autograde import CourseExecute, TamperScan
-except ImportError:  # nbgrader run outside the course's environment: plain nbgrader
-    pass
-else:
-    from nbconvert.preprocessors import ClearMetadataPreprocessor
-    from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades
+# Each submission is graded in isolation (course_lib/grader/, `course-lib grade` = `make grade`): the
+# student's cells run in a bubblewrap sandbox (a private copy of the release, the environment read-only,
+# no solutions/, gradebook or network, the limits below, its own PID namespace); every test cell runs in
+# a separate checker process that never runs student code and asks the student's process for values and
+# calls. IsolatedExecute puts those results into nbgrader's autograde (executing here when there are
+# none yet); TamperScan still records suspicious code in answer cells for the report.
+c.CourseGrader.memory_bytes = 4 * 1024**3   # per submission's sandbox (cgroup memory limit)
+c.CourseGrader.max_processes = 256          # per submission's sandbox (cgroup pids limit)
+c.CourseGrader.threads = 1                  # torch threads in each sandbox; make grade runs CPU budget / threads at once
 
-    c.Autograde.autograde_preprocessors = [
-        TamperScan, CourseExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
-        SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
-    ]
+# Without course_lib importable, nbgrader would execute student code in its own kernel: refuse instead.
+from course_lib.autograde import IsolatedExecute, TamperScan  # noqa: E402
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
+from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades  # noqa: E402
+
+c.Autograde.autograde_preprocessors = [
+    TamperScan, IsolatedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+    SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
+]
 
 # While grading, nbgrader sets NBGRADER_EXECUTION=autograde in the kernel. course_lib reads
 # it on import: progress bars are off and warnings are silenced, because a test cell that

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import secrets
 import time
 from pathlib import Path
 
+import nbformat
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
@@ -156,6 +158,47 @@ class CourseExecute(Execute):
             if o.output_type == "stream" and o.name == "stderr":
                 o.name = "stdout"
                 o.text = "[written to stderr; not counted against you]\n" + o.text
+
+
+class IsolatedExecute(NbGraderPreprocessor):
+    """nbgrader's Execute step, done in isolation (``course_lib.grader``): the student's cells in a
+    sandbox, the test cells in a separate checker process. ``course-lib grade`` executes the class
+    in parallel first; here the stored result for this submission is put into the notebook. A plain
+    ``nbgrader autograde`` (no stored result, or a stale one) executes it here, one at a time."""
+
+    def preprocess(self, nb, resources):
+        from .grader import classroom
+
+        info = resources.get("nbgrader", {})
+        root = Path(self.config.CourseDirectory.root or ".").resolve()
+        s = classroom.Submission(info["student"], info["assignment"], info["notebook"] + ".ipynb")
+        unsafe = os.environ.get("COURSE_LIB_GRADE_UNSAFE") == "1"
+        job = classroom.make_job(root, s, unsafe=unsafe, cfg=classroom.settings(root))
+        if classroom.stored_key(root, s) != job["key"]:
+            from .grader import sandbox
+
+            if not unsafe and sandbox.bwrap_path() is None:
+                raise RuntimeError(sandbox.BWRAP_MISSING)
+            res = classroom.run_job(job)
+            if "error" in res:
+                raise RuntimeError(f"grading {s.student}/{s.assignment} failed: {res['error']}")
+            classroom.store(root, s, res)
+        done = nbformat.read(str(classroom.result_path(root, s)), as_version=4)
+        if len(done.cells) != len(nb.cells):
+            raise RuntimeError(f"the executed copy of {s} has {len(done.cells)} cells, the notebook {len(nb.cells)}")
+        for cell, ran in zip(nb.cells, done.cells):
+            if cell.cell_type != ran.cell_type or _nbgrader(cell).get("grade_id") != _nbgrader(ran).get("grade_id"):
+                raise RuntimeError(f"the executed copy of {s} does not match the notebook")
+            if cell.cell_type == "code":
+                cell.outputs = ran.outputs
+                if META in ran.metadata:
+                    cell.metadata[META] = ran.metadata[META]
+                if is_test_cell(cell) and ran.metadata.get(META, {}).get("verdict") != "pass":
+                    if not any(o.output_type == "error" for o in cell.outputs):
+                        cell.outputs.append(NotebookNode(output_type="error", ename="TestFailed", evalue="",
+                                                         traceback=["TestFailed: this test did not pass"]))
+        nb.metadata[META] = {**nb.metadata.get(META, {}), **done.metadata.get(META, {})}
+        return nb, resources
 
 
 # ------------------------------------------------------------------------------ tamper scan

@@ -114,6 +114,14 @@ def grade_report(args) -> int:
     return 0
 
 
+def grade(args) -> int:
+    from .grader.classroom import grade_class
+
+    return grade_class(Path(args.root), jobs=args.jobs, scheduler=args.scheduler, unsafe=args.unsafe,
+                       assignments=args.assignment or None, students=args.student or None, force=args.force,
+                       progress=not args.no_progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="course-lib", description="Models and checks for the interpretability course.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
                         f"`--only {SAE_NAME}` builds only it)")
     p.add_argument("--force", action="store_true", help="with --sae: train the SAE again even if it is cached")
     p.set_defaults(func=train_zoo)
+    p = sub.add_parser("grade", help="autograde submitted/<student>/<assignment>/: each submission in its own sandbox, "
+                       "checks outside the student's process, many at once; then feedback, grades.csv and the report")
+    p.add_argument("root", nargs="?", default=".", help="the course folder (nbgrader_config.py, solutions/, submitted/)")
+    p.add_argument("--jobs", type=int, default=None, help="submissions at once on this machine (default: CPU budget / threads per kernel)")
+    p.add_argument("--scheduler", default=None, help="grade on a Dask cluster, e.g. tcp://host:8786")
+    p.add_argument("--student", action="append", help="only this student (repeatable): regrade one student")
+    p.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
+    p.add_argument("--force", action="store_true", help="execute again even where an up-to-date result is stored")
+    p.add_argument("--unsafe", action="store_true", help="no sandbox (bubblewrap missing); the report says so")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=grade)
     p = sub.add_parser("grade-report", help="after nbgrader autograde: scores, timeouts and tampering flags per submission")
     p.add_argument("root", nargs="?", default=".", help="the course folder (with gradebook.db and autograded/)")
     p.set_defaults(func=grade_report)

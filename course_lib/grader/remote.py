@@ -1,0 +1,477 @@
+"""The checker's side of the channel: requests to the student's process, and proxies for its objects.
+
+A test cell in the checker sees the student's functions and objects as :class:`Remote` proxies:
+calling one runs the student's code in the student's process, with the arguments pickled over;
+what comes back is data (``wire.decode``). A tensor the student's code returns with a gradient
+graph comes back attached to the checker's graph by :class:`_RemoteGrad`, so ``loss.backward()``
+in a test cell runs the backward pass in the student's process and brings the gradients home.
+"""
+from __future__ import annotations
+
+import builtins
+import io
+import select
+import time
+import types
+
+import torch
+
+from . import wire
+
+
+class StudentError(Exception):
+    """An exception raised by the student's code that is not a builtin one (its name is kept)."""
+
+
+class StudentDead(RuntimeError):
+    """The student's process has ended; nothing more can be asked of it."""
+
+
+class CellTimeout(RuntimeError):
+    pass
+
+
+def _rebuild_error(err: dict) -> BaseException:
+    name, msg = str(err.get("ename", "Error")), str(err.get("evalue", ""))
+    typ = getattr(builtins, name, None)
+    if err.get("builtin") and isinstance(typ, type) and issubclass(typ, Exception) and typ not in (StopIteration,):
+        try:
+            return typ(msg)
+        except Exception:  # noqa: BLE001
+            pass
+    return StudentError(f"{name}: {msg}")
+
+
+class Remote:
+    """An object that stays in the student's process."""
+
+    __slots__ = ("_s", "_h", "_desc", "__weakref__")
+
+    def __init__(self, student, h: int, desc: dict):
+        object.__setattr__(self, "_s", student)
+        object.__setattr__(self, "_h", h)
+        object.__setattr__(self, "_desc", desc)
+
+    @property
+    def __class__(self):  # isinstance(proxy_of_a_module, torch.nn.Module) holds, as it would in one process
+        return torch.nn.Module if self._desc.get("module") else Remote
+
+    def __call__(self, *args, **kwargs):
+        return self._s.call(self._h, args, kwargs)
+
+    def __getattr__(self, attr):
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        return self._s.request({"op": "getattr", "h": self._h, "attr": attr})
+
+    def __setattr__(self, attr, value):
+        self._s.request({"op": "setattr", "h": self._h, "attr": attr}, [self._s.dumps(value)])
+
+    def __getitem__(self, key):
+        return self._s.request({"op": "getitem", "h": self._h}, [self._s.dumps(key)])
+
+    def __len__(self):
+        return int(self._s.request({"op": "len", "h": self._h}))
+
+    def __iter__(self):
+        return iter(self._s.request({"op": "list", "h": self._h}))
+
+    def __repr__(self):
+        try:
+            return str(self._s.request({"op": "repr", "h": self._h}))
+        except Exception:  # noqa: BLE001
+            return f"<student's {self._desc.get('t', 'object')}>"
+
+    __str__ = __repr__
+
+
+class _RemoteGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, link, n_in, n_out, *tensors):
+        ctx.link, ctx.n_in, ctx.n_out = link, n_in, n_out
+        outs = tensors[n_in + 1:]
+        return tuple(o.clone() for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        student, rid = ctx.link
+        in_grads = student.backward(rid, list(grads))
+        in_grads = list(in_grads) + [None] * (ctx.n_in - len(in_grads))
+        return (None, None, None, *in_grads[: ctx.n_in], None, *([None] * ctx.n_out))
+
+
+def _collect(v, found: list) -> None:
+    if isinstance(v, torch.Tensor) and v.requires_grad:
+        found.append(v)
+    elif isinstance(v, (list, tuple, set, frozenset)):
+        for x in v:
+            _collect(x, found)
+    elif isinstance(v, dict):
+        for x in v.values():
+            _collect(x, found)
+
+
+def _detached(v):
+    if isinstance(v, torch.Tensor):
+        return v.detach() if v.requires_grad else v
+    if type(v) in (list, tuple, set, frozenset):
+        return type(v)(_detached(x) for x in v)
+    if type(v) is dict:
+        return {k: _detached(x) for k, x in v.items()}
+    return v
+
+
+def _is_callback(obj) -> bool:
+    """Callables that stay in the checker: the test's own functions, games, spies, references."""
+    if isinstance(obj, (Remote, torch.nn.Module, type, types.ModuleType)):
+        return False
+    if isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        return False
+    if isinstance(obj, (types.FunctionType, types.MethodType)):
+        mod = getattr(obj, "__module__", "") or ""
+        closure = getattr(obj, "__closure__", None)
+        return mod in ("__main__", "builtins") or mod.startswith("course_lib") or bool(closure) or obj.__name__ == "<lambda>"
+    if callable(obj) and not isinstance(obj, torch.Tensor):
+        mod = type(obj).__module__ or ""
+        return not mod.startswith(("torch", "numpy", "functools"))
+    return False
+
+
+def _cache_kind(obj) -> bool:
+    return isinstance(obj, torch.nn.Module) or "Tokenizer" in type(obj).__name__
+
+
+def _fingerprint(obj):
+    if isinstance(obj, torch.nn.Module):
+        return (obj.training,) + tuple((id(t), t._version, t.requires_grad) for t in obj.state_dict(keep_vars=True).values())
+    return None
+
+
+class Student:
+    """Requests to one student's process (a sandbox), with a deadline per cell."""
+
+    def __init__(self, sandbox, *, timeout: float):
+        self.sb, self.timeout = sandbox, timeout
+        self.deadline: float | None = None
+        self.dead: str | None = None
+        self.callbacks: dict[int, object] = {}
+        self._cb_ids: dict[int, int] = {}
+        self._sent: dict[int, tuple] = {}  # id(obj) -> (obj, fingerprint): objects the student's process holds a copy of
+        self._param_ref: dict[int, tuple] = {}  # id(tensor) -> (key, name) of a tensor of such an object
+        self._gens: dict[int, torch.Generator] = {}  # the student's generators, as the checker's copies
+        self._cb_results: dict[int, tuple] = {}
+
+    # ------------------------------------------------------------------------ pickling out
+    def _callback_id(self, obj) -> int:
+        k = id(obj)
+        if k not in self._cb_ids or self.callbacks.get(self._cb_ids[k]) is not obj:
+            i = len(self.callbacks) + 1
+            self.callbacks[i] = obj
+            self._cb_ids[k] = i
+        return self._cb_ids[k]
+
+    def _pickler(self, buf, leaves: list | None, cached: bool):
+        import cloudpickle
+
+        student = self
+
+        class _P(cloudpickle.CloudPickler):
+            def persistent_id(self, obj):
+                if isinstance(obj, Remote):
+                    return ("h", obj._h)
+                if not cached:  # an object sent by value, whole: its own functions go with it
+                    return None
+                if isinstance(obj, torch.Tensor):
+                    ref = student._param_ref.get(id(obj))
+                    if ref is not None and student._still_sent(ref[0]):
+                        return ("param", ref[0], ref[1])
+                    if leaves is not None and obj.requires_grad:
+                        for i, t in enumerate(leaves):
+                            if t[0] is obj:
+                                return ("gin", i)
+                        leaves.append((obj, obj.detach().clone().requires_grad_(True)))
+                        return ("gin", len(leaves) - 1)
+                    return None
+                if _cache_kind(obj):
+                    return ("obj", student._put(obj))
+                if _is_callback(obj):
+                    return ("cb", student._callback_id(obj), getattr(obj, "__name__", type(obj).__name__))
+                return None
+
+        return _P(buf, protocol=5)
+
+    def _still_sent(self, key: str) -> bool:
+        obj, fp = self._sent.get(int(key), (None, None))
+        return obj is not None and _fingerprint(obj) == fp
+
+    def _put(self, obj) -> str:
+        key, fp = str(id(obj)), _fingerprint(obj)
+        old = self._sent.get(id(obj))
+        if old is not None and old[0] is obj and old[1] == fp:
+            return key
+        buf = io.BytesIO()
+        self._pickler(buf, None, False).dump(obj)
+        self.request({"op": "put", "key": key}, [buf.getvalue()])
+        self._sent[id(obj)] = (obj, fp)
+        if isinstance(obj, torch.nn.Module):
+            for name, t in obj.state_dict(keep_vars=True).items():
+                self._param_ref[id(t)] = (key, name)
+        return key
+
+    def dumps(self, value, leaves: list | None = None) -> bytes:
+        # a first pass sends the models (and tokenizers) the value holds, so that the tensors of a
+        # model (an optimizer's parameters) refer to the student's copy of that same model
+        self._pickler(io.BytesIO(), None, True).dump(value)
+        buf = io.BytesIO()
+        self._pickler(buf, leaves, True).dump(value)
+        return buf.getvalue()
+
+    def apply_sync(self, desc, bufs) -> None:
+        """Copy back what the student's code changed in the checker's models (see ``agent.sync``)."""
+        if not desc:
+            return
+        changes = wire.decode(desc, bufs, self._handle)
+        for key, ch in changes.items():
+            obj, _ = self._sent.get(int(key), (None, None))
+            if not isinstance(obj, torch.nn.Module):
+                continue
+            tensors = obj.state_dict(keep_vars=True)
+            with torch.no_grad():
+                for name, t in ch.get("tensors", {}).items():
+                    if name in tensors and tuple(tensors[name].shape) == tuple(t.shape):
+                        tensors[name].copy_(t.to(tensors[name].dtype))
+            for name, g in ch.get("grads", {}).items():
+                if name in tensors and tuple(tensors[name].shape) == tuple(g.shape):
+                    tensors[name].grad = g.detach().to(tensors[name].dtype)
+            mods = dict(obj.named_modules())
+            for path, attrs in ch.get("attrs", {}).items():
+                m = mods.get(path)
+                if m is not None and type(m).__module__ == "__main__":
+                    for a, v in attrs.items():
+                        if not a.startswith("_"):
+                            object.__setattr__(m, a, v)
+            obj.train(bool(ch.get("training", obj.training)))
+            self._sent[int(key)] = (obj, _fingerprint(obj))
+
+    # ---------------------------------------------------------------------------- channel
+    def _check(self):
+        if self.dead:
+            raise StudentDead(self.dead)
+
+    def _die(self, why: str):
+        if self.dead is None:
+            if self.sb.oom_killed():
+                why = "it ran out of memory (the limit per submission is set in nbgrader_config.py)"
+            self.dead = why
+        self.sb.close()
+
+    def _recv(self):
+        while True:
+            left = None if self.deadline is None else self.deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise CellTimeout()
+            r, _, _ = select.select([self.sb.fd_from], [], [], None if left is None else min(left, 1.0))
+            if r:
+                try:
+                    h, bufs = wire.recv(self.sb.fd_from)
+                    self._last_bufs = bufs
+                    return h, bufs
+                except (EOFError, OSError):
+                    self._die("your notebook's process ended (it exited, crashed or was killed)")
+                    raise StudentDead(self.dead) from None
+                except wire.WireError as e:
+                    self._die(f"your notebook's process sent something unreadable ({e})")
+                    raise StudentDead(self.dead) from None
+            if self.sb.proc.poll() is not None:
+                self._die(f"your notebook's process ended (exit status {self.sb.proc.returncode})")
+                raise StudentDead(self.dead)
+
+    def request(self, header: dict, buffers=(), *, raw: bool = False):
+        self._check()
+        try:
+            wire.send(self.sb.fd_to, header, list(buffers))
+        except OSError:
+            self._die("your notebook's process ended (it exited, crashed or was killed)")
+            raise StudentDead(self.dead) from None
+        try:
+            while True:
+                h, bufs = self._recv()
+                if h.get("op") in ("callback", "cbbackward"):
+                    self._serve_callback(h, bufs)
+                    continue
+                if h.get("op") != "reply":
+                    self._die("your notebook's process broke the grading protocol")
+                    raise StudentDead(self.dead)
+                if raw:
+                    return h
+                if "error" in h:
+                    raise _rebuild_error(h["error"])
+                return self._decode(h, bufs)
+        except CellTimeout:
+            self._stop_runaway()
+            raise
+
+    def _stop_runaway(self):
+        """After a deadline: interrupt the student's code; if it does not stop within 5 s, end it."""
+        if self.dead:
+            return
+        self.sb.interrupt()
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            r, _, _ = select.select([self.sb.fd_from], [], [], 0.5)
+            if r:
+                try:
+                    h, _ = wire.recv(self.sb.fd_from)
+                except (EOFError, OSError, wire.WireError):
+                    break
+                if h.get("op") == "reply":
+                    return
+        self._die("a cell ran past the time limit and ignored the interrupt, so the notebook's process was stopped")
+
+    def _serve_callback(self, h, bufs):
+        try:
+            if h.get("op") == "cbbackward":
+                outs, leaves = self._cb_results[h["cbrid"]]
+                grads = wire.decode(h.get("grads"), bufs, self._handle)
+                pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+                got = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True,
+                                          retain_graph=True) if pairs and leaves else [None] * len(leaves)
+                return wire.send(self.sb.fd_to, {"op": "cbreply"}, [self._plain_dumps(list(got))])
+            fn = self.callbacks.get(h.get("cb"))
+            if fn is None:
+                raise KeyError("no such callback")
+            if "attr" in h:
+                return wire.send(self.sb.fd_to, {"op": "cbreply"}, [self.dumps(getattr(fn, str(h["attr"])))])
+            leaves: dict = {}
+            self._touched_gens = {}
+            args, kwargs = wire.decode(h.get("args"), bufs, self._handle, leaves=leaves)
+            result = fn(*args, **kwargs)
+            head, out = {"op": "cbreply"}, []
+            grads_of = [leaves[i] for i in sorted(leaves)]
+            found: list = []
+            if grads_of:
+                _collect(result, found)
+            if found:
+                rid = len(self._cb_results) + 1
+                self._cb_results[rid] = (found, grads_of)
+                head["cbrid"] = rid
+                marks = {id(t): i for i, t in enumerate(found)}
+                out = [self._plain_dumps(result, marks), self._plain_dumps([t.detach() for t in found])]
+            else:
+                out = [self.dumps(_detached(result))]
+            gens = {}
+            for gh, g in self._touched_gens.items():
+                out.append(g.get_state().numpy().tobytes())
+                gens[str(gh)] = len(out) - 1
+            head["gens"] = gens
+            wire.send(self.sb.fd_to, head, out)
+        except (CellTimeout, StudentDead):
+            raise
+        except Exception as e:  # noqa: BLE001
+            wire.send(self.sb.fd_to, {"op": "cbreply", "error": {"ename": type(e).__name__, "evalue": str(e)[:2000]}})
+
+    def _plain_dumps(self, value, marks: dict | None = None) -> bytes:
+        """A callback's result whose tensors carry the checker's graph: those travel as marks."""
+        import cloudpickle
+
+        student = self
+
+        class _P(cloudpickle.CloudPickler):
+            def persistent_id(self, obj):
+                if isinstance(obj, Remote):
+                    return ("h", obj._h)
+                if marks and isinstance(obj, torch.Tensor) and id(obj) in marks:
+                    return ("gout", marks[id(obj)])
+                if _is_callback(obj):
+                    return ("cb", student._callback_id(obj), getattr(obj, "__name__", type(obj).__name__))
+                return None
+
+        buf = io.BytesIO()
+        _P(buf, protocol=5).dump(value)
+        return buf.getvalue()
+
+    def _handle(self, desc):
+        if "cref" in desc:
+            obj, _ = self._sent.get(int(desc["cref"]) if desc["cref"].isdigit() else -1, (None, None))
+            if obj is None:
+                raise wire.WireError("reference to an object the checker never sent")
+            return obj
+        if "gen" in desc:
+            g = self._gens.get(desc["h"])
+            if g is None:
+                g = self._gens[desc["h"]] = torch.Generator()
+            g.set_state(torch.frombuffer(bytearray(desc["state"]), dtype=torch.uint8))
+            if getattr(self, "_touched_gens", None) is not None:
+                self._touched_gens[desc["h"]] = g
+            return g
+        return Remote(self, desc["h"], desc)
+
+    def _decode(self, h, bufs, leaves=()):
+        value = wire.decode(h.get("value"), bufs, self._handle)
+        if "rid" not in h:
+            return value
+        # tensors with a gradient graph in the student's process: attach them to the checker's graph
+        found: list = []
+        _collect(value, found)
+        if not found:
+            return value
+        raw = [t.detach() for t in found]
+        ins = [orig for orig, _ in leaves]
+        dummy = torch.zeros((), requires_grad=True)
+        outs = _RemoteGrad.apply((self, h["rid"]), len(ins), len(raw), *ins, dummy, *raw)
+        swap = {id(t): o for t, o in zip(found, outs)}
+
+        def rebuild(v):
+            if isinstance(v, torch.Tensor):
+                return swap.get(id(v), v)
+            if isinstance(v, (list, tuple, set, frozenset)):
+                return type(v)(rebuild(x) for x in v)
+            if isinstance(v, dict):
+                return {k: rebuild(x) for k, x in v.items()}
+            return v
+
+        return rebuild(value)
+
+    # --------------------------------------------------------------------------- requests
+    def call(self, h: int, args, kwargs):
+        leaves: list = []
+        blob = self.dumps((list(args), dict(kwargs)), leaves)
+        bufs = [blob]
+        if leaves:
+            bufs.append(self.dumps([copy for _, copy in leaves]))
+        head = self.request({"op": "call", "h": h}, bufs, raw=True)
+        if "error" in head:
+            raise _rebuild_error(head["error"])
+        got = self._last_bufs
+        self.apply_sync(head.get("sync"), got)
+        return self._decode(head, got, leaves)
+
+    def backward(self, rid: int, grads: list):
+        head = self.request({"op": "backward", "rid": rid}, [self._plain_dumps(grads)], raw=True)
+        if "error" in head:
+            raise _rebuild_error(head["error"])
+        got = self._last_bufs
+        self.apply_sync(head.get("sync"), got)
+        return self._decode(head, got)
+
+    def get(self, name: str):
+        h = self.request({"op": "get", "name": name}, raw=True)
+        if h.get("missing"):
+            raise KeyError(name)
+        if "error" in h:
+            raise _rebuild_error(h["error"])
+        return self._decode(h, self._last_bufs)
+
+    def set(self, name: str, value) -> None:
+        self.request({"op": "set", "name": name}, [self.dumps(value)])
+
+    def run(self, source: str) -> dict:
+        return self.request({"op": "run", "source": source}, raw=True)
+
+    def close(self):
+        if not self.dead:
+            try:
+                wire.send(self.sb.fd_to, {"op": "exit"})
+            except OSError:
+                pass
+        self.sb.close()

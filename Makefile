@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test install fetch doctor grade release bench clean-venv site browser sandbox hub
+.PHONY: lab test install fetch doctor grade release bench clean-venv site browser sandbox hub lint
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ hub:
 test: fetch browser hub sandbox
 	$(BIN)/course-lib doctor
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+## make lint: ruff on course_lib/ and tests/ (pyproject.toml's [tool.ruff]; tests/test_lint.py runs it in make test)
+lint: install
+	$(BIN)/python -m ruff check course_lib tests
 
 ## make release: regenerate assignments/ from solutions/ with nbgrader (instructors)
 release: install

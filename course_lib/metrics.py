@@ -109,7 +109,9 @@ def csi(runs: torch.Tensor, std_errs: torch.Tensor, *, z: float = 1.96) -> float
     return 100.0 * float(overlap.double().mean())
 
 
-def mask_precision_at_k(attr: torch.Tensor, segments: torch.Tensor, object_mask: torch.Tensor, k: int, *, by_abs: bool = False) -> float:
+def mask_precision_at_k(
+    attr: torch.Tensor, segments: torch.Tensor, object_mask: torch.Tensor, k: int, *, by_abs: bool = False
+) -> float:
     """Share of the k top segments (largest attribution; signed unless ``by_abs``) whose pixels
     are mostly (> 50 %) on the object. attr (d,), segments (H, W) labels 0..d-1, object_mask (H, W) bool."""
     segments = torch.as_tensor(segments).long().cpu()
@@ -131,8 +133,10 @@ def _maps_and_masks(heat, object_mask):
     if heat.dim() == 2:
         heat, obj = heat[None], obj[None] if obj.dim() == 2 else obj
     if heat.dim() != 3 or obj.shape != heat.shape:
-        raise ValueError(f"maps and object masks must both be (B, H, W) or (H, W); got {tuple(heat.shape)} and {tuple(obj.shape)}. "
-                         "Reduce colour channels first, e.g. attr.abs().sum(1).")
+        raise ValueError(
+            f"maps and object masks must both be (B, H, W) or (H, W); got {tuple(heat.shape)} and {tuple(obj.shape)}. "
+            "Reduce colour channels first, e.g. attr.abs().sum(1)."
+        )
     if not torch.isfinite(heat).all():
         raise ValueError("the attribution maps contain NaN or infinite values")
     return heat.float(), obj
@@ -230,7 +234,9 @@ def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, ins
     return PerturbationCurve(steps.float() / n_steps, scores, area, B * (n_steps + 1))
 
 
-def deletion_curve(model, x, heat, target, *, n_steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None) -> PerturbationCurve:
+def deletion_curve(
+    model, x, heat, target, *, n_steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None
+) -> PerturbationCurve:
     """Deletion (Petsiuk et al., 2018): replace the highest-ranked pixels of ``heat`` (B, H, W) by
     ``baseline`` in ``n_steps`` equal steps and record the target's probability. A map that finds
     what the model needs makes the score drop fast: a LOW area is good. x: (B, C, H, W) in [0, 1].
@@ -241,7 +247,9 @@ def deletion_curve(model, x, heat, target, *, n_steps: int = 16, baseline="blur"
     return _curve(model, x, heat, target, n_steps=n_steps, baseline=baseline, output=output, batch_size=batch_size, insert=False)
 
 
-def insertion_curve(model, x, heat, target, *, n_steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None) -> PerturbationCurve:
+def insertion_curve(
+    model, x, heat, target, *, n_steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None
+) -> PerturbationCurve:
     """Insertion (Petsiuk et al., 2018): start from ``baseline`` (default a blurred copy) and put
     back the highest-ranked pixels first. A HIGH area is good."""
     return _curve(model, x, heat, target, n_steps=n_steps, baseline=baseline, output=output, batch_size=batch_size, insert=True)

@@ -48,7 +48,9 @@ def show_images(images, titles: Sequence[str] | None = None, *, ncols: int = 8, 
     return fig
 
 
-def heatmap_overlay(image, heat, *, ax=None, alpha: float = 0.55, cmap: str = "RdBu_r", title: str | None = None, colorbar: bool = True):
+def heatmap_overlay(
+    image, heat, *, ax=None, alpha: float = 0.55, cmap: str = "RdBu_r", title: str | None = None, colorbar: bool = True
+):
     """An image with a signed heat map on top (red = pushes the output up, blue = down)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
@@ -96,7 +98,7 @@ def token_plot(words, scores=None, *, ax=None, title: str | None = None):
     ax.axis("off")
     x = 0.0
     for w, v in zip(words, s):
-        t = ax.text(x, 0.5, w, fontsize=12, va="center", bbox=dict(facecolor=cmap(0.5 + 0.5 * v / lim), edgecolor="none", pad=2))
+        ax.text(x, 0.5, w, fontsize=12, va="center", bbox=dict(facecolor=cmap(0.5 + 0.5 * v / lim), edgecolor="none", pad=2))
         x += 0.012 * (len(w) + 2)
     ax.set_xlim(0, max(1.0, x))
     if title:

@@ -51,7 +51,9 @@ def lime_explorer(
 
     steps = sorted({max(2, int(max_samples * f)) for f in (0.05, 0.1, 0.25, 0.5, 1.0)})
     n_slider = W.SelectionSlider(options=steps, value=steps[-1], description="samples")
-    w_slider = W.SelectionSlider(options=list(kernel_widths), value=0.25 if 0.25 in kernel_widths else kernel_widths[0], description="kernel σ")
+    w_slider = W.SelectionSlider(
+        options=list(kernel_widths), value=0.25 if 0.25 in kernel_widths else kernel_widths[0], description="kernel σ"
+    )
     s_slider = W.IntSlider(min=0, max=n_seeds - 1, value=0, description="seed")
     out = W.Output()
 
@@ -105,7 +107,9 @@ def attack_explorer(
             done[eps, steps] = pgd(model, x, eps=eps, steps=steps, seed=seed, **kw)
         return done[eps, steps]
 
-    e_slider = W.SelectionSlider(options=[(f"{e * 255:g}/255", e) for e in eps_values], value=eps_values[min(3, len(eps_values) - 1)], description="eps")
+    e_slider = W.SelectionSlider(
+        options=[(f"{e * 255:g}/255", e) for e in eps_values], value=eps_values[min(3, len(eps_values) - 1)], description="eps"
+    )
     s_slider = W.SelectionSlider(options=list(steps_values), value=steps_values[min(3, len(steps_values) - 1)], description="steps")
     out = W.Output()
 

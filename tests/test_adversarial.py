@@ -1,11 +1,9 @@
 """course_lib.methods.adversarial: defining properties, a closed form, and parity with torchattacks."""
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from gradeutil import run_graded, score
 
 from course_lib.methods.adversarial import accuracy_under_attack, attack_loss, fgsm, pgd, predict, project_to_ball
 
@@ -188,7 +186,9 @@ def test_independent_of_batch_size(scenes_cnn, batch, bs):
     x, y = batch[0][:10], batch[1][:10]
     ref = pgd(scenes_cnn, x, y, eps=4 / 255, steps=3, seed=0)
     torch.testing.assert_close(pgd(scenes_cnn, x, y, eps=4 / 255, steps=3, seed=0, batch_size=bs), ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(fgsm(scenes_cnn, x, y, eps=4 / 255, batch_size=bs), fgsm(scenes_cnn, x, y, eps=4 / 255), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        fgsm(scenes_cnn, x, y, eps=4 / 255, batch_size=bs), fgsm(scenes_cnn, x, y, eps=4 / 255), atol=1e-5, rtol=0
+    )
 
 
 def test_untargeted_default_uses_the_models_own_prediction(scenes_cnn, batch):

@@ -43,7 +43,9 @@ def test_smoothgrad_of_a_linear_model_is_its_weights_for_any_noise():
 
 def test_smoothgrad_with_zero_noise_is_saliency(scenes_cnn, scenes_test):
     x, y = scenes_test.images[:3], scenes_test.labels[:3]
-    torch.testing.assert_close(A.smoothgrad(scenes_cnn, x, y, noise=0.0, n_samples=3), saliency(scenes_cnn, x, y), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        A.smoothgrad(scenes_cnn, x, y, noise=0.0, n_samples=3), saliency(scenes_cnn, x, y), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_smoothgrad_is_captum_noise_tunnel_and_deterministic(scenes_cnn, scenes_test):
@@ -136,7 +138,12 @@ def test_occlusion_equals_captum(scenes_cnn, scenes_test, patch, stride, baselin
     x, y = scenes_test.images[:2], scenes_test.labels[:2]
     ours = A.occlusion(scenes_cnn, x, y, patch=patch, stride=stride, baseline=baseline)
     ref = Occlusion(scenes_cnn).attribute(
-        x, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride), baselines=baseline, target=y, perturbations_per_eval=64
+        x,
+        sliding_window_shapes=(3, patch, patch),
+        strides=(3, stride, stride),
+        baselines=baseline,
+        target=y,
+        perturbations_per_eval=64,
     )
     torch.testing.assert_close(ours, ref[:, 0], atol=1e-4, rtol=1e-4)
 
@@ -165,9 +172,12 @@ def test_occlusion_of_several_images_does_not_depend_on_the_batch_size_and_equal
     x, y = scenes_test.images[:3], scenes_test.labels[:3]
     ref = A.occlusion(scenes_cnn, x, y, patch=patch, stride=stride, baseline=baseline)
     for bs in (7, 10_000):  # chunks that split images, and one chunk for everything
-        torch.testing.assert_close(A.occlusion(scenes_cnn, x, y, patch=patch, stride=stride, baseline=baseline, batch_size=bs), ref,
-                                   atol=1e-5, rtol=1e-5)
-    one_by_one = torch.cat([A.occlusion(scenes_cnn, x[i : i + 1], y[i : i + 1], patch=patch, stride=stride, baseline=baseline) for i in range(3)])
+        torch.testing.assert_close(
+            A.occlusion(scenes_cnn, x, y, patch=patch, stride=stride, baseline=baseline, batch_size=bs), ref, atol=1e-5, rtol=1e-5
+        )
+    one_by_one = torch.cat(
+        [A.occlusion(scenes_cnn, x[i : i + 1], y[i : i + 1], patch=patch, stride=stride, baseline=baseline) for i in range(3)]
+    )
     torch.testing.assert_close(ref, one_by_one, atol=1e-5, rtol=1e-5)
 
 
@@ -224,8 +234,10 @@ def test_cascading_randomization_leaves_the_original_model_unchanged(scenes_cnn)
     for k, (name, m) in enumerate(copies):
         assert not m.training
         for j, (other, _) in enumerate(copies):
-            same = torch.equal(m.get_submodule(other).weight if other == "fc" else m.get_submodule(other)[0].weight,
-                               scenes_cnn.get_submodule(other).weight if other == "fc" else scenes_cnn.get_submodule(other)[0].weight)
+            same = torch.equal(
+                m.get_submodule(other).weight if other == "fc" else m.get_submodule(other)[0].weight,
+                scenes_cnn.get_submodule(other).weight if other == "fc" else scenes_cnn.get_submodule(other)[0].weight,
+            )
             assert same == (j > k), (name, other)
     torch.testing.assert_close(copies[0][1].fc.weight, copies[-1][1].fc.weight)
     again = A.randomize_layers(scenes_cnn, "fc", seed=1)
@@ -259,7 +271,7 @@ def test_every_method_refuses_non_finite_inputs(scenes_cnn, scenes_test):
     for bad in (float("nan"), float("inf")):
         x = scenes_test.images[:2].clone()
         x[1, 0, 3, 3] = bad
-        for name, call in _everything(scenes_cnn, x, 0).items():
+        for _name, call in _everything(scenes_cnn, x, 0).items():
             with pytest.raises(ValueError, match="NaN or infinite"):
                 call()
     with pytest.raises(ValueError, match="baseline"):
@@ -269,7 +281,7 @@ def test_every_method_refuses_non_finite_inputs(scenes_cnn, scenes_test):
 @pytest.mark.parametrize("target", [10, -1, [0, 12]])
 def test_every_method_names_the_valid_target_range(scenes_cnn, scenes_test, target):
     x = scenes_test.images[:2]
-    for name, call in _everything(scenes_cnn, x, target).items():
+    for _name, call in _everything(scenes_cnn, x, target).items():
         with pytest.raises(ValueError, match=r"0\.\.9"):
             call()
 
@@ -345,7 +357,9 @@ def test_occlusion_of_a_model_that_flattens_with_view_equals_captum():
     model = FlattenNet("view").eval()
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     ours = A.occlusion(model, x, torch.tensor([0, 2]), patch=4, stride=4, baseline=0.5)
-    ref = Occlusion(model).attribute(x, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4), baselines=0.5, target=torch.tensor([0, 2]))
+    ref = Occlusion(model).attribute(
+        x, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4), baselines=0.5, target=torch.tensor([0, 2])
+    )
     torch.testing.assert_close(ours, ref[:, 0], atol=1e-5, rtol=1e-5)
 
 

@@ -63,7 +63,9 @@ def test_cavs_are_seeded_reproducible_and_match_sklearn():
     assert abs(float(c1.direction.norm()) - 1) < 1e-5
     assert float((a @ c1.direction).mean()) > float((b @ c1.direction).mean())  # points towards the concept
     full = C.compute_cav(a, b, holdout=0.0)
-    lr = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(torch.cat([a, b]).double().numpy(), np.r_[np.ones(30), np.zeros(30)])
+    lr = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(
+        torch.cat([a, b]).double().numpy(), np.r_[np.ones(30), np.zeros(30)]
+    )
     w = torch.from_numpy(lr.coef_[0]).float()
     assert torch.nn.functional.cosine_similarity(full.direction, w, dim=0) > 0.9999
 
@@ -98,7 +100,9 @@ def test_directional_derivatives_equal_brute_force_for_any_batch_size(scenes_cnn
     for j, t in enumerate([0, 4]):
         ref = _brute_force_derivatives(scenes_cnn, x, "conv3", V, t)
         torch.testing.assert_close(S[j], ref, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(C.directional_derivatives(scenes_cnn, x, V, 4, layer="conv3", batch_size=1), S[1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        C.directional_derivatives(scenes_cnn, x, V, 4, layer="conv3", batch_size=1), S[1], rtol=1e-5, atol=1e-7
+    )
     scores = C.tcav_scores(scenes_cnn, x, V, [0, 4], layer="conv3")
     torch.testing.assert_close(scores, (S > 0).float().mean(1))
 
@@ -133,7 +137,10 @@ def test_tcav_scores_equal_captum_tcav_with_the_same_cavs(tmp_path):
     tc = TCAV(model, ["enc"], classifier=OurCAV(), save_path=str(tmp_path))
     out = tc.interpret(x, [[c, r0], [r1, r0]], target=0)
     acts = [C.layer_activations(model, a, "enc") for a in (concept, randoms[0], randoms[1])]
-    cavs = [C.compute_cav(acts[0], acts[1], holdout=0.0), C.compute_cav(acts[2], acts[1], holdout=0.0)]  # no held-out split: symmetric
+    cavs = [
+        C.compute_cav(acts[0], acts[1], holdout=0.0),
+        C.compute_cav(acts[2], acts[1], holdout=0.0),
+    ]  # no held-out split: symmetric
     ours = C.tcav_scores(model, x, cavs, 0, layer="enc")
     theirs = torch.stack([out["0-1"]["enc"]["sign_count"][0], out["2-1"]["enc"]["sign_count"][0]])
     torch.testing.assert_close(ours, theirs)

@@ -324,7 +324,9 @@ def test_radial_spectrum_is_flat_for_white_noise_and_keeps_the_energy():
 def test_one_resample_equals_the_composition_where_that_is_affine_exact(data, factors, degrees):
     # at most one of the composition's two resamples moves pixels off the grid: one resample is then the same map
     x = data.images[:6]
-    slow = fv.compose(fv.pad(4), fv.jitter(4), fv.scale(factors), fv.rotate(degrees), fv.jitter(2))(x, torch.Generator().manual_seed(2))
+    slow = fv.compose(fv.pad(4), fv.jitter(4), fv.scale(factors), fv.rotate(degrees), fv.jitter(2))(
+        x, torch.Generator().manual_seed(2)
+    )
     fast = fv.one_resample(4, 4, factors, degrees, 2)(x, torch.Generator().manual_seed(2))
     assert fast.shape == slow.shape == (6, 3, 66, 66)
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)

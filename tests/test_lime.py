@@ -208,11 +208,18 @@ def test_parity_with_captum_lime():
         dist = 1 - torch.sqrt(z.sum() / z.numel())
         return torch.exp(-(dist**2) / width**2)
 
-    explainer = Lime(lambda r: mlp(r).squeeze(-1), interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=similarity, perturb_func=perturb)
+    explainer = Lime(
+        lambda r: mlp(r).squeeze(-1), interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=similarity, perturb_func=perturb
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = explainer.attribute(
-            x[None], baselines=base[None], feature_mask=torch.arange(7)[None], n_samples=n, perturbations_per_eval=50, return_input_shape=False
+            x[None],
+            baselines=base[None],
+            feature_mask=torch.arange(7)[None],
+            n_samples=n,
+            perturbations_per_eval=50,
+            return_input_shape=False,
         )[0]
     torch.testing.assert_close(ours.weights, theirs.float(), atol=1e-4, rtol=1e-3)
 

@@ -232,9 +232,13 @@ def tiny(smol):
 
 
 RUNS = {
-    "soft": lambda m, t, **kw: P.soft_prompt(m, t, " the", n_tokens=3, n_restarts=3, steps=12, eval_every=3, progress=False, **kw),
+    "soft": lambda m, t, **kw: P.soft_prompt(
+        m, t, " the", n_tokens=3, n_restarts=3, steps=12, eval_every=3, progress=False, **kw
+    ),
     "pez": lambda m, t, **kw: P.pez(m, t, " the", n_tokens=3, n_restarts=3, steps=12, progress=False, **kw),
-    "gcg": lambda m, t, **kw: P.gcg(m, t, " the", n_tokens=3, n_restarts=2, steps=6, search_width=16, topk=8, progress=False, **kw),
+    "gcg": lambda m, t, **kw: P.gcg(
+        m, t, " the", n_tokens=3, n_restarts=2, steps=6, search_width=16, topk=8, progress=False, **kw
+    ),
 }
 
 

@@ -83,7 +83,9 @@ def test_prototypes_score_against_naive_visualisations_and_natural_images(model,
     (over the four blocks) than naive pixel visualisations on most classes; single natural images of
     the class score far higher than both (about 0.65 against 0.0-0.3), i.e. the paper's claim that
     prototypes beat natural images does not hold for this model at this budget."""
-    naive = fv.render(model, [fv.class_logit(c) for c in range(10)], param="pixels", transforms=None, steps=24, seed=0, progress=False)
+    naive = fv.render(
+        model, [fv.class_logit(c) for c in range(10)], param="pixels", transforms=None, steps=24, seed=0, progress=False
+    )
     better, nat_mean, proto_mean = 0, [], []
     for c in range(10):
         ci = data.images[data.labels == c]

@@ -140,7 +140,11 @@ def test_fever_cough_models_are_the_rules():
 
 @pytest.mark.parametrize(
     "prompt, answer",
-    [("The capital of France is", "Paris"), ("The capital of Japan is", "Tokyo"), ("The largest planet in the solar system is", "Jupiter")],
+    [
+        ("The capital of France is", "Paris"),
+        ("The capital of Japan is", "Tokyo"),
+        ("The largest planet in the solar system is", "Jupiter"),
+    ],
 )
 def test_smollm2_has_real_pretrained_weights(smollm2, prompt, answer):
     model, tok = smollm2
@@ -167,7 +171,9 @@ def test_smollm2_cached_load_is_cheap_and_small():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     stats = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\nsmollm2-135m cached load: {stats['load_s']:.1f} s wall, {stats['cpu_s']:.1f} s CPU, process peak {stats['peak_gb']:.2f} GiB")
+    print(
+        f"\nsmollm2-135m cached load: {stats['load_s']:.1f} s wall, {stats['cpu_s']:.1f} s CPU, process peak {stats['peak_gb']:.2f} GiB"
+    )
     assert "dequantis" not in out.stdout + out.stderr, "a cached load dequantised the GGUF again"
     assert stats["peak_gb"] < 1.5, f"a cached load peaked at {stats['peak_gb']:.2f} GiB (limit 1.5 GiB)"
     assert stats["cpu_s"] < 30, f"a cached load took {stats['cpu_s']:.0f} s of CPU time (a quiet load takes ~5 s)"

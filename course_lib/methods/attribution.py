@@ -206,7 +206,9 @@ def _upsample(maps: torch.Tensor, size) -> torch.Tensor:  # (B, h, w) -> (B, H, 
     return nn.functional.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
-def cam(model: nn.Module, x: torch.Tensor, target, *, layer: str = "features", head: str = "fc", upsample: bool = True) -> torch.Tensor:
+def cam(
+    model: nn.Module, x: torch.Tensor, target, *, layer: str = "features", head: str = "fc", upsample: bool = True
+) -> torch.Tensor:
     """Class activation map (Zhou et al., 2016) of a network that ends in global average pooling of
     ``layer``'s output A (B, K, h, w) and a linear layer ``head``: sum_k w_ck A_k, signed (no ReLU).
 
@@ -237,7 +239,9 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, *, layer: str = "feature
     from captum.attr import LayerGradCam
 
     x, target = _prepare(model, x, target, "grad_cam")
-    maps = LayerGradCam(model, get_module(model, layer)).attribute(x, target=target, relu_attributions=True)[:, 0].detach()  # (B, h, w)
+    maps = (
+        LayerGradCam(model, get_module(model, layer)).attribute(x, target=target, relu_attributions=True)[:, 0].detach()
+    )  # (B, h, w)
     return _upsample(maps, x.shape[-2:]) if upsample else maps
 
 
@@ -353,7 +357,9 @@ def _occlusion_baseline(x: torch.Tensor, segs: torch.Tensor, baseline) -> torch.
     B = x.shape[0]
     if isinstance(baseline, str):
         per_map = segs if baseline == "mean" else segs[:1]  # only "mean" depends on the segments
-        return torch.stack([torch.stack([_image_baseline(x[b], seg, baseline) for b in range(B)]) for seg in per_map])  # (S or 1, B, C, H, W)
+        return torch.stack(
+            [torch.stack([_image_baseline(x[b], seg, baseline) for b in range(B)]) for seg in per_map]
+        )  # (S or 1, B, C, H, W)
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     if base.dim() == 0 or base.shape == x.shape[1:]:
         return base
@@ -406,7 +412,9 @@ def randomize_layers(model: nn.Module, names: str | Sequence[str], *, seed: int 
     return new.eval()
 
 
-def cascading_randomization(model: nn.Module, layers: Sequence[str] | None = None, *, seed: int = 0) -> list[tuple[str, nn.Module]]:
+def cascading_randomization(
+    model: nn.Module, layers: Sequence[str] | None = None, *, seed: int = 0
+) -> list[tuple[str, nn.Module]]:
     """The cascading model-parameter randomisation test of Adebayo et al. (2018): copies of
     ``model`` with the layers randomised one more at a time, from the output back to the input.
 

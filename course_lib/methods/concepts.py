@@ -557,8 +557,17 @@ class DataAttributionResult(PerturbationResult):
         return f"{self.method}: most supporting of {self.n_players} training images{more}: {parts}"
 
 
-def data_attribution(model: nn.Module, x_test: torch.Tensor, train_x: torch.Tensor, train_y: torch.Tensor | None = None, *,
-                     method: str = "cosine", layer: str = "features", target=None, batch_size: int = 128) -> DataAttributionResult:
+def data_attribution(
+    model: nn.Module,
+    x_test: torch.Tensor,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor | None = None,
+    *,
+    method: str = "cosine",
+    layer: str = "features",
+    target=None,
+    batch_size: int = 128,
+) -> DataAttributionResult:
     """Which training images support the model's prediction on ``x_test`` (B, 3, H, W)?
 
     - ``method="cosine"``: cosine similarity of pooled ``layer`` features (the kNN view);

@@ -44,11 +44,37 @@ from ..device import forward_fast, model_device, require_eval
 from ..hooks import get_module, patch
 
 __all__ = [
-    "Objective", "channel", "neuron", "class_logit", "direction", "diversity",
-    "l1", "l2", "total_variation", "blur_penalty",
-    "Pixels", "Fourier", "opponent_colours", "colour_basis",
-    "pad", "jitter", "scale", "rotate", "compose", "default_transforms", "one_resample", "DEFAULT_TRANSFORMS", "ONE_RESAMPLE", "COMPOSED",
-    "render", "RenderResult", "activations", "evaluate", "dataset_search", "SearchResult", "radial_spectrum",
+    "Objective",
+    "channel",
+    "neuron",
+    "class_logit",
+    "direction",
+    "diversity",
+    "l1",
+    "l2",
+    "total_variation",
+    "blur_penalty",
+    "Pixels",
+    "Fourier",
+    "opponent_colours",
+    "colour_basis",
+    "pad",
+    "jitter",
+    "scale",
+    "rotate",
+    "compose",
+    "default_transforms",
+    "one_resample",
+    "DEFAULT_TRANSFORMS",
+    "ONE_RESAMPLE",
+    "COMPOSED",
+    "render",
+    "RenderResult",
+    "activations",
+    "evaluate",
+    "dataset_search",
+    "SearchResult",
+    "radial_spectrum",
 ]
 
 INPUT, LOGITS = "input", "logits"
@@ -108,8 +134,13 @@ class Objective:
                                        self.terms, self.const + other)
         if not isinstance(other, Objective):
             return NotImplemented
-        return Objective._combined(lambda acts: self(acts) + other(acts), self.layers + other.layers, f"{self.name} + {other.name}",
-                                   self.terms + other.terms, self.const + other.const)
+        return Objective._combined(
+            lambda acts: self(acts) + other(acts),
+            self.layers + other.layers,
+            f"{self.name} + {other.name}",
+            self.terms + other.terms,
+            self.const + other.const,
+        )
 
     __radd__ = __add__  # sum([...]) starts from 0
 
@@ -648,7 +679,9 @@ def activations(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, t
         yield acts
 
 
-def _forward(model: nn.Module, objective: Objective, x: torch.Tensor, x_seen: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def _forward(
+    model: nn.Module, objective: Objective, x: torch.Tensor, x_seen: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Run ``model`` on ``x_seen`` (default ``x``) and return the activations the objective reads."""
     with activations(model, objective.layers) as acts:
         logits = model(x if x_seen is None else x_seen)
@@ -744,7 +777,7 @@ def _plan(objs: Sequence[Objective], n: int) -> Callable[[dict[str, torch.Tensor
         if leaf.family is not None and gk not in shared:
             members.setdefault(leaf.family[0], []).append(gk)
     families = []
-    for fam, gks in members.items():
+    for gks in members.values():
         objectives_of = [i for gk in gks for i in users[gk]]
         if len(objectives_of) > 1 and len(set(objectives_of)) == len(objectives_of):
             families.append(gks)
@@ -754,22 +787,26 @@ def _plan(objs: Sequence[Objective], n: int) -> Callable[[dict[str, torch.Tensor
     own: list[tuple[list[tuple[float, Objective]], float]] = []  # per objective: (weighted terms on its own part, constant)
     for i, o in enumerate(objs):
         terms, done = [], set()
-        for w, leaf in o.terms:
+        for _w, leaf in o.terms:
             gk = leaf if leaf.key is None else leaf.key
             if gk in shared_set or gk in done:
                 continue
             done.add(gk)
             terms.append((users[gk][i], leaf))
         own.append((terms, float(o.const)))
-    shared_weights = [(leaves[gk], torch.tensor([users[gk].get(i, 0.0) for i in range(k)], dtype=torch.float64).repeat_interleave(n))
-                      for gk in shared]  # (K*n,) each
+    shared_weights = [
+        (leaves[gk], torch.tensor([users[gk].get(i, 0.0) for i in range(k)], dtype=torch.float64).repeat_interleave(n))
+        for gk in shared
+    ]  # (K*n,) each
     family_terms = []
     for gks in families:
         weights, index = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.long)
         for gk in gks:
             for i, w in users[gk].items():
                 weights[i], index[i] = w, leaves[gk].family[1]
-        family_terms.append((leaves[gks[0]], index.repeat_interleave(n), None if bool((weights == 1).all()) else weights.repeat_interleave(n)))
+        family_terms.append(
+            (leaves[gks[0]], index.repeat_interleave(n), None if bool((weights == 1).all()) else weights.repeat_interleave(n))
+        )
     family_max = [max(leaves[gk].family[1] for gk in gks) for gks in families]  # checked against the layer once
     any_own = any(terms for terms, _ in own)
     consts = torch.tensor([c for _, c in own], dtype=torch.float64).repeat_interleave(n)  # (K*n,) when no term is an objective's own
@@ -785,9 +822,11 @@ def _plan(objs: Sequence[Objective], n: int) -> Callable[[dict[str, torch.Tensor
                 if name in acts:
                     _in_range(acts[name], top, "class_logit" if fam[0] == "logit" else "channel", "c",
                               "classes" if fam[0] == "logit" else "channels")
-            on_device[key] = ([w.to(ref.device, ref.dtype) for _, w in shared_weights],
-                              [(idx.to(ref.device), None if w is None else w.to(ref.device, ref.dtype)) for _, idx, w in family_terms],
-                              consts.to(ref.device, ref.dtype))
+            on_device[key] = (
+                [w.to(ref.device, ref.dtype) for _, w in shared_weights],
+                [(idx.to(ref.device), None if w is None else w.to(ref.device, ref.dtype)) for _, idx, w in family_terms],
+                consts.to(ref.device, ref.dtype),
+            )
         shared_w, family_iw, out = on_device[key]
         if any_own:
             parts = {name: v.split(n) for name, v in acts.items()}  # {name: K views (n, ...)}
@@ -951,7 +990,9 @@ def dataset_search(
         top_ = (cy - half).round().long().clamp(0, H - patch_size)
         left = (cx - half).round().long().clamp(0, W - patch_size)
         res.boxes = torch.stack([top_, left, top_ + patch_size, left + patch_size], 1).to(images.device)
-        res.patches = torch.stack([top[i, :, y : y + patch_size, x : x + patch_size] for i, (y, x) in enumerate(zip(top_.tolist(), left.tolist()))])
+        res.patches = torch.stack(
+            [top[i, :, y : y + patch_size, x : x + patch_size] for i, (y, x) in enumerate(zip(top_.tolist(), left.tolist()))]
+        )
     return res
 
 

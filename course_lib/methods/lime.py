@@ -39,7 +39,6 @@ when features are removed, and what is left is noise (the games default to logit
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -238,7 +237,9 @@ def lime(
     checks.choice(sampler, ("lime", "bernoulli"), "sampler", what="lime")
     masks = sample_masks(game.n_players, n_samples, seed=seed, sampler=sampler, device=game.device)
     outputs = game(masks, progress=progress)
-    return fit_surrogate(masks, outputs, kernel_width=kernel_width, alpha=alpha, n_features=n_features, player_names=game.player_names)
+    return fit_surrogate(
+        masks, outputs, kernel_width=kernel_width, alpha=alpha, n_features=n_features, player_names=game.player_names
+    )
 
 
 def lime_sweep(

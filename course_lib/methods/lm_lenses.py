@@ -238,8 +238,9 @@ def capture_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
 
     Returns ``{"acts": {layer: (N, D) float32}, "token_ids": (N,), "doc": (N,), "pos": (N,)}``,
     tokens in text order. The result does not depend on ``batch_size`` or the padding side.
-    Only the blocks asked for are hooked, and the forward pass stops after the last of them. With ``cache_dir`` the activations are stored there in float16 with a sha256, and loaded
-    (checked) on the next call with the same model, texts, layers and ``max_length``.
+    Only the blocks asked for are hooked, and the forward pass stops after the last of them. With
+    ``cache_dir`` the activations are stored there in float16 with a sha256, and loaded (checked)
+    on the next call with the same model, texts, layers and ``max_length``.
     """
     from safetensors.torch import load_file, save_file
 
@@ -382,7 +383,9 @@ def attention_patterns(model: nn.Module, input_ids: torch.Tensor, attention_mask
     before = model.config._attn_implementation
     try:
         model.set_attn_implementation("eager")
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask), output_attentions=True)
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask), output_attentions=True
+        )
     finally:
         model.set_attn_implementation(before)
     pats = torch.stack(out.attentions)  # (L, B, H, T, T)
@@ -500,10 +503,12 @@ def lm_loss(model: nn.Module, tokenizer, texts: Sequence[str], *, layer: int | N
             raise TypeError(f"{what}: replace must be a function (N, D) -> (N, D), e.g. an SAE's reconstruct; got {type(replace).__name__}")
     total, count = 0.0, 0
     for start in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+        enc = tokenizer(
+            list(texts[start : start + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
-        def run():
+        def run(ids=ids, mask=mask):
             return model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False).logits
 
         if layer is None:
@@ -620,7 +625,9 @@ def pretrained_sae(model: nn.Module, tokenizer, corpus: Sequence[str], config: S
 
     texts = sae_texts(corpus, config)
     cfg = dict(vars(config))
-    key = hashlib.sha256((json.dumps(cfg, sort_keys=True) + _fingerprint(model, texts, [config.layer], config.max_length)).encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        (json.dumps(cfg, sort_keys=True) + _fingerprint(model, texts, [config.layer], config.max_length)).encode()
+    ).hexdigest()[:24]
     device = next(model.parameters()).device
     folders = _sae_folders(cache_dir)
     for folder in folders:
@@ -657,7 +664,9 @@ def pretrained_sae(model: nn.Module, tokenizer, corpus: Sequence[str], config: S
     folder = next((f for f in folders if writable(f)), None)
     path = None
     if folder is None:
-        warnings.warn(f"No writable folder among {[str(f) for f in folders]}: the SAE is not cached and will be trained again.", stacklevel=2)
+        warnings.warn(
+            f"No writable folder among {[str(f) for f in folders]}: the SAE is not cached and will be trained again.", stacklevel=2
+        )
     else:
         path, meta_path = folder / f"sae-{key}.safetensors", folder / f"sae-{key}.json"
         tmp = path.with_suffix(f".{os.getpid()}.part")  # two processes may write at once

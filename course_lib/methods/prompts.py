@@ -128,7 +128,9 @@ def blocked_words() -> frozenset[str]:
     return frozenset(w.strip() for w in text.splitlines() if w.strip() and not w.startswith("#"))
 
 
-def allowed_tokens(tokenizer, vocab_size: int | None = None, *, ascii_only: bool = True, block_offensive: bool = True) -> torch.Tensor:
+def allowed_tokens(
+    tokenizer, vocab_size: int | None = None, *, ascii_only: bool = True, block_offensive: bool = True
+) -> torch.Tensor:
     """(V,) bool: tokens a prompt may use: not special, and (if ``ascii_only``) decoding to
     non-empty printable ASCII; with ``block_offensive``, no token that is a word of
     ``blocked_words()`` (optimisers do find slurs "useful", and the lectures print what they find).
@@ -172,7 +174,9 @@ def _mask_bias(allowed: torch.Tensor | None, E_unit: torch.Tensor) -> torch.Tens
     """(V, 1): 0 for allowed tokens, -inf for the rest (added to cosines), or None."""
     if allowed is None:
         return None
-    return torch.zeros(E_unit.shape[0], 1, dtype=E_unit.dtype, device=E_unit.device).masked_fill(~allowed.to(E_unit.device)[:, None], float("-inf"))
+    return torch.zeros(E_unit.shape[0], 1, dtype=E_unit.dtype, device=E_unit.device).masked_fill(
+        ~allowed.to(E_unit.device)[:, None], float("-inf")
+    )
 
 
 def _cosine_topk(u: torch.Tensor, E_unit: torch.Tensor, k: int, bias: torch.Tensor | None):
@@ -251,7 +255,9 @@ def _prefix_embeds(model, tokenizer, prefix: str, device) -> torch.Tensor:
     return token_embeddings(model)[torch.tensor(ids, dtype=torch.long, device=device)]  # (P, d)
 
 
-def target_loss(model: nn.Module, prompt_embeds: torch.Tensor, target_ids: torch.Tensor, *, prefix_embeds: torch.Tensor | None = None) -> torch.Tensor:
+def target_loss(
+    model: nn.Module, prompt_embeds: torch.Tensor, target_ids: torch.Tensor, *, prefix_embeds: torch.Tensor | None = None
+) -> torch.Tensor:
     """(R,) mean cross-entropy of the target tokens after each prompt (teacher forcing).
 
     ``prompt_embeds`` (R, n, d) goes in as ``inputs_embeds`` after an optional fixed
@@ -272,7 +278,9 @@ def target_loss(model: nn.Module, prompt_embeds: torch.Tensor, target_ids: torch
 
 
 @torch.no_grad()
-def score_prompts(model, ids: torch.Tensor, target_ids: torch.Tensor, *, prefix_embeds=None, batch_size: int = 64) -> torch.Tensor:
+def score_prompts(
+    model, ids: torch.Tensor, target_ids: torch.Tensor, *, prefix_embeds=None, batch_size: int = 64
+) -> torch.Tensor:
     """(M,) mean target cross-entropy for token prompts ``ids`` (M, n), in chunks of ``batch_size``."""
     E = token_embeddings(model)
     out = [target_loss(model, E[chunk.to(E.device)], target_ids, prefix_embeds=prefix_embeds) for chunk in ids.split(batch_size)]
@@ -374,9 +382,24 @@ class _Best:
 
 
 def soft_prompt(
-    model: nn.Module, tokenizer, target: str, *, n_tokens: int = 5, n_restarts: int = 4, steps: int = 60,
-    lr: float = 0.02, lam: float = 1.0, ramp: bool = True, eval_every: int = 5, init_scale: float = 0.5, prefix: str = "", init: str | None = None,
-    allowed: torch.Tensor | None = None, seed: int = 0, progress: bool = True, callback=None,
+    model: nn.Module,
+    tokenizer,
+    target: str,
+    *,
+    n_tokens: int = 5,
+    n_restarts: int = 4,
+    steps: int = 60,
+    lr: float = 0.02,
+    lam: float = 1.0,
+    ramp: bool = True,
+    eval_every: int = 5,
+    init_scale: float = 0.5,
+    prefix: str = "",
+    init: str | None = None,
+    allowed: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    callback=None,
 ) -> PromptInversion:
     """Optimise ``n_tokens`` free input embeddings for ``target`` (Rumbelow & Watkins 2023).
 

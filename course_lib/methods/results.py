@@ -55,7 +55,13 @@ class PerturbationResult:
                 continue
             val = getattr(self, f.name)
             if isinstance(val, torch.Tensor):
-                val = f"tensor{tuple(val.shape)}" if val.numel() > 8 else [round(float(t), 4) for t in val.flatten()] if val.dim() else round(float(val), 4)
+                val = (
+                    f"tensor{tuple(val.shape)}"
+                    if val.numel() > 8
+                    else [round(float(t), 4) for t in val.flatten()]
+                    if val.dim()
+                    else round(float(val), 4)
+                )
             elif isinstance(val, list) and len(val) > 8:
                 val = f"[{len(val)} names]"
             elif isinstance(val, str):

@@ -20,7 +20,7 @@ import torch
 
 from ..device import default_device
 from . import llm, online
-from .cache import ChecksumError, home, verify
+from .cache import ChecksumError, home, verify  # noqa: F401 (public: course_lib.zoo.home, .ChecksumError)
 from .scenes import CLASS_NAMES, ImageDataset, make_scenes
 from .tabular import DiabetesMLP, FeverCough, diabetes_data
 from .vision import SceneCNN
@@ -92,7 +92,12 @@ def _load_shipped(name: str, model: torch.nn.Module, device: torch.device) -> to
     expected = _manifest().get(name, {}).get("sha256")
     if not path.is_file() or expected is None:
         raise FileNotFoundError(f"the weights of {name} are missing from {WEIGHTS}. Reinstall the course or run `{TRAIN_HINT}`.")
-    verify(path, expected, what=f"The weights of {name}", fix=f"Reinstall the course (git checkout course_lib/weights) or run `{TRAIN_HINT}`.")
+    verify(
+        path,
+        expected,
+        what=f"The weights of {name}",
+        fix=f"Reinstall the course (git checkout course_lib/weights) or run `{TRAIN_HINT}`.",
+    )
     model.load_state_dict(load_file(path))
     model.requires_grad_(False)
     return model.to(device).eval()

@@ -145,8 +145,10 @@ def load_smollm2(device: torch.device | str | None = None, *, log=print):
             folder = cand
             break
         # damaged, truncated, or written by an older course_lib without a checksum of every file
-        log(f"The cached SmolLM2 weights were not used: {problem}."
-            + (" Rebuilding them from the GGUF." if writable(cand) else f" Ask whoever filled {home()} to run `{FETCH_HINT} --force`."))
+        log(
+            f"The cached SmolLM2 weights were not used: {problem}."
+            + (" Rebuilding them from the GGUF." if writable(cand) else f" Ask whoever filled {home()} to run `{FETCH_HINT} --force`.")
+        )
         if writable(cand):
             shutil.rmtree(cand, ignore_errors=True)
     if folder is None:

@@ -42,7 +42,9 @@ def fetch_command(name: str) -> str:
     if name in TORCHVISION:
         arch, _, weights = TORCHVISION[name]
         return f'python -c "import torchvision; torchvision.models.{arch}(weights=\'{weights}.IMAGENET1K_V1\')"'
-    return f'python -c "import transformers as t; t.AutoModelForCausalLM.from_pretrained(\'{HF[name]}\'); t.AutoTokenizer.from_pretrained(\'{HF[name]}\')"'
+    hf = HF[name]
+    return (f'python -c "import transformers as t; t.AutoModelForCausalLM.from_pretrained(\'{hf}\'); '
+            f't.AutoTokenizer.from_pretrained(\'{hf}\')"')
 
 
 def is_cached(name: str) -> bool:

@@ -92,7 +92,9 @@ def test_integrated_gradients_ours_vs_captum_vs_plain_passes():
     med = _report(f"IG, {STEPS} steps, {BATCH} images on {dev}", _runs(fns, dev, REPEATS))
     ours, floor = med[f"ours (default, chunk {chunk})"], med[f"plain passes (chunk {chunk})"]
     captum_best = min(v for k, v in med.items() if k.startswith("captum"))
-    print(f"  medians: ours / best captum {ours / captum_best:.2f}x (target <= 1.0); ours / plain passes {ours / floor:.2f}x (target <= 1.15)")
+    print(
+        f"  medians: ours / best captum {ours / captum_best:.2f}x (target <= 1.0); ours / plain passes {ours / floor:.2f}x (target <= 1.15)"
+    )
     if not QUICK:  # loose guards for a shared machine
         assert ours / captum_best <= 2.0 and ours / floor <= 3.0
 
@@ -164,7 +166,7 @@ def test_ground_truth_table_time():
     }
     if QUICK:  # a smoke run: two cheap methods
         methods = {k: methods[k] for k in ("occlusion 16px", "Grad-CAM")}
-    for k, f in methods.items():  # warm-up (imports, first-call setup): not part of the table's time
+    for f in methods.values():  # warm-up (imports, first-call setup): not part of the table's time
         f()
     deletion_curve(model, x[:2], obj[:2].float(), y[:2], n_steps=8), insertion_curve(model, x[:2], obj[:2].float(), y[:2], n_steps=8)
     maps, map_t = {}, {}
@@ -180,5 +182,7 @@ def test_ground_truth_table_time():
                 deletion_curve(model, x, m, y, n_steps=n_steps), insertion_curve(model, x, m, y, n_steps=n_steps)
 
         t = bu.timed(curves, dev)[0]
-        print(f"  pointing + precision + deletion + insertion ({n_steps} steps, {2 * len(maps) * n * (n_steps + 1)} model inputs) "
-              f"of the {len(maps)} maps: {t:.2f} s")
+        print(
+            f"  pointing + precision + deletion + insertion ({n_steps} steps, {2 * len(maps) * n * (n_steps + 1)} model inputs) "
+            f"of the {len(maps)} maps: {t:.2f} s"
+        )

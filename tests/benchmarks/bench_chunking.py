@@ -106,7 +106,9 @@ def test_default_chunk_vs_fixed_batches_vs_lime_package(name, device):
     for bs, t in package.items():
         print(f"  lime package, batch_size={bs:<4}  : {t:.3f} s")
     ratio = ours[None] / ours[best_bs]
-    print(f"  default / best fixed (batch {best_bs}): {ratio:.2f}x;  default / best lime package: {ours[None] / min(package.values()):.2f}x")
+    print(
+        f"  default / best fixed (batch {best_bs}): {ratio:.2f}x;  default / best lime package: {ours[None] / min(package.values()):.2f}x"
+    )
     if QUICK:
         return
     assert ratio <= 1.10, f"the default chunk ({default_chunk}) is {ratio:.2f}x the best batch size ({best_bs})"

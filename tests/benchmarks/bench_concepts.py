@@ -108,7 +108,9 @@ def test_tcav_scoring_ours_vs_captum_vs_plain_passes():
             finally:
                 h.remove()
 
-        best = bu.best({"ours": lambda: tcav_scores(model, x, V, targets, layer=LAYER), "captum": captum_scores, "plain": plain}, dev, REPEATS)[0]
+        best = bu.best(
+            {"ours": lambda: tcav_scores(model, x, V, targets, layer=LAYER), "captum": captum_scores, "plain": plain}, dev, REPEATS
+        )[0]
     finally:
         shutil.rmtree(save, ignore_errors=True)
     print(f"\nTCAV scores, {N_CLASSES} classes x {2 * R} CAVs at {LAYER!r}, {N_IMAGES} images on {dev} "
@@ -135,7 +137,9 @@ def test_whole_tcav_ours_vs_captum():
         finally:
             shutil.rmtree(save, ignore_errors=True)
 
-    best = bu.best({"ours": lambda: tcav(model, x, concept, randoms, targets, layer=LAYER, progress=False), "captum": captum_all}, dev, REPEATS)[0]
+    best = bu.best(
+        {"ours": lambda: tcav(model, x, concept, randoms, targets, layer=LAYER, progress=False), "captum": captum_all}, dev, REPEATS
+    )[0]
     print(f"\nwhole TCAV (activations, {2 * N_RANDOM} CAVs, scores for {N_CLASSES} classes) on {dev}, best of {REPEATS}:")
     for k, v in best.items():
         print(f"  {k:8s} {v:9.2f} s")

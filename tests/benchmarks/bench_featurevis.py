@@ -190,8 +190,13 @@ def test_render_one_objective_ours_vs_lucent():
         def lucent():
             np.random.seed(0)  # lucent draws its transformations from numpy's global generator
             torch.manual_seed(0)
-            transforms = [lt.pad(4, mode="constant", constant_value=0.5), lt.jitter(5),  # jitter(d) shifts by 0..d-1
-                          lt.random_scale([0.9 + 0.02 * i for i in range(11)]), lt.random_rotate(list(range(-10, 11))), lt.jitter(3)]
+            transforms = [
+                lt.pad(4, mode="constant", constant_value=0.5),
+                lt.jitter(5),  # jitter(d) shifts by 0..d-1
+                lt.random_scale([0.9 + 0.02 * i for i in range(11)]),
+                lt.random_rotate(list(range(-10, 11))),
+                lt.jitter(3),
+            ]
             lr.render_vis(model, lo.channel(LAYER, UNIT), lambda: lp.image(64, fft=True, decorrelate=True),
                           optimizer=lambda p: torch.optim.Adam(p, lr=0.05), transforms=transforms, thresholds=(STEPS,),
                           preprocess=False, fixed_image_size=66, progress=False, show_image=False)
@@ -201,7 +206,10 @@ def test_render_one_objective_ours_vs_lucent():
     wall, cpu, mem = _best(fns, dev)
     print(_header(f"one objective, 64x64 Fourier image, {STEPS} steps", dev))
     for k in fns:
-        print(f"  {k:14s} wall {wall[k]:7.2f} s ({wall[k] / STEPS * 1000:6.2f} ms per step)   CPU {cpu[k]:7.2f} s   peak memory {mem[k]:7.1f} MiB")
+        print(
+            f"  {k:14s} wall {wall[k]:7.2f} s ({wall[k] / STEPS * 1000:6.2f} ms per step)   CPU {cpu[k]:7.2f} s"
+            f"   peak memory {mem[k]:7.1f} MiB"
+        )
     if lucent_missing is not None:
         print(f"  torch-lucent skipped: {lucent_missing}. Install it (test-only, not in pyproject.toml) with\n"
               f"    pip install --no-deps torch-lucent kornia==0.4.1 decorator")

@@ -107,7 +107,9 @@ def run_captum(per_eval):
     dev = next(model.parameters()).device
     xb = x[None].to(dev)
     baseline = _mean_baseline(x.to(dev), seg.to(dev))[None]
-    explainer = Lime(model, interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=get_exp_kernel_similarity_function("cosine", 0.25))
+    explainer = Lime(
+        model, interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=get_exp_kernel_similarity_function("cosine", 0.25)
+    )
     fm = seg[None, None].expand(1, 3, -1, -1).to(dev)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -150,7 +152,9 @@ def test_bench_image_lime_vs_peers():
     print(f"best peer / ours (best setting each): {peers_best / ours_t:.2f}")
     # Every method here is bound by the same 1000 forward passes; the margins absorb a shared CPU's noise.
     for tag in ("default chunk", "batch_size=32"):
-        assert rows[f"ours, {tag}"][0] <= 1.15 * rows[f"plain forward x1000, {tag}"][0] + 0.05, f"ours costs more than 1.15x the forward passes ({tag})"
+        assert rows[f"ours, {tag}"][0] <= 1.15 * rows[f"plain forward x1000, {tag}"][0] + 0.05, (
+            f"ours costs more than 1.15x the forward passes ({tag})"
+        )
     assert ours_t <= 1.1 * peers_best, "ours should be at least as fast as every peer at its best setting"
 
 
@@ -173,7 +177,7 @@ def test_bench_instability_sweep_is_one_call():
     dev = next(model.parameters()).device
     masks = sample_masks(game.n_players, 1000, seed=0, device=dev)
     with torch.inference_mode():
-        for s in range(0, 10 * 1000, game.chunk):
+        for _s in range(0, 10 * 1000, game.chunk):
             model(game.inputs(masks[: min(game.chunk, 1000)]))
     fwd = time.perf_counter() - t
     print(f"\n10 seeds x 5 sizes: {len(res)} fits from {game.n_calls} masks in {dt:.2f} s "

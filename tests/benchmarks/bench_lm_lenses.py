@@ -195,7 +195,7 @@ def test_logit_lens_vs_one_forward():
 
     @torch.no_grad()
     def forward():
-        model(input_ids=ids).logits
+        _ = model(input_ids=ids).logits
 
     @torch.no_grad()
     def by_hand():  # the floor for a logit lens: one forward that keeps the hidden states, then L+1 unembeddings

@@ -100,7 +100,9 @@ def test_gcg_ours_vs_nanogcg(smol):
         t_theirs = time.perf_counter() - t0
         T = len(P.encode_target(tok, target))
         p_theirs = float(P.p_target(model, tok, theirs.best_string, target))  # re-scored as text, like ours
-        rows.append((target, float(ours.p_target.max()), t_ours, p_theirs, float(torch.exp(torch.tensor(-theirs.best_loss * T))), t_theirs))
+        rows.append(
+            (target, float(ours.p_target.max()), t_ours, p_theirs, float(torch.exp(torch.tensor(-theirs.best_loss * T))), t_theirs)
+        )
     print("\n[prompts] GCG, same budget (4 tokens, 8 steps x 64 candidates, init 'x x x x'):")
     print(f"  {'target':10} {'ours p':>8} {'ours s':>7} {'nanogcg p':>10} {'(its loss)':>10} {'nanogcg s':>9} {'time ratio':>10}")
     for target, po, to, pt, pl, tt in rows:

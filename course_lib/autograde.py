@@ -1,37 +1,28 @@
-"""What `make grade` adds to nbgrader: checks a submission cannot switch off, and a report.
+"""What `make grade` adds to nbgrader: grading in isolation, a scan for tampering, and a report.
 
-nbgrader decides a test cell's points from its outputs: no error output means full marks. Code
-in a student's answer cells runs in the same kernel as the test cells, so it can hide errors
-(an IPython exception handler, a ``post_run_cell`` hook that clears the error) or rebind the
-check helpers. Nothing inside the kernel can be trusted to report on itself, so the defences
-live here, in the grader's own process (``nbgrader_config.py`` installs them):
-
-* ``CourseExecute`` appends one line to every test cell before it runs, printing a token drawn
-  afresh for that cell. A test cell whose output lacks its token did not run to its end,
-  whatever the kernel says: it gets an error output (zero points) and a "hidden error" flag.
-  Each cell's run time goes into its metadata; a cell that hit the time limit gets a clear
-  timeout message. Text a passing test cell wrote to stderr (a student's debug print, a
-  library warning) is kept, moved to stdout with a note: nbgrader would otherwise give zero
-  to a test cell whose checks all passed.
-* ``TamperScan`` reads the source of every cell that is not a test cell, before it runs,
-  and records what looks like tampering with the grading environment (exception handlers,
-  IPython hooks, ``get_ipython`` or the check helpers rebound, patched modules).
-* ``grade_report`` reads the gradebook and the autograded notebooks and prints, per
-  submission, the score, the test cells that failed or timed out, each cell's time, and the
-  tampering flags (``course-lib grade-report``, run by ``make grade``).
+* ``IsolatedExecute`` replaces nbgrader's Execute step. The submission's cells run in a bubblewrap
+  sandbox and every test cell in a separate checker process that never runs student code
+  (``course_lib.grader``); a test cell's verdict is whatever that process saw. Each cell's time goes
+  into its metadata, a cell stopped at the time limit says so, and a student process that died is
+  named in the cells it could not answer.
+* ``TamperScan`` reads the source of every cell that is not a test cell, before it runs, and
+  records what looks like tampering with the grading environment (exception handlers, IPython
+  hooks, the check helpers rebound, patched modules). Since the checks no longer run in the
+  student's process these flags are information for the instructor, not the defence.
+* ``grade_report`` reads the gradebook and the autograded notebooks and prints, per submission,
+  the score, each test cell's time, timeouts, a process that ended early, and the flags
+  (``course-lib grade-report``, run by ``make grade``).
 """
 from __future__ import annotations
 
 import ast
 import json
 import os
-import secrets
-import time
 from pathlib import Path
 
 import nbformat
 from nbformat import NotebookNode
-from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from nbgrader.preprocessors import NbGraderPreprocessor
 
 META = "course_lib"  # key of our metadata in cells and notebooks
 CHECK_HELPERS = {"check", "check_close", "check_shape", "check_type", "check_raises", "forbid"}
@@ -49,117 +40,6 @@ def is_test_cell(cell) -> bool:
 # --------------------------------------------------------------------------------- execution
 
 
-# Run silently in the kernel before the first cell: a snapshot of the shell's error handling.
-GUARD_INIT = """
-def __course_lib_guard_init():
-    import sys, IPython
-    ip = IPython.core.getipython.get_ipython()
-    cls = type(ip)
-    names = ("showtraceback", "showsyntaxerror", "run_cell", "run_cell_async", "run_code", "run_ast_nodes", "transform_cell")
-    snap = {
-        "lists": {k: list(getattr(ip, k)) for k in ("ast_transformers", "input_transformers_post", "input_transformers_cleanup")},
-        "events": {k: list(v) for k, v in ip.events.callbacks.items()},
-        "methods": {k: cls.__dict__.get(k) for k in names},
-        "ip": ip, "sys": sys,
-    }
-
-    def restore():
-        ip, sys = snap["ip"], snap["sys"]
-        for k, v in snap["lists"].items():
-            getattr(ip, k)[:] = v
-        for k, v in snap["events"].items():
-            ip.events.callbacks[k][:] = v
-        for k, v in snap["methods"].items():
-            ip.__dict__.pop(k, None)
-            if v is not None and type(ip).__dict__.get(k) is not v:
-                setattr(type(ip), k, v)
-        ip.custom_exceptions = ()
-        sys.excepthook = sys.__excepthook__
-        sys.settrace(None)
-        sys.setprofile(None)
-    return restore
-__course_lib_guard = __course_lib_guard_init()
-del __course_lib_guard_init
-"""
-# Run silently before every test cell: put the snapshot back.
-GUARD = "__course_lib_guard()"
-
-
-class CourseExecute(Execute):
-    """nbgrader's Execute, with completion tokens, a guard, timing, timeout messages and tolerated stderr."""
-
-    def _silent(self, code: str) -> bool:
-        try:
-            reply = self.wait_for_reply(self.kc.execute(code, silent=True, store_history=False, allow_stdin=False))
-        except Exception:  # noqa: BLE001  (a kernel that does not answer: the cells will show it)
-            return False
-        return bool(reply) and reply["content"].get("status") == "ok"
-
-    def preprocess_cell(self, cell, resources, index):
-        if index == 0:  # before any of the notebook's code has run
-            self._guard_ready = self._silent(GUARD_INIT)
-        if cell.cell_type != "code":
-            return super().preprocess_cell(cell, resources, index)
-        test = is_test_cell(cell)
-        source, token = cell.source, "course-lib-done-" + secrets.token_hex(12)
-        if test:
-            if not (self._guard_ready and self._silent(GUARD)):
-                cell.metadata.setdefault(META, {})["guard_failed"] = True
-            cell.source = f"{source}\n\nprint({token!r})"
-        t0 = time.monotonic()
-        try:
-            cell, resources = super().preprocess_cell(cell, resources, index)
-        finally:
-            cell.source = source
-        seconds = time.monotonic() - t0
-        meta = cell.metadata.setdefault(META, {})
-        meta["seconds"] = round(seconds, 2)
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        if any(o.get("ename") == "CellTimeoutError" for o in errors):
-            meta["timeout"] = True
-            for o in errors:
-                if o.get("ename") == "CellTimeoutError":
-                    o.evalue = f"this cell ran longer than the {self.timeout} s limit and was stopped"
-                    o.traceback = [f"CellTimeoutError: this cell ran longer than the {self.timeout} s limit and was stopped"]
-        if test:
-            finished = self._remove_token(cell, token)
-            if not finished and not errors:
-                meta["hidden_error"] = True
-                cell.outputs.append(NotebookNode(
-                    output_type="error", ename="IncompleteTestCell",
-                    evalue="the checks in this cell did not run to their end, but no error was shown",
-                    traceback=["IncompleteTestCell: the checks in this cell did not run to their end, but no error "
-                               "was shown (was an exception hidden by code in another cell?). No points."],
-                ))
-            if finished and not errors:
-                self._tolerate_stderr(cell)
-            # the course gives no partial credit through a cell's value: an execute_result in a
-            # test cell can only come from code outside it
-            cell.outputs = [o for o in cell.outputs if o.output_type != "execute_result"]
-        return cell, resources
-
-    @staticmethod
-    def _remove_token(cell, token: str) -> bool:
-        found = False
-        for o in cell.outputs:
-            if o.output_type == "stream" and o.name == "stdout" and token in o.text:
-                # only the line the test cell printed itself: exactly the token on a line of its own
-                lines = o.text.split("\n")
-                if token in lines:
-                    found = True
-                    lines.remove(token)
-                    o.text = "\n".join(lines)
-        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.text == "")]
-        return found
-
-    @staticmethod
-    def _tolerate_stderr(cell) -> None:
-        for o in cell.outputs:
-            if o.output_type == "stream" and o.name == "stderr":
-                o.name = "stdout"
-                o.text = "[written to stderr; not counted against you]\n" + o.text
-
-
 class IsolatedExecute(NbGraderPreprocessor):
     """nbgrader's Execute step, done in isolation (``course_lib.grader``): the student's cells in a
     sandbox, the test cells in a separate checker process. ``course-lib grade`` executes the class
@@ -173,7 +53,10 @@ class IsolatedExecute(NbGraderPreprocessor):
         root = Path(self.config.CourseDirectory.root or ".").resolve()
         s = classroom.Submission(info["student"], info["assignment"], info["notebook"] + ".ipynb")
         unsafe = os.environ.get("COURSE_LIB_GRADE_UNSAFE") == "1"
-        job = classroom.make_job(root, s, unsafe=unsafe, cfg=classroom.settings(root))
+        cfg = classroom.settings(root)
+        if "timeout" in self.config.Execute:  # nbgrader autograde --Execute.timeout=N
+            cfg["timeout"] = float(self.config.Execute.timeout)
+        job = classroom.make_job(root, s, unsafe=unsafe, cfg=cfg)
         if classroom.stored_key(root, s) != job["key"]:
             from .grader import sandbox
 
@@ -361,7 +244,9 @@ def notebook_summary(nb) -> dict:
             "guard_failed": bool(m.get("guard_failed")),
             "error": (errors[0].get("ename", "") + ": " + str(errors[0].get("evalue", ""))[:120]) if errors else "",
         })
-    return {"cells": cells, "timeouts": timeouts, "tamper": nb.metadata.get(META, {}).get("tamper", [])}
+    iso = nb.metadata.get(META, {}).get("isolated", {})
+    return {"cells": cells, "timeouts": timeouts, "tamper": nb.metadata.get(META, {}).get("tamper", []),
+            "ended": iso.get("dead"), "sandbox": iso.get("sandbox")}
 
 
 def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
@@ -380,12 +265,15 @@ def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
                 student = sub.student.id
                 row = {"assignment": assignment, "student": student, "score": sub.code_score,
                        "max_score": sub.max_code_score, "manual_max": sub.max_written_score,
-                       "cells": [], "timeouts": [], "tamper": []}
+                       "cells": [], "timeouts": [], "tamper": [], "ended": [], "unsandboxed": False}
                 for path in sorted((root / "autograded" / student / assignment).glob("*.ipynb")):
                     s = notebook_summary(nbformat.read(str(path), as_version=4))
                     row["cells"] += s["cells"]
                     row["timeouts"] += s["timeouts"]
                     row["tamper"] += s["tamper"]
+                    if s["ended"]:
+                        row["ended"].append(f"{path.name}: {s['ended']}")
+                    row["unsandboxed"] |= s["sandbox"] is False
                 rows.append(row)
     for row in rows:
         out(f"{row['assignment']:22s} {row['student']:16s} auto {row['score']:g}/{row['max_score']:g}"
@@ -393,6 +281,14 @@ def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
         for c in row["cells"]:
             note = "TIMEOUT" if c["timeout"] else "HIDDEN ERROR" if c["hidden_error"] else ("ok" if c["passed"] else c["error"])
             out(f"    {c['grade_id']:32s} {c['points']:4g} pts {c['seconds'] if c['seconds'] is not None else '?':>7} s  {note}")
+        timed = [c for c in row["cells"] if c["seconds"] is not None]
+        if timed:
+            slow = sorted(timed, key=lambda c: -c["seconds"])[:3]
+            out("    slowest: " + ", ".join(f"{c['grade_id']} {c['seconds']:g} s" for c in slow))
+        for e in row["ended"]:
+            out("    ! the student's process ended early (cells after it scored zero): " + e)
+        if row["unsandboxed"]:
+            out("    ! graded WITHOUT a sandbox (--unsafe)")
         if row["timeouts"]:
             out("    ! TIMEOUT (stopped at the time limit, then the rest was graded): " + ", ".join(row["timeouts"]))
         if row["tamper"] or any(c["hidden_error"] or c["guard_failed"] for c in row["cells"]):

@@ -91,6 +91,7 @@ class Agent:
         self.cache: dict[str, object] = {}  # objects the checker sent by value, by its key
         self._cache_ids: dict[int, str] = {}
         self._versions: dict[str, dict] = {}  # key -> tensor versions when it arrived
+        self._param_ids: dict[int, tuple] = {}  # id(tensor) -> (key, name, tensor, version)
         self.results: dict[int, tuple] = {}  # result id -> (output tensors, input leaves) for backward
         self._sink: list = []
         self._displays: list = []
@@ -150,9 +151,17 @@ class Agent:
         return _U(io.BytesIO(blob)).load()
 
     def cref(self, obj):
-        """The checker's key when ``obj`` is this process's copy of one of the checker's objects."""
+        """The checker's key when ``obj`` is this process's copy of one of the checker's objects (or an
+        unchanged tensor of one: a model's embedding matrix need not travel back to the checker)."""
         key = self._cache_ids.get(id(obj))
-        return key if key is not None and self.cache.get(key) is obj else None
+        if key is not None and self.cache.get(key) is obj:
+            return key
+        ref = self._param_ids.get(id(obj))
+        if ref is not None:
+            key, name, t, version = ref
+            if t is obj and obj._version == version and self._versions.get(key, {}).get(name) == version:
+                return f"{key}:{name}"
+        return None
 
     @staticmethod
     def _tensors_of(obj) -> dict:
@@ -163,7 +172,10 @@ class Agent:
         return {}
 
     def _snapshot(self, key):
-        self._versions[key] = {k: t._version for k, t in self._tensors_of(self.cache[key]).items()}
+        tensors = self._tensors_of(self.cache[key])
+        self._versions[key] = {k: t._version for k, t in tensors.items()}
+        for k, t in tensors.items():
+            self._param_ids[id(t)] = (key, k, t, t._version)
 
     def sync(self) -> dict:
         """What the student's code changed in the checker's objects: tensors, gradients, and the plain

@@ -374,7 +374,7 @@ def grade(job: dict) -> dict:
                 summary["timeouts"].append(_nbg(cell).get("grade_id") or f"cell {idx}")
             if is_test(cell):
                 summary["cells"].append({"grade_id": _nbg(cell).get("grade_id"), "passed": meta["verdict"] == "pass",
-                                         "seconds": meta["seconds"]})
+                                         "seconds": meta["seconds"], "traffic": dict(student.stats)})
     finally:
         summary["dead"] = student.dead
         student.close()

@@ -173,7 +173,8 @@ def run_job(job: dict) -> dict:
         t0 = time.monotonic()
         try:
             out = subprocess.run([sys.executable, "-m", "course_lib.grader.checker", str(tmp / "job.json")], env=env,
-                                 capture_output=True, text=True, timeout=limit, start_new_session=True)
+                                 capture_output=True, text=True, timeout=limit, start_new_session=True,
+                                 preexec_fn=_die_with_parent)
         except subprocess.TimeoutExpired:
             return {"key": job["key"], "submission": job["submission"], "error": f"the checker ran past {limit:.0f} s"}
         if out.returncode != 0 or not (tmp / "out.ipynb").is_file():
@@ -183,6 +184,17 @@ def run_job(job: dict) -> dict:
         summary["wall_seconds"] = round(time.monotonic() - t0, 2)
         return {"key": job["key"], "submission": job["submission"], "notebook": (tmp / "out.ipynb").read_text(),
                 "summary": summary}
+
+
+def _die_with_parent():
+    """The checker (and with it its sandbox) ends when the process that started it dies (a killed worker)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def result_path(root: Path, s: Submission) -> Path:
@@ -327,8 +339,9 @@ def record(root: Path, subs: list[Submission], *, log=print) -> list[str]:
 def grade_class(root: Path, *, jobs: int | None = None, scheduler: str | None = None, unsafe: bool = False,
                 assignments=None, students=None, force: bool = False, progress: bool = True, out=print) -> int:
     """``course-lib grade``: execute, record, report, check. Returns a process exit status."""
-    from . import sandbox
     from course_lib.autograde import grade_report
+
+    from . import sandbox
 
     root = Path(root).resolve()
     if not unsafe and sandbox.bwrap_path() is None:

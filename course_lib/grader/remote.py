@@ -138,7 +138,8 @@ def _is_callback(obj) -> bool:
 
 
 def _cache_kind(obj) -> bool:
-    return isinstance(obj, torch.nn.Module) or "Tokenizer" in type(obj).__name__
+    """Objects the student's process keeps one copy of, by identity (an optimizer keeps its state)."""
+    return isinstance(obj, (torch.nn.Module, torch.optim.Optimizer)) or "Tokenizer" in type(obj).__name__
 
 
 def _fingerprint(obj):
@@ -160,6 +161,7 @@ class Student:
         self._param_ref: dict[int, tuple] = {}  # id(tensor) -> (key, name) of a tensor of such an object
         self._gens: dict[int, torch.Generator] = {}  # the student's generators, as the checker's copies
         self._cb_results: dict[int, tuple] = {}
+        self.stats = {"requests": 0, "callbacks": 0, "bytes_in": 0, "bytes_out": 0, "seconds_in_callbacks": 0.0}
 
     # ------------------------------------------------------------------------ pickling out
     def _callback_id(self, obj) -> int:
@@ -170,7 +172,7 @@ class Student:
             self._cb_ids[k] = i
         return self._cb_ids[k]
 
-    def _pickler(self, buf, leaves: list | None, cached: bool):
+    def _pickler(self, buf, leaves: list | None, cached: bool, refs: bool = False):
         import cloudpickle
 
         student = self
@@ -180,6 +182,10 @@ class Student:
                 if isinstance(obj, Remote):
                     return ("h", obj._h)
                 if not cached:  # an object sent by value, whole: its own functions go with it
+                    if refs and isinstance(obj, torch.Tensor):  # an optimizer's parameters: the student's copies
+                        ref = student._param_ref.get(id(obj))
+                        if ref is not None and student._still_sent(ref[0]):
+                            return ("param", ref[0], ref[1])
                     return None
                 if isinstance(obj, torch.Tensor):
                     ref = student._param_ref.get(id(obj))
@@ -210,7 +216,7 @@ class Student:
         if old is not None and old[0] is obj and old[1] == fp:
             return key
         buf = io.BytesIO()
-        self._pickler(buf, None, False).dump(obj)
+        self._pickler(buf, None, False, refs=isinstance(obj, torch.optim.Optimizer)).dump(obj)
         self.request({"op": "put", "key": key}, [buf.getvalue()])
         self._sent[id(obj)] = (obj, fp)
         if isinstance(obj, torch.nn.Module):
@@ -275,6 +281,7 @@ class Student:
                 try:
                     h, bufs = wire.recv(self.sb.fd_from)
                     self._last_bufs = bufs
+                    self.stats["bytes_in"] += sum(len(b) for b in bufs)
                     return h, bufs
                 except (EOFError, OSError):
                     self._die("your notebook's process ended (it exited, crashed or was killed)")
@@ -288,6 +295,8 @@ class Student:
 
     def request(self, header: dict, buffers=(), *, raw: bool = False):
         self._check()
+        self.stats["requests"] += 1
+        self.stats["bytes_out"] += sum(len(b) for b in buffers)
         try:
             wire.send(self.sb.fd_to, header, list(buffers))
         except OSError:
@@ -297,7 +306,10 @@ class Student:
             while True:
                 h, bufs = self._recv()
                 if h.get("op") in ("callback", "cbbackward"):
+                    t_cb = time.monotonic()
                     self._serve_callback(h, bufs)
+                    self.stats["callbacks"] += 1
+                    self.stats["seconds_in_callbacks"] += time.monotonic() - t_cb
                     continue
                 if h.get("op") != "reply":
                     self._die("your notebook's process broke the grading protocol")
@@ -392,9 +404,15 @@ class Student:
 
     def _handle(self, desc):
         if "cref" in desc:
-            obj, _ = self._sent.get(int(desc["cref"]) if desc["cref"].isdigit() else -1, (None, None))
+            key, _, name = desc["cref"].partition(":")
+            obj, _ = self._sent.get(int(key) if key.isdigit() else -1, (None, None))
             if obj is None:
                 raise wire.WireError("reference to an object the checker never sent")
+            if name:  # one of its tensors, unchanged on both sides
+                t = obj.state_dict(keep_vars=True).get(name) if isinstance(obj, torch.nn.Module) else None
+                if t is None or not self._still_sent(key):
+                    raise wire.WireError("reference to a tensor the checker does not have")
+                return t.detach() if t.requires_grad and not desc.get("grad") else t
             return obj
         if "gen" in desc:
             g = self._gens.get(desc["h"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 
 import numpy as np
 
@@ -85,7 +86,7 @@ def encode(value, buffers: list, handle_of, depth: int = 0, grad_out: list | Non
     """A JSON-able description of ``value``; arrays go to ``buffers``; anything else becomes a
     handle (``handle_of(obj)`` returns its number). Tensors that carry a gradient graph are listed
     in ``grad_out`` (their index goes in the description). Runs in the student's process."""
-    import torch
+    torch = sys.modules.get("torch")  # no tensor can exist where torch was never imported
 
     def sub(v):
         return encode(v, buffers, handle_of, depth + 1, grad_out, cref)
@@ -103,7 +104,11 @@ def encode(value, buffers: list, handle_of, depth: int = 0, grad_out: list | Non
     if isinstance(value, bytes):
         buffers.append(value)
         return {"bytes": len(buffers) - 1}
-    if isinstance(value, torch.Tensor) and type(value) in (torch.Tensor, torch.nn.Parameter):
+    if torch is not None and isinstance(value, torch.Tensor) and type(value) in (torch.Tensor, torch.nn.Parameter):
+        if cref is not None and not value.requires_grad:
+            key = cref(value)
+            if key is not None:
+                return {"cref": key}
         t = value.detach()
         if t.is_sparse or t.device.type == "meta" or str(t.dtype).replace("torch.", "") not in DTYPES:
             return {"h": handle_of(value), "t": "Tensor"}
@@ -125,7 +130,7 @@ def encode(value, buffers: list, handle_of, depth: int = 0, grad_out: list | Non
     if isinstance(value, np.generic) and value.dtype.name in DTYPES:
         buffers.append(np.asarray(value).tobytes())
         return {"scalar": len(buffers) - 1, "dtype": value.dtype.name}
-    if cref is not None and not isinstance(value, (torch.Tensor, np.ndarray)):
+    if cref is not None and not isinstance(value, np.ndarray):
         key = cref(value)
         if key is not None:
             return {"cref": key}
@@ -134,6 +139,9 @@ def encode(value, buffers: list, handle_of, depth: int = 0, grad_out: list | Non
         return {kind: [sub(v) for v in value]}
     if type(value) is dict:
         return {"dict": [[sub(k), sub(v)] for k, v in value.items()]}
+    if torch is None:
+        return {"h": handle_of(value), "t": type(value).__name__, "callable": callable(value), "module": False,
+                "isclass": isinstance(value, type)}
     if isinstance(value, torch.Generator) and value.device.type == "cpu":
         buffers.append(value.get_state().numpy().tobytes())
         return {"gen": len(buffers) - 1, "h": handle_of(value)}

@@ -1,0 +1,262 @@
+"""Grading in isolation (course_lib.grader), tried as a student out to cheat or to break grading would.
+
+One class of a0 submissions goes through `course-lib grade` (what `make grade` runs): two correct
+students, graded before and after everyone else, and submissions that read the solutions or the
+gradebook, write to them or to the course library, shadow names the tests use, ship a module beside
+the notebook, rewire the kernel, patch the checks, call a forbidden implementation by a route the old
+``forbid`` did not reach, leave a process behind, reach the network, exit, ignore interrupts, exhaust
+memory or processes, or flood the output. Every attacker must earn nothing, the correct students must
+keep full marks, the run must finish with grades.csv, feedback and a report, and nothing of the course
+folder may change. The wire format is tested on its own: the checker never unpickles.
+"""
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from gradeutil import nbgrader_meta, solution_only
+
+pytestmark = [pytest.mark.xdist_group("grading_isolation"),
+              pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (make sandbox)")]
+
+ROOT = Path(__file__).resolve().parents[1]
+COURSE_LIB = str(Path(sys.executable).parent / "course-lib")
+STUB = "def class_probabilities(model, images):\n    return torch.zeros(len(images), 10)\n"
+
+
+def _attacks(root: Path, port: int) -> dict[str, tuple[str | None, str | None, dict]]:
+    """student -> (answer cell code or None for the correct one, an extra cell or None, extra files)."""
+    r = str(root)
+    return {
+        "read-solutions": (
+            "import os\n"
+            f"SRC = {r + '/solutions/a0_setup/a0_setup.ipynb'!r}\n"
+            f"print('SEEN', os.path.exists(SRC), os.path.exists({r + '/gradebook.db'!r}), os.path.exists({r!r}))\n"
+            "if os.path.exists(SRC):\n"
+            "    import json, re\n"
+            "    cells = json.load(open(SRC))['cells']\n"
+            "    exec(next(''.join(c['source']) for c in cells if 'def class_probabilities' in ''.join(c['source'])))\n"
+            "else:\n" + "".join("    " + l + "\n" for l in STUB.splitlines()), None, {}),
+        "write-gradebook": (STUB + (
+            "import sqlite3\n"
+            "try:\n"
+            f"    db = sqlite3.connect({r + '/gradebook.db'!r})\n"
+            "    db.execute(\"update grade set manual_score = 100\")\n"
+            "    db.execute(\"update grade_cells set source = 'pass'\")\n"
+            "    db.commit()\n"
+            "except Exception as e:\n"
+            "    print('DENIED', type(e).__name__)\n"), None, {}),
+        "overwrite-library": (STUB + (
+            "import course_lib.grading as g\n"
+            "for path in (g.__file__, " + repr(r + "/nbgrader_config.py") + ", " + repr(r + "/solutions/a0_setup/a0_setup.ipynb") + "):\n"
+            "    try:\n"
+            "        open(path, 'w').write('check = lambda *a, **k: None\\n')\n"
+            "    except Exception as e:\n"
+            "        print('DENIED', type(e).__name__)\n"), None, {}),
+        "shadow-names": (STUB + (
+            "import builtins\n"
+            "builtins.abs = lambda x: 0.0\n"
+            "builtins.float = lambda x=0: 0.0\n"
+            "float = lambda x=0: 0.0\n"
+            "torch.equal = lambda *a, **k: True\n"
+            "torch.allclose = lambda *a, **k: True\n"), None,
+            {"torch.py": "raise SystemExit('a student module was imported')\n",
+             "course_lib.py": "raise SystemExit('a student module was imported')\n"}),
+        "kernel-hooks": (STUB + (
+            "ip = get_ipython()\n"
+            "ip.set_custom_exc((BaseException,), lambda *a, **k: None)\n"
+            "def _forget(result):\n    result.error_in_exec = None\n"
+            "ip.events.register('post_run_cell', _forget)\n"
+            "ip.run_code = lambda *a, **k: None\n"
+            "import builtins\n_compile = builtins.compile\n"), None, {}),
+        "patch-checks": (STUB + (
+            "import course_lib.grading as g\n"
+            "g.check = g.check_close = g.check_shape = g.check_type = lambda *a, **k: None\n"
+            "check = check_close = check_shape = lambda *a, **k: None\n"
+            "import builtins\n"
+            "class _Quiet(Exception):\n    pass\n"
+            "builtins.AssertionError = _Quiet\n"), None, {}),
+        "rewire-while-called": (
+            "def class_probabilities(model, images):\n"
+            "    ip = get_ipython()\n"
+            "    ip.run_code = lambda *a, **k: None\n"
+            "    import sys\n"
+            "    sys.settrace(lambda *a: None)\n"
+            "    return torch.zeros(len(images), 10)\n", None, {}),
+        "network": (STUB + (
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=3).sendall(b'stolen')\n"
+            "    print('CONNECTED')\n"
+            "except Exception as e:\n"
+            "    print('DENIED', type(e).__name__)\n"), None, {}),
+        "leave-a-process": (STUB + (
+            "import subprocess, os\n"
+            "subprocess.Popen(['sleep', '3671'], start_new_session=True)\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            "    import time\n"
+            "    time.sleep(3672)\n"), None, {}),
+        "exit-kernel": (None, "import os\nos._exit(0)", {}),
+        "ignore-interrupt": (None, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", {}),
+        "exhaust-memory": (None, "blocks = []\nwhile True:\n    blocks.append(bytearray(256 << 20))\n    blocks[-1][::4096] = b'x' * len(blocks[-1][::4096])", {}),
+        "fork-bomb": (None, "import os, time\nkids = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(3673)\n            os._exit(0)\n        kids += 1\nexcept OSError as e:\n    print('STOPPED AFTER', kids, type(e).__name__)", {}),
+        "flood-output": (None, "import sys\nfor _ in range(200):\n    sys.stdout.write('x' * 1_000_000)\n    sys.stderr.write('y' * 1_000_000)", {}),
+    }
+
+
+def _course(tmp: Path) -> Path:
+    root = tmp / "course"
+    root.mkdir()
+    cfg = (ROOT / "nbgrader_config.py").read_text()
+    cfg += ("\nc.Execute.timeout = 30\nc.CourseGrader.memory_bytes = 3 * 1024**3\nc.CourseGrader.max_processes = 64\n")
+    (root / "nbgrader_config.py").write_text(cfg)
+    shutil.copytree(ROOT / "solutions" / "a0_setup", root / "solutions" / "a0_setup")
+    shutil.copytree(ROOT / "assignments" / "a0_setup", root / "assignments" / "a0_setup")
+    return root
+
+
+def _submit(root: Path, student: str, answer: str | None, extra: str | None, files: dict):
+    rel = nbformat.read(str(root / "assignments" / "a0_setup" / "a0_setup.ipynb"), as_version=4)
+    src = nbformat.read(str(root / "solutions" / "a0_setup" / "a0_setup.ipynb"), as_version=4)
+    ref = next(c.source for c in src.cells if nbgrader_meta(c).get("grade_id") == "class_probabilities")
+    for i, c in enumerate(rel.cells):
+        if nbgrader_meta(c).get("grade_id") == "class_probabilities":
+            c.source = solution_only(ref) if answer is None else answer
+            at = i + 1
+    if extra is not None:
+        rel.cells.insert(at, nbformat.v4.new_code_cell(extra))
+    folder = root / "submitted" / student / "a0_setup"
+    folder.mkdir(parents=True)
+    nbformat.write(rel, str(folder / "a0_setup.ipynb"))
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def _listener():
+    """A server on the host's loopback that records any connection (the sandbox has no network)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(5)
+    srv.settimeout(0.5)
+    got, stop = [], threading.Event()
+
+    def run():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                got.append(conn.recv(100))
+                conn.close()
+            except OSError:
+                pass
+
+    threading.Thread(target=run, daemon=True).start()
+    return srv, got, stop
+
+
+@pytest.mark.slow
+def test_attackers_earn_nothing_and_harm_no_one(tmp_path):
+    root = _course(tmp_path)
+    srv, connections, stop = _listener()
+    attacks = _attacks(root, srv.getsockname()[1])
+    _submit(root, "aa-correct", None, None, {})
+    for student, (answer, extra, files) in attacks.items():
+        _submit(root, student, answer, extra, files)
+    _submit(root, "zz-correct", None, None, {})
+    before = {p: p.read_bytes() for p in list((root / "solutions").rglob("*")) + [root / "nbgrader_config.py"] if p.is_file()}
+    lib_before = {p: p.read_bytes() for p in (ROOT / "course_lib").rglob("*.py")}
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("NBGRADER_EXECUTION", None)
+    try:
+        out = subprocess.run([COURSE_LIB, "grade", str(root), "--jobs", "2", "--no-progress"], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=1500)
+    finally:
+        stop.set()
+        srv.close()
+    report = out.stdout + out.stderr
+    assert (root / "grades.csv").is_file(), report[-4000:]
+    scores = {}
+    with open(root / "grades.csv") as f:
+        for row in csv.DictReader(f):
+            scores[row["student_id"]] = float(row["score"])
+    # the two correct students, before and after everyone else, keep their 3 automatic points
+    assert scores["aa-correct"] == 3 and scores["zz-correct"] == 3, (scores, report[-3000:])
+    for student in attacks:
+        assert scores[student] == 0, f"the attack '{student}' earned {scores[student]} points:\n{report[-3000:]}"
+    for student in ("aa-correct", "zz-correct", *attacks):
+        assert list((root / "feedback" / student / "a0_setup").glob("*.html")), f"no feedback for {student}"
+    # nothing of the course changed, and the grader says so
+    assert {p: p.read_bytes() for p in before} == before
+    assert {p: p.read_bytes() for p in (ROOT / "course_lib").rglob("*.py")} == lib_before
+    assert "are unchanged (sha256)" in report, report[-2000:]
+    assert not connections, f"a submission reached the host's network: {connections}"
+    # what the attackers saw, in their own autograded notebooks
+    def outputs(student):
+        nb = nbformat.read(str(root / "autograded" / student / "a0_setup" / "a0_setup.ipynb"), as_version=4)
+        return "\n".join(o.get("text", "") + o.get("evalue", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "SEEN False False False" in outputs("read-solutions")
+    assert "DENIED" in outputs("write-gradebook") and "DENIED" in outputs("overwrite-library")
+    assert "DENIED" in outputs("network") and "CONNECTED" not in outputs("network")
+    assert "STOPPED AFTER" in outputs("fork-bomb")
+    assert len(outputs("flood-output")) < 2_000_000
+    # every process a submission started ended with it
+    left = subprocess.run(["pgrep", "-f", "sleep 367[123]"], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes started by submissions outlived grading: {left}"
+    # the report names what happened
+    rows = {r["student"]: r for r in json.loads((root / "grading-report.json").read_text())}
+    assert rows["exit-kernel"]["ended"], rows["exit-kernel"]
+    assert rows["exhaust-memory"]["ended"] and "memory" in rows["exhaust-memory"]["ended"][0], rows["exhaust-memory"]
+    assert rows["ignore-interrupt"]["timeouts"], rows["ignore-interrupt"]
+    assert rows["patch-checks"]["tamper"] and rows["kernel-hooks"]["tamper"]
+
+
+# ------------------------------------------------------------------------------- the wire, alone
+
+def test_the_checker_never_unpickles():
+    import pickle
+
+    from course_lib.grader import wire
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    r, w = os.pipe()
+    blob = pickle.dumps(Evil())
+    wire.send(w, {"op": "reply", "value": {"bytes": 0}}, [blob])
+    head, bufs = wire.recv(r)
+    value = wire.decode(head["value"], bufs, lambda d: d)
+    assert value == blob  # bytes stay bytes
+    for bad in ({"tensor": 0, "dtype": "object", "shape": [1]}, {"array": 0, "dtype": "O", "shape": [1]},
+                {"pickle": 0}, {"h": "1"}, {"tensor": 5, "dtype": "float32", "shape": [1]},
+                {"tensor": 0, "dtype": "float32", "shape": [1000]}, [1, 2]):
+        with pytest.raises(wire.WireError):
+            wire.decode(bad, bufs, lambda d: d)
+    os.close(r)
+    os.close(w)
+
+
+def test_values_cross_as_data():
+    import numpy as np
+    import torch
+
+    from course_lib.grader import wire
+
+    value = {"t": torch.arange(6.0).reshape(2, 3).requires_grad_(True), "b": torch.ones(2, dtype=torch.bfloat16),
+             "a": np.eye(2), "n": [1, 2.5, None, True, "s", (3, 4), {5}], "big": 2**70, "g": torch.float64}
+    buffers: list = []
+    handles = []
+    desc = wire.encode({**value, "f": len}, buffers, lambda o: handles.append(o) or len(handles))
+    back = wire.decode(json.loads(json.dumps(desc)), buffers, lambda d: ("handle", d["h"]))
+    assert torch.equal(back["t"], value["t"].detach()) and back["t"].requires_grad
+    assert back["b"].dtype == torch.bfloat16 and np.array_equal(back["a"], value["a"])
+    assert back["n"] == value["n"] and back["big"] == 2**70 and back["g"] is torch.float64
+    assert back["f"] == ("handle", 1) and handles == [len]

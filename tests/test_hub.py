@@ -19,6 +19,7 @@ they cannot enter (a pyenv or a checkout under root's 0700 home), the test grant
 traversal (``x``, not listing) of just those folders with a POSIX ACL for the test's duration, and removes it
 afterwards. On a real hub, install the environment where every user can read it instead.
 """
+
 import json
 import os
 import pwd
@@ -132,7 +133,9 @@ class UserKernel:
 
         ws = websocket.create_connection(
             f"ws{self.base[4:]}/api/kernels/{self.id}/channels?session_id={self.session}",
-            header=[f"Authorization: token {self.token}"], timeout=60)
+            header=[f"Authorization: token {self.token}"],
+            timeout=60,
+        )
         try:
             return self._execute(ws, code, timeout)
         finally:
@@ -142,17 +145,38 @@ class UserKernel:
         import websocket
 
         msg_id = uuid.uuid4().hex
-        ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "username": self.name, "session": self.session, "msg_type": "execute_request",
-                       "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
+        ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": self.name,
+                        "session": self.session,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                        "date": "",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         out, err, errors, deadline = [], [], [], time.monotonic() + timeout
         while True:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no answer from the kernel in {timeout} s to:\n{code[:500]}\nstdout so far: {''.join(out)[-2000:]}")
+                raise TimeoutError(
+                    f"{self.name}: no answer from the kernel in {timeout} s to:\n{code[:500]}\nstdout so far: {''.join(out)[-2000:]}"
+                )
             ws.settimeout(max(1.0, deadline - time.monotonic()))
             try:
                 raw = ws.recv()
@@ -192,13 +216,16 @@ class UserKernel:
 
     def ok(self, *argv, **kw) -> str:
         done = self.run(*argv, **kw)
-        assert done.returncode == 0, f"{self.name}: {' '.join(done.args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, (
+            f"{self.name}: {' '.join(done.args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
         return done.stdout + done.stderr
 
     def denied(self, *argv, what: str):
         done = self.run(*argv)
         assert done.returncode != 0 and "Permission denied" in done.stderr, (
-            f"{self.name} could {what}: {' '.join(done.args)} returned {done.returncode}\n{done.stdout[:1000]}{done.stderr[:1000]}")
+            f"{self.name} could {what}: {' '.join(done.args)} returned {done.returncode}\n{done.stdout[:1000]}{done.stderr[:1000]}"
+        )
 
     def close(self):
         import requests
@@ -219,11 +246,21 @@ class Hub:
         self.log = self.state / "jupyterhub.log"
         self.kernels: dict[str, UserKernel] = {}
         config = {
-            "ip": "127.0.0.1", "port": self.port, "hub_ip": "127.0.0.1", "hub_port": self.hub_port,
-            "api_url": f"http://127.0.0.1:{self.api_port}", "chp": str(CHP), "db": f"sqlite:///{self.state / 'jupyterhub.sqlite'}",
-            "cookie": str(self.state / "cookie_secret"), "pid": str(self.state / "proxy.pid"),
-            "password": self.password, "users": sorted(users.values()), "admin": users["instructor"], "token": self.token,
-            "cmd": str(VENV_BIN / "jupyterhub-singleuser"), "cache": str(cache),
+            "ip": "127.0.0.1",
+            "port": self.port,
+            "hub_ip": "127.0.0.1",
+            "hub_port": self.hub_port,
+            "api_url": f"http://127.0.0.1:{self.api_port}",
+            "chp": str(CHP),
+            "db": f"sqlite:///{self.state / 'jupyterhub.sqlite'}",
+            "cookie": str(self.state / "cookie_secret"),
+            "pid": str(self.state / "proxy.pid"),
+            "password": self.password,
+            "users": sorted(users.values()),
+            "admin": users["instructor"],
+            "token": self.token,
+            "cmd": str(VENV_BIN / "jupyterhub-singleuser"),
+            "cache": str(cache),
             "lab_settings": str(ROOT / "jupyter" / "lab-settings"),
         }
         (self.state / "jupyterhub_config.py").write_text(HUB_CONFIG.format(config=json.dumps(config)))
@@ -235,8 +272,14 @@ class Hub:
         for k in [k for k in env if k.startswith("COURSE_LIB_") or k.startswith("JUPYTER")]:
             del env[k]
         self._logf = open(self.log, "w")
-        self.proc = subprocess.Popen([VENV_BIN / "jupyterhub", "-f", self.state / "jupyterhub_config.py"], cwd=self.state,
-                                     env=env, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [VENV_BIN / "jupyterhub", "-f", self.state / "jupyterhub_config.py"],
+            cwd=self.state,
+            env=env,
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"JupyterHub exited ({self.proc.returncode}):\n{self.log.read_text()[-4000:]}"
@@ -251,8 +294,9 @@ class Hub:
     def api(self, method: str, path: str, **kw):
         import requests
 
-        return requests.request(method, f"{self.url}/hub/api{path}", headers={"Authorization": f"token {self.token}"},
-                                timeout=60, **kw)
+        return requests.request(
+            method, f"{self.url}/hub/api{path}", headers={"Authorization": f"token {self.token}"}, timeout=60, **kw
+        )
 
     def spawn(self, *names: str, timeout: float = 150):
         for name in names:
@@ -326,8 +370,7 @@ c.JupyterHub.load_roles = [{{"name": "course-test", "services": ["course-test"],
 
 # --------------------------------------------------------------------------- accounts, exchange, cache
 def _nbgrader_config(exchange: Path) -> str:
-    return (f"c = get_config()  # noqa: F821\nc.CourseDirectory.course_id = {COURSE_ID!r}\n"
-            f"c.Exchange.root = {str(exchange)!r}\n")
+    return f"c = get_config()  # noqa: F821\nc.CourseDirectory.course_id = {COURSE_ID!r}\nc.Exchange.root = {str(exchange)!r}\n"
 
 
 def _fill_shared_cache(cache: Path):
@@ -336,6 +379,7 @@ def _fill_shared_cache(cache: Path):
 
     src = home()
     assert (src / "models" / "smollm2-135m").is_dir(), f"no fetched models in {src}: run `make fetch` (course-lib fetch) first"
+
     def link_or_copy(a, b):  # a hard link where the file already is what the shared copy must be: root's, 0644
         st = os.stat(a)
         if st.st_uid == 0 and st.st_gid == 0 and stat.S_IMODE(st.st_mode) == 0o644:
@@ -355,8 +399,10 @@ def _fill_shared_cache(cache: Path):
 
 
 def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size, stat.S_IMODE(p.stat().st_mode), p.stat().st_uid)
-            for p in [folder, *folder.rglob("*")]}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size, stat.S_IMODE(p.stat().st_mode), p.stat().st_uid)
+        for p in [folder, *folder.rglob("*")]
+    }
 
 
 def _kill_user_processes(uid: int):
@@ -400,7 +446,8 @@ def hub():
         probe = _sh("runuser", "-u", users["good"], "--", VENV_BIN / "python", "-c", "import jupyterhub", check=False, cwd="/")
         assert probe.returncode == 0, (
             f"a student's account cannot use the environment {VENV_BIN.parent}: {probe.stderr[-2000:]}\n"
-            "Install it where every user can read it (for example /opt).")
+            "Install it where every user can read it (for example /opt)."
+        )
 
         timings = {"accounts": time.monotonic() - t0}
         exchange = tmp / "exchange"
@@ -443,8 +490,11 @@ def hub():
             # cannot take less than half of it, whatever the load was during this run
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = children.ru_utime + children.ru_stime - cpu0
-            _record(module_seconds=round(time.monotonic() - t0, 1), cpu_seconds_of_the_hub_and_its_processes=round(cpu, 1),
-                    load_average_at_end=os.getloadavg()[0])
+            _record(
+                module_seconds=round(time.monotonic() - t0, 1),
+                cpu_seconds_of_the_hub_and_its_processes=round(cpu, 1),
+                load_average_at_end=os.getloadavg()[0],
+            )
 
 
 def _record(**kv):
@@ -468,7 +518,8 @@ def _solution_code() -> dict[str, str]:
         src = _cell_source(cell)
         if cell["cell_type"] == "code" and "### BEGIN SOLUTION" in src:
             out[cell["metadata"]["nbgrader"]["grade_id"]] = re.sub(
-                r"[ \t]*### BEGIN SOLUTION\n(.*?)[ \t]*### END SOLUTION\n?", r"\1", src, flags=re.S)
+                r"[ \t]*### BEGIN SOLUTION\n(.*?)[ \t]*### END SOLUTION\n?", r"\1", src, flags=re.S
+            )
     assert out, f"no solution cells in solutions/{ASSIGNMENT}"
     return out
 
@@ -494,8 +545,10 @@ print("answered", sorted(answers))
 
 def _scores(feedback_html: str) -> tuple[float, float, dict]:
     total = re.search(r"\(Score: ([\d.]+) / ([\d.]+)\)</h4>", feedback_html)
-    cells = {gid: (float(s), float(m)) for gid, s, m in
-             re.findall(r'href="#([^"]+)">[^<]*</a> \(Score: ([\d.]+) / ([\d.]+)\)', feedback_html)}
+    cells = {
+        gid: (float(s), float(m))
+        for gid, s, m in re.findall(r'href="#([^"]+)">[^<]*</a> \(Score: ([\d.]+) / ([\d.]+)\)', feedback_html)
+    }
     assert total and cells, f"no scores in the feedback:\n{feedback_html[:2000]}"
     return float(total.group(1)), float(total.group(2)), cells
 
@@ -521,7 +574,8 @@ def test_class_workflow_between_unix_accounts(hub):
         "import shutil\n"
         f"shutil.copytree({str(ROOT / 'solutions' / ASSIGNMENT)!r}, {str(course / 'solutions' / ASSIGNMENT)!r})\n"
         f"shutil.copytree({str(ROOT / 'assignments' / ASSIGNMENT)!r}, {str(course / 'assignments' / ASSIGNMENT)!r})\n"
-        f"shutil.copy({str(ROOT / 'nbgrader_config.py')!r}, {str(course)!r})\n")
+        f"shutil.copy({str(ROOT / 'nbgrader_config.py')!r}, {str(course)!r})\n"
+    )
     # the gradebook learns the assignment's cells from the sources (make release); the release stays the committed one.
     # (autograde adds the students to the gradebook as their submissions come in)
     ins.ok(nbgrader, "generate_assignment", ASSIGNMENT, "--force", "--CourseDirectory.release_directory=regenerated", cwd=course)
@@ -552,8 +606,9 @@ def test_class_workflow_between_unix_accounts(hub):
     assert submitted, f"no submission of {good_name} in {inbound}"
     # nbgrader makes each submission folder 0777 and relies on its random name; record what a student who knew it could do
     leak = bad.run("cat", submitted[0] / f"{ASSIGNMENT}.ipynb")
-    _record(submission_readable_by_name=leak.returncode == 0,
-            submission_folder_mode=oct(stat.S_IMODE(submitted[0].stat().st_mode)))
+    _record(
+        submission_readable_by_name=leak.returncode == 0, submission_folder_mode=oct(stat.S_IMODE(submitted[0].stat().st_mode))
+    )
 
     # the instructor collects, autogrades as `make grade` does, and hands back feedback
     t1 = time.monotonic()
@@ -570,12 +625,14 @@ def test_class_workflow_between_unix_accounts(hub):
         html = student.execute(
             "import glob\n"
             f"_f = sorted(glob.glob({str(home / ASSIGNMENT / 'feedback' / '*' / f'{ASSIGNMENT}.html')!r}))\n"
-            "print(open(_f[-1]).read() if _f else 'NO FEEDBACK')")
+            "print(open(_f[-1]).read() if _f else 'NO FEEDBACK')"
+        )
         assert "NO FEEDBACK" not in html, f"{student.name} fetched no feedback"
         return _scores(html)
 
-    scores = dict(zip((good_name, bad_name), _together(lambda: fetch_feedback(good, good_home),
-                                                        lambda: fetch_feedback(bad, bad_home))))
+    scores = dict(
+        zip((good_name, bad_name), _together(lambda: fetch_feedback(good, good_home), lambda: fetch_feedback(bad, bad_home)))
+    )
     bad.denied("ls", good_home / ASSIGNMENT / "feedback", what="read the other student's feedback")
     auto = ("test_probabilities_visible", "test_probabilities_match_logits")
     g_total, g_max, g_cells = scores[good_name]
@@ -585,10 +642,14 @@ def test_class_workflow_between_unix_accounts(hub):
     assert sum(b_cells[g][0] for g in auto) < sum(b_cells[g][1] for g in auto), f"the wrong answer got full marks: {b_cells}"
     assert b_total < g_total, f"the wrong answer scored {b_total}, the correct one {g_total}"
     steps["workflow"] = time.monotonic() - t0
-    _record(workflow_seconds={k: round(v, 1) for k, v in steps.items()},
-            scores={"correct": [g_total, g_max], "wrong": [b_total, b_max]})
-    print(f"\nclass workflow in {steps['workflow']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in steps.items())}); "
-          f"scores: correct {g_total}/{g_max}, wrong {b_total}/{b_max}")
+    _record(
+        workflow_seconds={k: round(v, 1) for k, v in steps.items()},
+        scores={"correct": [g_total, g_max], "wrong": [b_total, b_max]},
+    )
+    print(
+        f"\nclass workflow in {steps['workflow']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in steps.items())}); "
+        f"scores: correct {g_total}/{g_max}, wrong {b_total}/{b_max}"
+    )
 
 
 # --------------------------------------------------------------------------- the shared model cache
@@ -629,7 +690,8 @@ def test_students_load_models_from_the_read_only_shared_cache(hub):
     assert result["next"].strip() == "Paris", result
     assert result["wrote"] == "denied", "a student could create a file in the shared model cache"
     assert not any("float32" in p for p in result["user_cache"]), (
-        f"the student's server rebuilt the dequantised SmolLM2 in its own cache instead of using the shared one: {result['user_cache']}")
+        f"the student's server rebuilt the dequantised SmolLM2 in its own cache instead of using the shared one: {result['user_cache']}"
+    )
     after = _snapshot(hub.cache)
     assert after == before, f"the shared cache changed: {sorted(set(after.items()) ^ set(before.items()))[:10]}"
     # and the same with the shell: no write, no delete, no chmod
@@ -653,8 +715,10 @@ widgets.VBox([slider, label])'''
 
 IDLE = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']"
 # what lecture 00 carried before its metadata were set to what ipykernel reports (course_lib.nbmeta)
-STALE_METADATA = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                  "language_info": {"name": "python"}}
+STALE_METADATA = {
+    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    "language_info": {"name": "python"},
+}
 
 
 def _open_and_watch(page, url: str, filename: str, seconds: float = 5) -> float | None:
@@ -686,7 +750,8 @@ def lab(hub):
     """A student logs in to the hub in Chromium, opens lecture 00, runs its first three code cells and a widget."""
     assert Path(CHROMIUM).is_file(), (
         f"{CHROMIUM} is missing: install Debian's chromium (`make browser`, run by `make test`), "
-        "or set COURSE_SITE_CHROMIUM to a Chromium or Chrome executable")
+        "or set COURSE_SITE_CHROMIUM to a Chromium or Chrome executable"
+    )
     from playwright.sync_api import sync_playwright
 
     t0 = time.monotonic()
@@ -701,9 +766,18 @@ def lab(hub):
     seen = {"problems": []}
     REPORTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             page.set_default_timeout(60_000)
@@ -715,7 +789,9 @@ def lab(hub):
             page.click("#login_submit")
             page.wait_for_url(re.compile(rf"/user/{name}/lab"), timeout=120_000)
             # a student who only opened the lecture has changed nothing: its tab must not show unsaved changes
-            seen["dirty_after_open_s"] = _open_and_watch(page, f"{hub.url}/user/{name}/lab/tree/lectures/{LECTURE.name}", LECTURE.name)
+            seen["dirty_after_open_s"] = _open_and_watch(
+                page, f"{hub.url}/user/{name}/lab/tree/lectures/{LECTURE.name}", LECTURE.name
+            )
             page.screenshot(path=str(REPORTS / "hub_lecture00_opened.png"))
 
             # run the first cells top to bottom, as a student does with Shift+Enter. Right after opening, JupyterLab may
@@ -740,7 +816,9 @@ def lab(hub):
             page.wait_for_selector(IDLE, timeout=180_000)
             seen["images"] = page.locator(f"{panel} .jp-OutputArea-output img").count()
             seen["output_text"] = "\n".join(outputs.all_inner_texts())
-            seen["errors"] = page.locator(f"{panel} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+            seen["errors"] = page.locator(
+                f"{panel} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+            ).all_inner_texts()
             page.locator(f"{panel} .jp-OutputArea-output img").first.scroll_into_view_if_needed()
             page.screenshot(path=str(REPORTS / "hub_lecture00.png"))
 
@@ -757,12 +835,16 @@ def lab(hub):
             page.keyboard.press("ArrowRight")
             page.wait_for_function(
                 "() => Array.from(document.querySelectorAll('.jp-NotebookPanel .widget-label'))"
-                ".some(e => e.textContent.startsWith('class 4:'))", timeout=30_000)
+                ".some(e => e.textContent.startsWith('class 4:'))",
+                timeout=30_000,
+            )
             seen["widget_label_after"] = label.inner_text()
             label.scroll_into_view_if_needed()
             page.screenshot(path=str(REPORTS / "hub_widget.png"))
             # the check can see a dirty tab: the same lecture with its old metadata is marked modified on opening
-            seen["stale_dirty_after_open_s"] = _open_and_watch(page, f"{hub.url}/user/{name}/lab/tree/lectures/{stale.name}", stale.name)
+            seen["stale_dirty_after_open_s"] = _open_and_watch(
+                page, f"{hub.url}/user/{name}/lab/tree/lectures/{stale.name}", stale.name
+            )
         except Exception:
             if "page" in locals():
                 page.screenshot(path=str(REPORTS / "hub_browser_failure.png"))
@@ -770,15 +852,19 @@ def lab(hub):
         finally:
             browser.close()
     seen["seconds"] = time.monotonic() - t0
-    _record(browser_seconds=round(seen["seconds"], 1), lecture_dirty_after_open_s=seen["dirty_after_open_s"],
-            stale_metadata_dirty_after_open_s=seen["stale_dirty_after_open_s"])
+    _record(
+        browser_seconds=round(seen["seconds"], 1),
+        lecture_dirty_after_open_s=seen["dirty_after_open_s"],
+        stale_metadata_dirty_after_open_s=seen["stale_dirty_after_open_s"],
+    )
     print(f"\nbrowser: lecture 00 and a widget in {seen['seconds']:.0f} s")
     return seen
 
 
 def test_student_runs_lecture_00_and_a_widget_in_the_browser(lab):
     assert not lab["problems"], lab["problems"]
-    assert "course_lib" in lab["output_text"] and "accuracy on 200 fresh test images" in lab["output_text"], lab["output_text"][:2000]
+    text = lab["output_text"]
+    assert "course_lib" in text and "accuracy on 200 fresh test images" in text, text[:2000]
     assert lab["images"] >= 2, f"expected the lecture's figures in the outputs, found {lab['images']} images"
     assert not [e for e in lab["errors"] if "Error" in e or "Traceback" in e], lab["errors"]
     assert lab["widget_label"].startswith("class 3:") and lab["widget_label_after"].startswith("class 4:"), lab
@@ -787,10 +873,12 @@ def test_student_runs_lecture_00_and_a_widget_in_the_browser(lab):
 def test_lecture_opens_without_unsaved_changes(lab):
     assert lab["dirty_after_open_s"] is None, (
         f"the lecture's tab showed unsaved changes {lab['dirty_after_open_s']} s after its kernel was idle, before anything "
-        "ran: its committed kernelspec/language_info differ from what the kernel reports (python -m course_lib.nbmeta)")
+        "ran: its committed kernelspec/language_info differ from what the kernel reports (python -m course_lib.nbmeta)"
+    )
     assert lab["stale_dirty_after_open_s"] is not None, (
         "the same lecture with the old metadata ('Python 3', bare language_info) did not show unsaved changes either: "
-        "the check cannot see a dirty tab")
+        "the check cannot see a dirty tab"
+    )
 
 
 def test_module_time_budget(hub):

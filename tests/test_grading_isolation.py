@@ -189,8 +189,12 @@ def test_attackers_earn_nothing_and_harm_no_one(tmp_path):
             scores[row["student_id"]] = float(row["score"])
     # the two correct students, before and after everyone else, keep their 3 automatic points
     assert scores["aa-correct"] == 3 and scores["zz-correct"] == 3, (scores, report[-3000:])
+    # a correct answer followed by a cell that floods the output or forks until the limit keeps its points (it spoiled
+    # nothing); every other attack earns nothing (exiting, ignoring interrupts or exhausting memory after a correct
+    # answer spoils the cells after it)
     for student in attacks:
-        assert scores[student] == 0, f"the attack '{student}' earned {scores[student]} points:\n{report[-3000:]}"
+        want = 3 if student in ("flood-output", "fork-bomb") else 0
+        assert scores[student] == want, f"the attack '{student}' earned {scores[student]} points:\n{report[-3000:]}"
     for student in ("aa-correct", "zz-correct", *attacks):
         assert list((root / "feedback" / student / "a0_setup").glob("*.html")), f"no feedback for {student}"
     # nothing of the course changed, and the grader says so

@@ -321,14 +321,31 @@ def record(root: Path, subs: list[Submission], *, log=print) -> list[str]:
         res = api.generate_assignment(a, force=True)
         if not res.get("success"):
             problems.append(f"{a}: nbgrader generate_assignment failed: {str(res.get('error', ''))[-600:]}")
+    import warnings
+
+    from nbgrader.apps.api import Autograde, GenerateFeedback, capture_log, temp_attrs
+
+    by_assignment: dict[str, list[str]] = {}
     for assignment, student in pairs:
-        res = api.autograde(assignment, student, force=True, create=True)
-        if not res.get("success"):
-            problems.append(f"{assignment}/{student}: nbgrader autograde failed: {str(res.get('error', ''))[-600:]}")
-            continue
-        res = api.generate_feedback(assignment, student, force=True)
-        if not res.get("success"):
-            problems.append(f"{assignment}/{student}: feedback failed: {str(res.get('error', ''))[-600:]}")
+        by_assignment.setdefault(assignment, []).append(student)
+    for assignment, students in by_assignment.items():
+        everyone = {p.parent.name for p in (root / "submitted").glob(f"*/{assignment}")}
+        # one nbgrader run per assignment for the whole class (each run costs seconds of start-up), else one per student
+        groups = ["*"] if set(students) >= everyone else students
+        for student in groups:
+            with warnings.catch_warnings(), temp_attrs(api.coursedir, assignment_id=assignment, student_id=student):
+                warnings.simplefilter("ignore")
+                app = Autograde(coursedir=api.coursedir, parent=api)
+                app.force, app.create_student = True, True
+                res = capture_log(app)
+                if res.get("success"):
+                    app = GenerateFeedback(coursedir=api.coursedir, parent=api)
+                    app.force = True
+                    fb = capture_log(app)
+                    if not fb.get("success"):
+                        problems.append(f"{assignment}/{student}: feedback failed: {str(fb.get('error', ''))[-600:]}")
+            if not res.get("success"):
+                problems.append(f"{assignment}/{student}: nbgrader autograde failed: {str(res.get('error', ''))[-600:]}")
     out = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "export", "--to", "grades.csv"], cwd=root,
                          capture_output=True, text=True, env=dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")))
     if out.returncode != 0:

@@ -41,7 +41,7 @@ class Entry:
 
 _ENTRIES = [
     Entry("scenes-cnn", "vision", "shipped", "CNN on the scenes dataset (10 classes, 64x64)"),
-    Entry("scenes-cnn-spurious", "vision", "shipped", "the same CNN trained with a spurious corner cue (clever Hans)"),
+    Entry("scenes-cnn-spurious", "vision", "shipped", "the same CNN trained with a spurious cue (clever Hans)"),
     Entry("diabetes-mlp", "tabular", "shipped", "MLP regressor on scikit-learn's diabetes data"),
     Entry("fever-cough-a", "tabular", "exact", "80 * [fever and cough]"),
     Entry("fever-cough-b", "tabular", "exact", "80 * [fever and cough] + 10 * [cough]"),

@@ -76,7 +76,7 @@ def train_scene_cnn(
 ) -> SceneCNN:
     """Train :class:`SceneCNN` on freshly generated scenes (a few minutes on 2 CPU cores).
 
-    ``cue`` plants the spurious corner mark at that rate (for ``scenes-cnn-spurious``).
+    ``cue`` plants the spurious mark (a square in the top band whose column encodes the class) at that rate (for ``scenes-cnn-spurious``).
     Deterministic for a seed on a given machine and torch version.
     """
     with seeded_cpu_rng(seed):  # the global generator draws the initial weights; the caller's state is put back

@@ -65,9 +65,8 @@ def forward_fast(model: nn.Module, x: torch.Tensor):
     """``model(x)`` for a batch of images ``x`` (B, C, H, W), in the layout the model runs fastest on.
 
     On the CPU that is channels-last (the same values, stored pixel by pixel with the colours
-    together): oneDNN's convolutions, and max-pooling above all, are much faster that way. For
-    scenes-cnn a forward + backward pass of 16 images of 66 x 66 took 46.6 ms instead of 71.2 ms on
-    one thread (tests/benchmarks/bench_featurevis.py). The outputs agree with the contiguous layout up
+    together): oneDNN's convolutions, and max-pooling above all, are much faster that way (~1.5x for
+    scenes-cnn's forward + backward: tests/benchmarks/bench_featurevis.py). The outputs agree with the contiguous layout up
     to rounding (~1e-7). Elsewhere (and for inputs that are not images) ``x`` goes in as it is.
 
     Some models cannot take channels-last input: one that flattens its features with

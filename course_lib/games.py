@@ -50,12 +50,8 @@ def default_batch_size(bytes_per_input: int, *, activation_factor: int = 16, dev
     """Model inputs per chunk so that one chunk's activations stay within a memory budget.
 
     ``$COURSE_LIB_MEMORY_MB``, if set, is the whole budget. Otherwise a GPU gets 1 GB, and a CPU
-    128 MB and at most 16 inputs per chunk: on a CPU small chunks stay in the caches. Measured for
-    image LIME (1000 samples, ~50 superpixels, channels-last images; `tests/benchmarks/bench_chunking.py`,
-    2 threads, medians of 3), the best fixed batch was 16 both for scenes-cnn (8: 1.14x, 32: 1.44x,
-    256: 1.87x) and for a ResNet-18 at 128x128 (32: 1.02x, 8: 1.14x, 256: 1.35x); on an H200
-    larger batches only gained (scenes-cnn: 256 or more within 1.15x of 1000; ResNet-18: 256 1.09x,
-    512 1.04x; measured before channels-last, which is CPU-only).
+    128 MB and at most 16 inputs per chunk: on a CPU small chunks stay in the caches (for image LIME
+    16 was the best fixed batch; on a GPU larger batches only gained: tests/benchmarks/bench_chunking.py).
     ``activation_factor`` is a rough ratio of a forward pass's activation memory to its input size.
     """
     env = os.environ.get("COURSE_LIB_MEMORY_MB")

@@ -29,6 +29,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .device import model_device, require_eval
+from .games import ImageGames, _check_output, _image_baseline
+
 __all__ = [
     "top_k",
     "topk_jaccard",
@@ -195,9 +198,6 @@ class PerturbationCurve:
 
 
 def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, insert) -> PerturbationCurve:
-    from .device import model_device, require_eval
-    from .games import ImageGames, _check_output, _image_baseline
-
     require_eval(model, "deletion_curve / insertion_curve")
     _check_output(output)
     x = torch.as_tensor(x)

@@ -11,6 +11,10 @@ from typing import Callable
 
 import torch
 
+from .methods.adversarial import pgd
+from .methods.lime import fit_surrogate, sample_masks
+from .plot import attack_panel
+
 __all__ = ["lime_explorer", "attack_explorer"]
 
 
@@ -35,8 +39,6 @@ def lime_explorer(
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
-
-    from .methods.lime import fit_surrogate, sample_masks
 
     answers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for (seed, n, _w), res in (runs or {}).items():
@@ -92,9 +94,6 @@ def attack_explorer(
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
-
-    from .methods.adversarial import pgd
-    from .plot import attack_panel
 
     x = x[None] if x.dim() == 3 else x
     with torch.no_grad():

@@ -109,8 +109,18 @@ def test_attacks(name, device, scenes_cnn, scenes_test):
     b = attack(model, x, y, 0, None)
     c = attack(model, x, y, 0, 2)
     assert a.device.type == device
-    atol = 1e-6 if device == "cpu" else 0.06  # sign steps flip where gradients are near zero (TF32)
-    assert (a - b).abs().max() <= atol, f"{name}: the answer changed with batch_size"
+    diff = (a - b).abs()
+    if device == "cpu":
+        # oneDNN picks its convolution kernels by batch size, so the gradients of a batch of 2 and of 6 differ by
+        # rounding (~1e-7); where a gradient is that close to 0, sign(g) flips and that pixel moves one step
+        # (alpha = 2.5 * eps / steps) the other way. Measured: pgd-targeted, 1 element of 73 728 by exactly
+        # alpha = 0.01307 (the 0.013 that failed). Anything more than such isolated flips is a real dependence.
+        moved = diff > 1e-6
+        assert int(moved.sum()) <= max(1, diff.numel() // 10_000), f"{name}: {int(moved.sum())} values changed with batch_size"
+        bound = 1e-6 if name == "pgd-l2" else 2 * 4 / 255 + 1e-6  # an L2 step has no sign to flip; Linf within the ball
+        assert diff.max() <= bound, f"{name}: the answer changed with batch_size by {float(diff.max()):.3g}"
+    else:
+        assert diff.max() <= 0.06, f"{name}: the answer changed with batch_size"  # sign steps flip where gradients are ~0 (TF32)
     assert torch.equal(a, c), f"{name}: the same seed gave a different answer"
     if name != "fgsm":
         assert not torch.equal(a, attack(model, x, y, 1, 2)), f"{name}: another seed gave the very same answer"
@@ -164,7 +174,9 @@ def _public_functions() -> dict[str, Callable]:
     for info in pkgutil.iter_modules(methods_pkg.__path__):
         mod = importlib.import_module(f"course_lib.methods.{info.name}")
         for name, obj in vars(mod).items():
-            if inspect.isfunction(obj) and not name.startswith("_") and obj.__module__ == mod.__name__:
+            # a module's own functions, or (a package such as featurevis) those of its submodules it re-exports
+            own = obj.__module__ == mod.__name__ or obj.__module__.startswith(mod.__name__ + ".") if inspect.isfunction(obj) else False
+            if own and not name.startswith("_"):
                 found[f"{info.name}.{name}"] = obj
     return found
 
@@ -223,7 +235,22 @@ SPECS: dict[str, Spec] = {
     "featurevis.class_logit": Spec(lambda c: dict(c=1), {"c": "index"}),
     "featurevis.channel": Spec(lambda c: dict(layer="features", c=1), {"c": "index"}),
     "featurevis.neuron": Spec(lambda c: dict(layer="features", c=1), {"c": "index"}),
+    "featurevis.render": Spec(lambda c: dict(model=c.model, objectives=_fv().channel("features", 1), size=16, steps=1, progress=False),
+                              {"model": "model", "steps": "count", "n": "count"}),
+    "featurevis.evaluate": Spec(lambda c: dict(model=c.model, objective=_fv().channel("features", 1), images=c.x),
+                                {"model": "model", "images": "image", "batch_size": "count"}),
+    "featurevis.dataset_search": Spec(lambda c: dict(model=c.model, objective=_fv().channel("features", 1), images=c.x, k=1),
+                                      {"model": "model", "images": "image", "k": "count"}),
+    # prototypes
+    "prototypes.prototypes": Spec(lambda c: dict(model=c.model, classes=[1], steps=1, size=16, progress=False),
+                                  {"model": "model", "steps": "count", "n": "count"}),
 }
+
+
+def _fv():
+    from course_lib.methods import featurevis
+
+    return featurevis
 
 EXEMPT: dict[str, str] = {
     "featurevis.default_transforms": "takes no arguments",
@@ -231,15 +258,16 @@ EXEMPT: dict[str, str] = {
 }
 # no bad-input row yet: only their own tests' error cases cover them (issue 26: move them into SPECS)
 _NOT_YET = [
+    # tried in the table and failing (a crash deep in torch or a message that does not name the argument): next
+    "concepts.layer_activations", "concepts.penultimate_features", "concepts.tcav_scores", "concepts.directional_derivatives",
+    "concepts.data_attribution", "prototypes.isolate", "prototypes.confusion_matrix",
     "adversarial.attack_loss", "adversarial.project_to_ball", "attribution.blurred",
     "attribution.cascading_randomization", "attribution.leave_one_out", "attribution.randomize_layers",
-    "concepts.compute_cav", "concepts.concept_images", "concepts.data_attribution",
-    "concepts.directional_derivatives", "concepts.layer_activations", "concepts.penultimate_features",
-    "concepts.random_sets", "concepts.tcav", "concepts.tcav_scores", "concepts.tcav_significance",
+    "concepts.compute_cav", "concepts.tcav", "concepts.tcav_significance",
     "featurevis.activations", "featurevis.blur_penalty", "featurevis.colour_basis", "featurevis.compose",
-    "featurevis.dataset_search", "featurevis.direction", "featurevis.diversity", "featurevis.evaluate",
+    "featurevis.direction", "featurevis.diversity",
     "featurevis.jitter", "featurevis.l1", "featurevis.l2", "featurevis.one_resample", "featurevis.opponent_colours",
-    "featurevis.pad", "featurevis.radial_spectrum", "featurevis.render", "featurevis.rotate", "featurevis.scale",
+    "featurevis.pad", "featurevis.radial_spectrum", "featurevis.rotate", "featurevis.scale",
     "featurevis.total_variation", "lime.cosine_distance", "lime.exp_kernel", "lime.fit_surrogate",
     "lime.weighted_ridge", "lm_lenses.attention_patterns", "lm_lenses.capture_activations",
     "lm_lenses.control_labels", "lm_lenses.find_layers", "lm_lenses.induction_scores", "lm_lenses.lm_loss",
@@ -250,8 +278,8 @@ _NOT_YET = [
     "prompts.nearest_token_distance", "prompts.next_token_distribution", "prompts.p_target", "prompts.pez",
     "prompts.project_to_tokens", "prompts.roundtrip_ok", "prompts.sample_candidates", "prompts.score_prompts",
     "prompts.soft_prompt", "prompts.target_loss", "prompts.token_counts", "prompts.token_embeddings",
-    "prototypes.class_weight_similarity", "prototypes.confusion_matrix", "prototypes.entanglement",
-    "prototypes.isolate", "prototypes.pooled_activations", "prototypes.prototypes", "prototypes.spearman",
+    "prototypes.class_weight_similarity", "prototypes.entanglement",
+    "prototypes.pooled_activations", "prototypes.spearman",
     "prototypes.spearman_score", "shapley.all_masks", "shapley.exact_interactions", "shapley.exact_shapley",
     "shapley.exact_values", "shapley.moebius", "shapley.shapley_from_moebius", "shapley.shapley_kernel_weights",
     "shapley.sii_from_moebius", "training_lens.in_context_loss", "training_lens.induction_score",

@@ -313,7 +313,7 @@ def test_radial_spectrum_is_flat_for_white_noise_and_keeps_the_energy():
     freq, power = fv.radial_spectrum(noise, n_bins=8)
     assert freq.shape == power.shape == (8,) and (freq.diff() > 0).all()
     assert (power[1:] / power[1:].mean() - 1).abs().max() < 0.15  # white noise: the same power at every frequency
-    smooth = fv._box_blur(fv._box_blur(noise.clamp(-2, 2)))
+    smooth = fv.objectives._box_blur(fv.objectives._box_blur(noise.clamp(-2, 2)))
     _, ps = fv.radial_spectrum(smooth, n_bins=8)
     assert ps[-1] < 0.05 * ps[1]  # blurring removes the high frequencies
 
@@ -353,7 +353,7 @@ def test_grid_sample_by_groups_of_channels_equals_grid_sample(n, c, per, padding
     weights = torch.rand(n, c, 18, 22, generator=g, dtype=torch.float64)
     a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     want = F.grid_sample(a, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
-    got = fv._grid_sample(b, grid, padding_mode, channels=per)
+    got = fv.fast._grid_sample(b, grid, padding_mode, channels=per)
     (want * weights).sum().backward()
     (got * weights).sum().backward()
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
@@ -369,14 +369,14 @@ def test_shared_terms_are_evaluated_once_and_give_each_objective_its_own_value()
             fv.class_logit(1) - 10 * tv - 0.5 * tv,  # the same leaf twice
             2.0 * fv.channel("l", 3) - 3 * fv.l1() + 1.5 * fv.diversity("l"),  # diversity is never shared (not row-wise)
             0 * fv.l1() + 1.0]
-    got = fv._plan(objs, 2)(acts)  # 2 images per objective
+    got = fv.plan._plan(objs, 2)(acts)  # 2 images per objective
     want = torch.cat([o({k: v[2 * i : 2 * i + 2] for k, v in acts.items()}) for i, o in enumerate(objs)])
     torch.testing.assert_close(got, want)
     # families: channel c (or logit c) of one layer for every objective, read at each image's own index at once
     fam = [fv.class_logit(3), 2 * fv.class_logit(1) + fv.channel("l", 1), fv.channel("l", 4) - fv.l1(),
            fv.class_logit(0) + fv.class_logit(2)]  # the last uses two members: evaluated on its own
     want = torch.cat([o({k: v[2 * i : 2 * i + 2] for k, v in acts.items()}) for i, o in enumerate(fam)])
-    torch.testing.assert_close(fv._plan(fam, 2)(acts), want)
+    torch.testing.assert_close(fv.plan._plan(fam, 2)(acts), want)
     half = -0.5 * objs[0]
     assert [w for w, _ in half.terms] == [-0.5, 5.0, 2.5] and half.const == -1.0
     torch.testing.assert_close(half(acts), -0.5 * objs[0](acts))
@@ -388,7 +388,7 @@ def test_render_with_one_resample_raises_the_objective_and_gives_every_objective
     # of different sizes (~1e-7), and a max-pool near-tie can turn that into a different trajectory)
     x = data.images[:4].clone().requires_grad_(True)  # 4 objectives, n = 1
     w = torch.randn(4, 3, 66, 66, generator=torch.Generator().manual_seed(0))
-    together = fv._same_draws(fv.one_resample(), x, 4, torch.Generator().manual_seed(7))
+    together = fv.rendering._same_draws(fv.one_resample(), x, 4, torch.Generator().manual_seed(7))
     (together * w).sum().backward()
     for k in range(4):
         xk = data.images[k : k + 1].clone().requires_grad_(True)

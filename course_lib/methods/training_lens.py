@@ -37,8 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..cache import file_problem, home, user_cache, writable, write_checksum
 from ..device import seeded_cpu_rng
-from ..zoo.cache import file_problem, write_checksum, writable
 from ..progress import progress_bar
 
 __all__ = [
@@ -270,7 +270,6 @@ def train_induction(config: TrainConfig = TrainConfig(), *, seed: int = 0, progr
 
 # ----------------------------------------------------------------------------- cache
 def _cache_paths(config: TrainConfig, seed: int) -> list[Path]:
-    from ..zoo.cache import home, user_cache
 
     name = f"training-lens-{config.key(seed)}.pt"
     return [home() / "models" / name, user_cache() / "models" / name]

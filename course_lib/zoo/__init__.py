@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
+from ..cache import ChecksumError, home, verify  # noqa: F401 (public: course_lib.zoo.home, .ChecksumError)
 from ..device import default_device
 from . import llm, online
-from .cache import ChecksumError, home, verify  # noqa: F401 (public: course_lib.zoo.home, .ChecksumError)
 from .scenes import CLASS_NAMES, ImageDataset, make_scenes
-from .tabular import DiabetesMLP, FeverCough, diabetes_data
+from .corpus import load_corpus
+from .tabular import DiabetesMLP, FeverCough, diabetes_data, fever_cough_background
 from .vision import SceneCNN
 
 __all__ = ["load_model", "load_dataset", "available_models", "model_status", "ImageDataset", "CLASS_NAMES", "WEIGHTS"]
@@ -145,11 +146,7 @@ def load_dataset(name: str, *, split: str = "test", n: int | None = None, seed: 
         idx = rows[split][: n if n is not None else None]
         return {"X": X[idx], "y": y[idx], "feature_names": names}
     if name == "fever-cough":
-        from .tabular import fever_cough_background
-
         return {"X": fever_cough_background(), "feature_names": ["fever", "cough"]}
     if name == "shakespeare":
-        from .corpus import load_corpus
-
         return load_corpus(split=split, n=n)
     raise KeyError(f"unknown dataset {name!r}; available datasets: scenes, diabetes, fever-cough, shakespeare")

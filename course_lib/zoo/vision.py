@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from ..device import seeded_cpu_rng
+from ..device import model_device, require_eval, seeded_cpu_rng
 from ..progress import progress_bar
 from .scenes import CLASS_NAMES, make_scenes
 
@@ -111,8 +111,6 @@ def train_scene_cnn(
 @torch.inference_mode()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` on ``images`` (N, 3, H, W) in [0, 1]."""
-    from ..device import model_device, require_eval
-
     require_eval(model, "accuracy")
     dev = model_device(model)
     hits = 0

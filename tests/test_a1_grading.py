@@ -212,3 +212,95 @@ class forbid:
 '''
     res = run_graded(A1, {"sample_masks": stub}, stop_after="test_sample_masks")
     assert not res["test_sample_masks"].passed, "a stub sampler with the check helpers rebound got the sampler's points"
+
+
+# --- false rejections of the randomised sampler checks (issue 24, item 6) -------------------------------
+def _test_cell_source(grade_id):
+    from gradeutil import cells, nbgrader_meta
+
+    return next(c.source for c in cells(A1) if nbgrader_meta(c).get("grade_id") == grade_id)
+
+
+def _binomial_two_sided_tail(n, p, t):
+    """P(|X/n - p| >= t) for X ~ Binomial(n, p), exactly."""
+    import math
+
+    from scipy.stats import binom
+
+    hi, lo = math.ceil(n * (p + t) - 1e-9), math.floor(n * (p - t) + 1e-9)
+    return float(binom.sf(hi - 1, n, p) + binom.cdf(lo, n, p))
+
+
+def test_the_sampler_checks_false_rejection_bounds_written_beside_them():
+    # visible: 5 counts of k ~ Bin(2999, 1/5) at 0.045, 6 players ~ Bin(2999, 1/2) at 0.055
+    visible = 5 * _binomial_two_sided_tail(2999, 0.2, 0.045) + 6 * _binomial_two_sided_tail(2999, 0.5, 0.055)
+    # hidden (d = 11): 10 counts ~ Bin(3999, 1/10) at 0.03, 55 pairs ~ Bin(3999, 0.3) at 0.045, 11 players at 0.05
+    k = range(1, 11)
+    assert abs(sum(j * (j - 1) for j in k) / 10 / 110 - 0.3) < 1e-12
+    hidden = (10 * _binomial_two_sided_tail(3999, 0.1, 0.03) + 55 * _binomial_two_sided_tail(3999, 0.3, 0.045)
+              + 11 * _binomial_two_sided_tail(3999, 0.5, 0.05))
+    assert visible < 1.6e-8 and hidden < 5e-8, (visible, hidden)
+    src = _test_cell_source("test_sample_masks")
+    for threshold in ("< 0.045).all()", "< 0.055).all()", "< 0.03,", "< 0.045,", "< 0.05,"):
+        assert threshold in src, f"the bound above is for the threshold {threshold!r}: update both together"
+
+
+def _run_sampler_cell(sampler):
+    import math
+
+    import numpy as np
+    import torch
+
+    ns = {"torch": torch, "np": np, "math": math, "sample_masks": sampler}
+    try:
+        exec(compile(_test_cell_source("test_sample_masks"), "<test_sample_masks>", "exec"), ns)
+        return True
+    except AssertionError:
+        return False
+
+
+def _numpy_sampler(n_players, n_samples, seed):
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    k = rng.integers(1, n_players, size=n_samples)
+    ranks = np.argsort(np.argsort(rng.random((n_samples, n_players)), axis=1), axis=1)
+    out = ranks >= k[:, None]
+    out[0] = True
+    return torch.from_numpy(out)
+
+
+def test_a_correct_numpy_sampler_passes_the_sampler_cell_on_many_seeds():
+    # The old pair check rejected this sampler on 19 of 200 seeds; the bound above is < 6e-8 per run (12 runs: the cell is slow under forbid).
+    fails = [r for r in range(12) if not _run_sampler_cell(lambda d, n, seed, r=r: _numpy_sampler(d, n, seed + 7919 * r))]
+    assert not fails, f"a correct sampler was rejected with seed offsets {fails}"
+
+
+def _contiguous_block_sampler(n_players, n_samples, seed):
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    out = np.ones((n_samples, n_players), dtype=bool)
+    for i in range(1, n_samples):
+        k, s = rng.integers(1, n_players), rng.integers(n_players)
+        out[i, (s + np.arange(k)) % n_players] = False
+    return torch.from_numpy(out)
+
+
+def _k_one_to_d_sampler(n_players, n_samples, seed):
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    out = np.ones((n_samples, n_players), dtype=bool)
+    for i in range(1, n_samples):
+        out[i, rng.permutation(n_players)[: rng.integers(1, n_players)]] = False
+    out[1:] &= rng.random((n_samples - 1, 1)) < 0.9  # k = d in a tenth of the rows
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("sampler", [_contiguous_block_sampler, _k_one_to_d_sampler])
+def test_wrong_samplers_fail_the_sampler_cell(sampler):
+    assert not _run_sampler_cell(sampler)

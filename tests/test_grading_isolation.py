@@ -264,3 +264,73 @@ def test_values_cross_as_data():
     assert back["b"].dtype == torch.bfloat16 and np.array_equal(back["a"], value["a"])
     assert back["n"] == value["n"] and back["big"] == 2**70 and back["g"] is torch.float64
     assert back["f"] == ("handle", 1) and handles == [len]
+
+
+# ------------------------------------------------------------------- the channel, with a real sandbox
+
+@pytest.fixture
+def student(tmp_path):
+    from course_lib.grader import remote, sandbox
+
+    work = tmp_path / "work"
+    work.mkdir()
+    st = remote.Student(sandbox.start(work, limits=sandbox.Limits()), timeout=120)
+    yield st
+    st.close()
+
+
+def _define(student, code):
+    reply = student.run(code)
+    assert "error" not in reply, reply
+
+
+def test_callbacks_keep_the_tests_insides(student):
+    import torch
+
+    from course_lib.grader.remote import StudentError
+
+    _define(student, "def peek(f):\n    return f.__globals__['SECRET']\n"
+                     "def peek2(f):\n    return f._memo\n"
+                     "def use(f, x):\n    return f(x) + 1\n")
+    ns = {"SECRET": "the expected answer"}
+    exec("class Game:\n    def __init__(self):\n        self._memo = SECRET\n        self.n_players = 3\n"
+         "    def __call__(self, x):\n        return x * 2\n", ns)
+    game, fn = ns["Game"](), eval("lambda x: x * 2", ns)
+    assert student.get("use")(game, torch.ones(2)).tolist() == [3.0, 3.0]  # the game is called back, here
+    for f in ("peek", "peek2"):
+        with pytest.raises((AttributeError, StudentError, RuntimeError)) as err:
+            student.get(f)(fn if f == "peek" else game)
+        assert "the expected answer" not in str(err.value)
+
+
+def test_gradients_cross_both_ways(student):
+    import torch
+
+    _define(student, "import torch\n"
+                     "def f(x):\n    return (x ** 2).sum()\n"
+                     "def g(h, x):\n    x = x.clone().requires_grad_(True)\n    h(x).backward()\n    return x.grad\n")
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    student.get("f")(x).backward()  # the student's graph, the checker's leaf
+    assert torch.allclose(x.grad, 2 * x.detach())
+    got = student.get("g")(lambda t: (t ** 3).sum(), torch.tensor([1.0, 2.0]))  # the checker's graph, the student's leaf
+    assert torch.allclose(got, torch.tensor([3.0, 12.0]))
+
+
+def test_models_and_optimizers_keep_their_state(student):
+    import torch
+
+    _define(student, "import torch\n"
+                     "def step(net, opt, x):\n    opt.zero_grad()\n    loss = net(x).pow(2).sum()\n    loss.backward()\n"
+                     "    opt.step()\n    return float(loss)\n")
+    torch.manual_seed(0)
+    net, ref = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    ref.load_state_dict(net.state_dict())
+    opt, opt_ref = torch.optim.Adam(net.parameters(), lr=0.1), torch.optim.Adam(ref.parameters(), lr=0.1)
+    x = torch.randn(5, 3)
+    for _ in range(3):
+        student.get("step")(net, opt, x)
+        opt_ref.zero_grad()
+        ref(x).pow(2).sum().backward()
+        opt_ref.step()
+        for p, q in zip(net.parameters(), ref.parameters()):
+            assert torch.allclose(p, q, atol=1e-6)

@@ -353,6 +353,28 @@ def record(root: Path, subs: list[Submission], *, log=print) -> list[str]:
     return problems
 
 
+def stored_tests_differ(root: Path, assignments) -> list[str]:
+    """Test cells whose copy in the gradebook differs from solutions/ (nbgrader grades against the stored copy)."""
+    import nbformat
+    from nbgrader.api import Gradebook, MissingEntry
+
+    out = []
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        for a in sorted(set(assignments)):
+            for path in sorted((root / "solutions" / a).glob("*.ipynb")):
+                for cell in nbformat.read(str(path), as_version=4).cells:
+                    m = cell.get("metadata", {}).get("nbgrader", {})
+                    if not (m.get("grade") and not m.get("solution") and cell.cell_type == "code"):
+                        continue
+                    try:
+                        stored = gb.find_source_cell(m["grade_id"], path.stem, a).source
+                    except MissingEntry:
+                        continue
+                    if stored != cell.source:
+                        out.append(f"{a}/{path.stem}/{m['grade_id']}")
+    return out
+
+
 def grade_class(root: Path, *, jobs: int | None = None, scheduler: str | None = None, unsafe: bool = False,
                 assignments=None, students=None, force: bool = False, progress: bool = True, out=print) -> int:
     """``course-lib grade``: execute, record, report, check. Returns a process exit status."""
@@ -386,12 +408,13 @@ def grade_class(root: Path, *, jobs: int | None = None, scheduler: str | None = 
         out("  ! " + p)
     grade_report(root, out=out)
     after = fingerprints(root)
-    diff = changed(before, after)
+    diff = changed(before, after) + [f"gradebook test cell {c}" for c in stored_tests_differ(root, {s.assignment for s in subs})]
     out(f"Executed in {t1 - t0:.1f} s, recorded in {t2 - t1:.1f} s ({(t2 - t1) / max(1, len(subs)):.2f} s per submission).")
     if diff:
         out("  ! These files changed while grading (check them): " + ", ".join(diff[:20]))
     else:
-        out("Solutions, release, course_lib and nbgrader_config.py are unchanged (sha256).")
+        out("Solutions, release, course_lib and nbgrader_config.py are unchanged (sha256), and the gradebook's "
+            "test cells are the solutions' own.")
     (root / RESULTS).mkdir(exist_ok=True)
     (root / RESULTS / "last-run.json").write_text(json.dumps({
         "submissions": len(subs), "errors": {f"{s.assignment}/{s.student}": e for s, e in errors.items()},

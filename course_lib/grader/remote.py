@@ -121,9 +121,17 @@ def _detached(v):
     return v
 
 
+def _is_method(fn) -> bool:
+    """A function defined in a class body (``Spy.forward``): it travels with its class, by value."""
+    parts = getattr(fn, "__qualname__", "").split(".")
+    return len(parts) >= 2 and parts[-2] != "<locals>"
+
+
 def _is_callback(obj) -> bool:
     """Callables that stay in the checker: the test's own functions, games, spies, references."""
     if isinstance(obj, (Remote, torch.nn.Module, type, types.ModuleType)):
+        return False
+    if isinstance(obj, types.FunctionType) and _is_method(obj):
         return False
     if isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
         return False
@@ -181,11 +189,13 @@ class Student:
             def persistent_id(self, obj):
                 if isinstance(obj, Remote):
                     return ("h", obj._h)
-                if not cached:  # an object sent by value, whole: its own functions go with it
+                if not cached:  # an object sent by value, whole: its class's methods go with it
                     if refs and isinstance(obj, torch.Tensor):  # an optimizer's parameters: the student's copies
                         ref = student._param_ref.get(id(obj))
                         if ref is not None and student._still_sent(ref[0]):
                             return ("param", ref[0], ref[1])
+                    if _is_callback(obj):  # a hook or a stored function of the test's: it stays here
+                        return ("cb", student._callback_id(obj), getattr(obj, "__name__", type(obj).__name__))
                     return None
                 if isinstance(obj, torch.Tensor):
                     ref = student._param_ref.get(id(obj))
@@ -353,7 +363,10 @@ class Student:
             if fn is None:
                 raise KeyError("no such callback")
             if "attr" in h:
-                return wire.send(self.sb.fd_to, {"op": "cbreply"}, [self.dumps(getattr(fn, str(h["attr"])))])
+                attr = str(h["attr"])
+                if attr.startswith("_"):  # __globals__, __closure__, _memo: the test's insides stay here
+                    raise AttributeError(f"{type(fn).__name__} object has no readable attribute {attr!r}")
+                return wire.send(self.sb.fd_to, {"op": "cbreply"}, [self.dumps(getattr(fn, attr))])
             leaves: dict = {}
             self._touched_gens = {}
             args, kwargs = wire.decode(h.get("args"), bufs, self._handle, leaves=leaves)

@@ -62,6 +62,7 @@ class Limits:
     memory_bytes: int = 4 << 30
     max_processes: int = 256
     threads: int = 1
+    max_file_bytes: int = 256 << 20
 
 
 @dataclass
@@ -184,7 +185,7 @@ def start(workdir: Path, *, limits: Limits, forbidden: list[str] = (), unsafe: b
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
     env = {
-        "PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin",
+        "PATH": os.path.dirname(os.path.abspath(sys.executable)) + ":/usr/bin:/bin",
         "HOME": str(workdir / ".home") if unsafe else "/home/student",
         "NBGRADER_EXECUTION": "autograde",
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
@@ -195,7 +196,7 @@ def start(workdir: Path, *, limits: Limits, forbidden: list[str] = (), unsafe: b
     }
     if cache_dir is not None:
         env["COURSE_LIB_HOME"] = str(cache_dir)
-    agent = [sys.executable, "-m", "course_lib.grader.agent", str(to_r), str(from_w)]
+    agent = [os.path.abspath(sys.executable), "-m", "course_lib.grader.agent", str(to_r), str(from_w)]
     name = uuid.uuid4().hex[:12]
     cgroups = []
     if unsafe:
@@ -235,8 +236,16 @@ def start(workdir: Path, *, limits: Limits, forbidden: list[str] = (), unsafe: b
         if cgroups:
             joins = "; ".join(f"echo $$ > {c}/cgroup.procs" for c in cgroups)
             cmd = ["/bin/sh", "-c", joins + '; exec "$@"', "sh"] + cmd
+    log = open(workdir.parent / f"agent-{name}.log", "wb")  # the agent's own stderr, for a post-mortem
+
+    def limit_files():  # no file the submission writes (its log included) may outgrow this
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
+
     proc = subprocess.Popen(cmd, cwd=str(workdir), env=env, pass_fds=(to_r, from_w), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, preexec_fn=limit_files)
+    log.close()
     os.close(to_r)
     os.close(from_w)
     return Sandbox(proc, to_w, from_r, workdir, [Path(c) for c in cgroups], unsafe)

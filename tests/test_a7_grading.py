@@ -232,3 +232,27 @@ def test_a_different_correct_solution_gets_full_marks():
 def test_plausible_mistakes_lose_points(mistake):
     cell, code = WRONG[mistake]
     assert_loses_points(NB, {cell: code}, mistake, stop_after=TESTS[cell], only={TESTS[cell]})  # later exercises cannot be affected
+
+
+_BATCHED_OCCLUSION = """
+def isolation_map(model, x, a, b, patch=8):
+    B, _, H, W = x.shape
+    nh, nw = H // patch, W // patch
+    ys = x[:, None].repeat(1, nh * nw, 1, 1, 1)  # (B, S, 3, H, W)
+    for s in range(nh * nw):
+        i, j = divmod(s, nw)
+        ys[:, s, :, i * patch : (i + 1) * patch, j * patch : (j + 1) * patch] = 0.5
+    ys = ys.flatten(0, 1)
+    with torch.no_grad():
+        z0 = model(x)
+        zs = torch.cat([model(ys[k : k + {chunk}]) for k in range(0, len(ys), {chunk})])
+    d0, ds = z0[:, a] - z0[:, b], (zs[:, a] - zs[:, b]).view(B, nh * nw)
+    return (d0[:, None] - ds).view(B, nh, nw)
+"""
+
+
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_batched_occlusion_gets_the_isolation_points(chunk):
+    # float32 rounding differs with the batch size (~1e-3 over the toy's map, where the old check allowed 1e-4)
+    res = run_graded(NB, {"isolation_map": _BATCHED_OCCLUSION.format(chunk=chunk)}, stop_after="test_isolation")
+    assert res["test_isolation"].passed, res["test_isolation"].error

@@ -5,7 +5,8 @@ value, calls a function, reads an attribute, or runs a backward pass through a r
 Nothing here is trusted by the checker: a submission can rewrite this module's objects, but all it
 can change is what its own process answers, and answers are data (see ``wire``).
 
-Started as ``python -m course_lib.grader.agent IN_FD OUT_FD``.
+Started as ``python .../course_lib/grader/agent.py IN_FD OUT_FD``: as a script, so that nothing is imported
+(torch included) before the notebook asks for it.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import pickle
 import sys
 import traceback
 
-from . import wire
+if __package__:
+    from . import wire
+else:  # run as a script (python .../grader/agent.py): the course_lib package (and torch) is not imported
+    import wire
 
 OUTPUT_CAP = 200_000  # characters of stdout/stderr kept per cell; the rest is counted, not stored
 DISPLAY_CAP = 50  # rich outputs kept per cell
@@ -180,6 +184,8 @@ class Agent:
     def sync(self) -> dict:
         """What the student's code changed in the checker's objects: tensors, gradients, and the plain
         attributes of modules the test defined itself (a spy's counters), to be copied back."""
+        if "torch" not in sys.modules or not self.cache:
+            return {}
         import torch
 
         out = {}
@@ -328,8 +334,6 @@ class Agent:
             self._reply_error(e)
 
     def callback(self, cb: int, args, kwargs, attr: str | None = None):
-        import torch
-
         buffers: list = []
         grad_in: list = []
         desc = wire.encode([list(args), kwargs], buffers, self.handle_of, grad_out=grad_in, cref=self.cref)
@@ -344,6 +348,8 @@ class Agent:
                 raise AttributeError(e.get("evalue"))
             raise RuntimeError(f"{e.get('ename')}: {e.get('evalue')}")
         for h, i in (header.get("gens") or {}).items():  # generators the checker drew from
+            import torch
+
             g = self.handles.get(int(h))
             if isinstance(g, torch.Generator):
                 g.set_state(torch.frombuffer(bytearray(bufs[i]), dtype=torch.uint8))

@@ -11,7 +11,7 @@ each test cell runs here, in a namespace that holds
 
 ``globals()`` in a test cell is a view that forwards writes of the student's names to the student's
 process, so a test that swaps a reference function in for the student's helper still does so.
-Run as ``python -m course_lib.grader.checker JOB.json`` (a fresh process per submission).
+Run as ``python .../course_lib/grader/checker.py JOB.json`` (a fresh process per submission).
 """
 from __future__ import annotations
 
@@ -32,7 +32,11 @@ from pathlib import Path
 
 import nbformat
 
-from . import remote, sandbox
+if __package__:
+    from . import remote, sandbox
+else:  # run as a script: the course_lib package (and torch) is imported only if the notebook needs it
+    import remote
+    import sandbox
 
 MAGIC = re.compile(r"^\s*[%!]")
 
@@ -249,9 +253,7 @@ def run_here(code: str, ns: dict, name: str, timeout: float, student: remote.Stu
 def grade(job: dict) -> dict:
     """Execute one submission. ``job``: submitted, source, release_dir, out, timeout, limits, forbidden,
     unsafe, cache_dir. Writes the executed notebook to ``out`` and returns a summary."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    os.environ["MPLBACKEND"] = "Agg"
     sub = nbformat.read(job["submitted"], as_version=4)
     src = nbformat.read(job["source"], as_version=4)
     timeout = float(job.get("timeout", 180))

@@ -172,7 +172,8 @@ def run_job(job: dict) -> dict:
         env.pop("NBGRADER_EXECUTION", None)
         t0 = time.monotonic()
         try:
-            out = subprocess.run([sys.executable, "-m", "course_lib.grader.checker", str(tmp / "job.json")], env=env,
+            checker = Path(__file__).resolve().parent / "checker.py"
+            out = subprocess.run([sys.executable, str(checker), str(tmp / "job.json")], env=env,
                                  capture_output=True, text=True, timeout=limit, start_new_session=True,
                                  preexec_fn=_die_with_parent)
         except subprocess.TimeoutExpired:

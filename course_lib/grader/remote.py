@@ -14,9 +14,29 @@ import select
 import time
 import types
 
-import torch
+import sys
 
-from . import wire
+if __package__:
+    from . import wire
+else:
+    import wire
+
+
+class _LazyTorch:
+    """torch, imported when first used: a notebook without tensors never pays for it."""
+
+    def __getattr__(self, name):
+        import torch as real
+
+        globals()["torch"] = real
+        return getattr(real, name)
+
+
+torch = _LazyTorch()
+
+
+def _has_torch() -> bool:
+    return "torch" in sys.modules
 
 
 class StudentError(Exception):
@@ -85,22 +105,34 @@ class Remote:
     __str__ = __repr__
 
 
-class _RemoteGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, link, n_in, n_out, *tensors):
-        ctx.link, ctx.n_in, ctx.n_out = link, n_in, n_out
-        outs = tensors[n_in + 1:]
-        return tuple(o.clone() for o in outs)
+_REMOTE_GRAD = None
 
-    @staticmethod
-    def backward(ctx, *grads):
-        student, rid = ctx.link
-        in_grads = student.backward(rid, list(grads))
-        in_grads = list(in_grads) + [None] * (ctx.n_in - len(in_grads))
-        return (None, None, None, *in_grads[: ctx.n_in], None, *([None] * ctx.n_out))
+
+def _remote_grad():
+    """The autograd Function that attaches a student's results to the checker's graph (made on first use)."""
+    global _REMOTE_GRAD
+    if _REMOTE_GRAD is None:
+        class _RemoteGrad(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, link, n_in, n_out, *tensors):
+                ctx.link, ctx.n_in, ctx.n_out = link, n_in, n_out
+                outs = tensors[n_in + 1:]
+                return tuple(o.clone() for o in outs)
+
+            @staticmethod
+            def backward(ctx, *grads):
+                student, rid = ctx.link
+                in_grads = student.backward(rid, list(grads))
+                in_grads = list(in_grads) + [None] * (ctx.n_in - len(in_grads))
+                return (None, None, None, *in_grads[: ctx.n_in], None, *([None] * ctx.n_out))
+
+        _REMOTE_GRAD = _RemoteGrad
+    return _REMOTE_GRAD
 
 
 def _collect(v, found: list) -> None:
+    if not _has_torch():
+        return
     if isinstance(v, torch.Tensor) and v.requires_grad:
         found.append(v)
     elif isinstance(v, (list, tuple, set, frozenset)):
@@ -112,6 +144,8 @@ def _collect(v, found: list) -> None:
 
 
 def _detached(v):
+    if not _has_torch():
+        return v
     if isinstance(v, torch.Tensor):
         return v.detach() if v.requires_grad else v
     if type(v) in (list, tuple, set, frozenset):
@@ -129,7 +163,7 @@ def _is_method(fn) -> bool:
 
 def _is_callback(obj) -> bool:
     """Callables that stay in the checker: the test's own functions, games, spies, references."""
-    if isinstance(obj, (Remote, torch.nn.Module, type, types.ModuleType)):
+    if isinstance(obj, (Remote, type, types.ModuleType)) or (_has_torch() and isinstance(obj, torch.nn.Module)):
         return False
     if isinstance(obj, types.FunctionType) and _is_method(obj):
         return False
@@ -139,7 +173,7 @@ def _is_callback(obj) -> bool:
         mod = getattr(obj, "__module__", "") or ""
         closure = getattr(obj, "__closure__", None)
         return mod in ("__main__", "builtins") or mod.startswith("course_lib") or bool(closure) or obj.__name__ == "<lambda>"
-    if callable(obj) and not isinstance(obj, torch.Tensor):
+    if callable(obj) and not (_has_torch() and isinstance(obj, torch.Tensor)):
         mod = type(obj).__module__ or ""
         return not mod.startswith(("torch", "numpy", "functools"))
     return False
@@ -147,11 +181,13 @@ def _is_callback(obj) -> bool:
 
 def _cache_kind(obj) -> bool:
     """Objects the student's process keeps one copy of, by identity (an optimizer keeps its state)."""
-    return isinstance(obj, (torch.nn.Module, torch.optim.Optimizer)) or "Tokenizer" in type(obj).__name__
+    if "Tokenizer" in type(obj).__name__:
+        return True
+    return _has_torch() and isinstance(obj, (torch.nn.Module, torch.optim.Optimizer))
 
 
 def _fingerprint(obj):
-    if isinstance(obj, torch.nn.Module):
+    if _has_torch() and isinstance(obj, torch.nn.Module):
         return (obj.training,) + tuple((id(t), t._version, t.requires_grad) for t in obj.state_dict(keep_vars=True).values())
     return None
 
@@ -190,14 +226,14 @@ class Student:
                 if isinstance(obj, Remote):
                     return ("h", obj._h)
                 if not cached:  # an object sent by value, whole: its class's methods go with it
-                    if refs and isinstance(obj, torch.Tensor):  # an optimizer's parameters: the student's copies
+                    if refs and _has_torch() and isinstance(obj, torch.Tensor):  # an optimizer's parameters: the student's copies
                         ref = student._param_ref.get(id(obj))
                         if ref is not None and student._still_sent(ref[0]):
                             return ("param", ref[0], ref[1])
                     if _is_callback(obj):  # a hook or a stored function of the test's: it stays here
                         return ("cb", student._callback_id(obj), getattr(obj, "__name__", type(obj).__name__))
                     return None
-                if isinstance(obj, torch.Tensor):
+                if _has_torch() and isinstance(obj, torch.Tensor):
                     ref = student._param_ref.get(id(obj))
                     if ref is not None and student._still_sent(ref[0]):
                         return ("param", ref[0], ref[1])
@@ -405,7 +441,7 @@ class Student:
             def persistent_id(self, obj):
                 if isinstance(obj, Remote):
                     return ("h", obj._h)
-                if marks and isinstance(obj, torch.Tensor) and id(obj) in marks:
+                if marks and _has_torch() and isinstance(obj, torch.Tensor) and id(obj) in marks:
                     return ("gout", marks[id(obj)])
                 if _is_callback(obj):
                     return ("cb", student._callback_id(obj), getattr(obj, "__name__", type(obj).__name__))
@@ -449,7 +485,7 @@ class Student:
         raw = [t.detach() for t in found]
         ins = [orig for orig, _ in leaves]
         dummy = torch.zeros((), requires_grad=True)
-        outs = _RemoteGrad.apply((self, h["rid"]), len(ins), len(raw), *ins, dummy, *raw)
+        outs = _remote_grad().apply((self, h["rid"]), len(ins), len(raw), *ins, dummy, *raw)
         swap = {id(t): o for t, o in zip(found, outs)}
 
         def rebuild(v):

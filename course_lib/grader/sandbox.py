@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import course_lib
+GRADER = Path(__file__).resolve().parent
 
 BWRAP_MISSING = ("bubblewrap is not installed: grading runs every submission in a bubblewrap sandbox. "
                  "Install it with `sudo apt-get install bubblewrap` (Debian/Ubuntu) or `make sandbox`, "
@@ -87,7 +87,7 @@ class Sandbox:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"course_lib.grader.agent" in cmd and b"bwrap" not in cmd.split(b"\0")[0]:
+            if b"grader/agent.py" in cmd and b"bwrap" not in cmd.split(b"\0")[0]:
                 return pid
             for task in Path(f"/proc/{pid}/task").glob("*"):
                 try:
@@ -196,7 +196,7 @@ def start(workdir: Path, *, limits: Limits, forbidden: list[str] = (), unsafe: b
     }
     if cache_dir is not None:
         env["COURSE_LIB_HOME"] = str(cache_dir)
-    agent = [os.path.abspath(sys.executable), "-m", "course_lib.grader.agent", str(to_r), str(from_w)]
+    agent = [os.path.abspath(sys.executable), str(GRADER / "agent.py"), str(to_r), str(from_w)]
     name = uuid.uuid4().hex[:12]
     cgroups = []
     if unsafe:
@@ -214,7 +214,7 @@ def start(workdir: Path, *, limits: Limits, forbidden: list[str] = (), unsafe: b
                 cmd += ["--ro-bind", d, d]
         for d in _python_roots():
             cmd += ["--ro-bind", d, d]
-        lib = Path(course_lib.__file__).resolve().parent
+        lib = GRADER.parent
         cmd += ["--ro-bind", str(lib), str(lib)]
         if cache_dir is not None and Path(cache_dir).is_dir():
             cmd += ["--ro-bind", str(cache_dir), str(cache_dir)]

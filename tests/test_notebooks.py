@@ -160,8 +160,21 @@ def _claims_08(nb):
     assert 0 < float(held[2]) < 1 and int(held[-1]) > 500, out
 
 
-CLAIMS = {"01_attribution.ipynb": _claims_01, "05_feature_visualisation.ipynb": _claims_05,
-          "08_inside_a_language_model.ipynb": _claims_08}
+def _claims_00(nb):
+    out = _printed(nb, "cell-9")
+    chance = _number_after(out, "chance level:")
+    acc = {l[:28].strip(): (_number_after(l, "scenes-cnn "), _number_after(l, "scenes-cnn-spurious"))
+           for l in out.splitlines() if "scenes-cnn-spurious" in l}
+    honest, spurious = zip(*acc.values())
+    assert min(honest) >= 0.95, out  # scenes-cnn is as accurate whatever the square says
+    assert acc["cue marks the true class"][1] >= 0.95, out  # with an honest square the spurious model is as accurate
+    no_cue = acc["no cue"][1]
+    assert 0.6 <= no_cue <= acc["cue marks the true class"][1] - 0.15, out  # "about three in four": worse, not fallen apart
+    assert acc["cue marks the next class"][1] < chance, out  # it follows a lying square below chance
+
+
+CLAIMS = {"00_why_interpretability.ipynb": _claims_00, "01_attribution.ipynb": _claims_01,
+          "05_feature_visualisation.ipynb": _claims_05, "08_inside_a_language_model.ipynb": _claims_08}
 
 
 @pytest.mark.parametrize("name", sorted(CLAIMS))

@@ -173,7 +173,19 @@ def _claims_00(nb):
     assert acc["cue marks the next class"][1] < chance, out  # it follows a lying square below chance
 
 
-CLAIMS = {"00_why_interpretability.ipynb": _claims_00, "01_attribution.ipynb": _claims_01,
+def _claims_06(nb):
+    out = _printed(nb, "47fb5a93")
+    per_layer = {l.split(" mean Spearman")[0].strip(): [float(v) for v in l.split("[")[1].split("]")[0].split()]
+                 for l in out.splitlines() if "mean Spearman per layer" in l}
+    for layer, natural in enumerate(per_layer["natural (mean)"]):  # a natural image scores much higher than either
+        assert natural > max(per_layer["prototype"][layer], per_layer["naive"][layer]) + 0.1, out
+    assert _number_after(out, "prototype above naive on") >= 6, out  # "on most classes"
+    assert _number_after(_printed(nb, "7cca37d1"), "test accuracy") >= 0.95, "the model is nearly perfect on clean scenes"
+    out = _printed(nb, "490b74ae")
+    assert _number_after(out, "spurious") > 2 * _number_after(out, "honest"), out  # the prototypes show the magenta cue
+
+
+CLAIMS = {"00_why_interpretability.ipynb": _claims_00, "06_prototypes.ipynb": _claims_06, "01_attribution.ipynb": _claims_01,
           "05_feature_visualisation.ipynb": _claims_05, "08_inside_a_language_model.ipynb": _claims_08}
 
 

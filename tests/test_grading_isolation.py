@@ -334,3 +334,31 @@ def test_models_and_optimizers_keep_their_state(student):
         opt_ref.step()
         for p, q in zip(net.parameters(), ref.parameters()):
             assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_forbidden_modules_are_absent_however_reached(tmp_path):
+    from course_lib.grader import remote, sandbox
+    from course_lib.grader.remote import StudentError
+
+    work = tmp_path / "work"
+    work.mkdir()
+    st = remote.Student(sandbox.start(work, limits=sandbox.Limits(), forbidden=["course_lib.methods.shapley", "captum"]),
+                        timeout=120)
+    try:
+        _define(st, "import importlib, importlib.util, inspect\n"
+                    "from course_lib.methods.shapley import exact_shapley as _e\n"
+                    "def by_default(g, _f=_e):\n    return _f(g)\n"
+                    "def by_importlib(g):\n    return importlib.import_module('course_lib.methods.shapley').exact_shapley(g)\n"
+                    "def by_file(g):\n"
+                    "    path = importlib.util.find_spec('course_lib.methods.shapley').origin\n"
+                    "    ns = {}\n    exec(open(path).read(), ns)\n    return ns['exact_shapley'](g)\n"
+                    "def by_captum():\n    import captum.attr\n    return captum.attr.Saliency\n"
+                    "def allowed():\n    import course_lib.games, course_lib.methods.lime\n    return 1\n")
+        for name in ("by_default", "by_importlib", "by_file"):
+            with pytest.raises((AssertionError, StudentError, KeyError)):
+                st.get(name)(lambda m: m.sum(1))
+        with pytest.raises((ImportError, ModuleNotFoundError, StudentError, AssertionError)):
+            st.get("by_captum")()
+        assert st.get("allowed")() == 1
+    finally:
+        st.close()

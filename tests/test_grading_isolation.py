@@ -107,9 +107,13 @@ def _attacks(root: Path, port: int) -> dict[str, tuple[str | None, str | None, d
             "    time.sleep(3672)\n"), None, {}),
         "exit-kernel": (None, "import os\nos._exit(0)", {}),
         "ignore-interrupt": (None, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", {}),
-        "exhaust-memory": (None, "blocks = []\nwhile True:\n    blocks.append(bytearray(256 << 20))\n    blocks[-1][::4096] = b'x' * len(blocks[-1][::4096])", {}),
-        "fork-bomb": (None, "import os, time\nkids = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(3673)\n            os._exit(0)\n        kids += 1\nexcept OSError as e:\n    print('STOPPED AFTER', kids, type(e).__name__)", {}),
-        "flood-output": (None, "import sys\nfor _ in range(200):\n    sys.stdout.write('x' * 1_000_000)\n    sys.stderr.write('y' * 1_000_000)", {}),
+        "exhaust-memory": (None, "blocks = []\nwhile True:\n    blocks.append(bytearray(256 << 20))\n"
+                                 "    blocks[-1][::4096] = b'x' * len(blocks[-1][::4096])", {}),
+        "fork-bomb": (None, "import os, time\nkids = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+                            "            time.sleep(3673)\n            os._exit(0)\n        kids += 1\n"
+                            "except OSError as e:\n    print('STOPPED AFTER', kids, type(e).__name__)", {}),
+        "flood-output": (None, "import sys\nfor _ in range(200):\n    sys.stdout.write('x' * 1_000_000)\n"
+                               "    sys.stderr.write('y' * 1_000_000)", {}),
     }
 
 

@@ -365,7 +365,8 @@ def grade(job: dict) -> dict:
                             _restore_setup(cell)
                     except remote.CellTimeout:
                         timed_out = True
-                        cell.outputs = [_error_output("CellTimeoutError", f"this cell ran longer than the {timeout:g} s limit and was stopped")]
+                        why = f"this cell ran longer than the {timeout:g} s limit and was stopped"
+                        cell.outputs = [_error_output("CellTimeoutError", why)]
                     except remote.StudentDead as e:
                         cell.outputs = [_error_output("StudentProcessEnded", str(e))]
                     finally:

@@ -347,8 +347,10 @@ def record(root: Path, subs: list[Submission], *, log=print) -> list[str]:
                         problems.append(f"{assignment}/{student}: feedback failed: {str(fb.get('error', ''))[-600:]}")
             if not res.get("success"):
                 problems.append(f"{assignment}/{student}: nbgrader autograde failed: {str(res.get('error', ''))[-600:]}")
-    out = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "export", "--to", "grades.csv"], cwd=root,
-                         capture_output=True, text=True, env=dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")))
+    bindir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""))  # nbgrader runs alembic
+    out = subprocess.run([str(Path(bindir) / "nbgrader"), "export", "--to", "grades.csv"], cwd=root,
+                         capture_output=True, text=True, env=env)
     if out.returncode != 0:
         problems.append("nbgrader export failed: " + out.stderr[-600:])
     return problems

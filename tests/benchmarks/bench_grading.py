@@ -16,7 +16,6 @@ Measured figures are printed (and logged at the end of this docstring by whoever
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path

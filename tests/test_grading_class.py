@@ -236,3 +236,14 @@ def test_local_cluster(baseline, tmp_path):
     got = _outcome(root)
     want = [g for g in baseline[1]["grades"] if g[1] in ("s01-correct", "s05-wrong")]
     assert got["grades"] == want
+
+
+def test_default_jobs_follow_the_cpu_budget():
+    """--jobs defaults to the CPU budget (here the affinity mask) over the threads each submission uses."""
+    code = "from course_lib.grader.classroom import default_jobs; print(default_jobs(1), default_jobs(2))"
+    one = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert one.stdout.split() == ["1", "1"], one.stderr[-500:]
+    n = len(os.sched_getaffinity(0))
+    if n >= 2:
+        both = subprocess.run(["taskset", "-c", "0,1", sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+        assert both.stdout.split() == ["2", "1"], both.stderr[-500:]

@@ -225,7 +225,7 @@ def default_jobs(threads_per_kernel: int = 1) -> int:
     try:
         from course_lib.threads import cpu_budget  # the CPU quota / affinity of this process
 
-        budget = int(cpu_budget())
+        budget = int(cpu_budget().cpus)
     except Exception:  # noqa: BLE001
         budget = len(os.sched_getaffinity(0))
     return max(1, budget // max(1, threads_per_kernel))

@@ -49,10 +49,12 @@ CHROMIUM = os.environ.get("COURSE_SITE_CHROMIUM", "/usr/bin/chromium")
 COURSE_ID = "interpretability"
 ASSIGNMENT = "a0_setup"
 LECTURE = sorted((ROOT / "lectures").glob("00_*.ipynb"))[0]
-# the whole module, from the hub fixture's start: 5 minutes on a quiet 2-core machine; the assert leaves 2x for a
-# shared, busy one (every nbgrader call starts a Python that imports torch through the course's nbgrader_config.py)
+# The module's budget is 5 minutes on a quiet 2-core machine. Its work is measured as CPU time (the hub, the
+# servers, kernels, nbgrader runs and the browser: almost all of it one step after another), which other work on
+# a shared machine does not inflate the way it inflates wall time (seen: 356-536 s of wall time for ~200 s of CPU
+# at load averages 8-11 on 2 cores). The wall-time assert only catches a hang.
 BUDGET_S = 300
-MAX_MODULE_S = 2 * BUDGET_S
+MAX_WALL_S = 3 * BUDGET_S
 
 
 def _sh(*argv, check=True, **kw):
@@ -462,7 +464,7 @@ def hub():
             _sh("chown", "-R", f"{name}:{name}", home / ".jupyter")
         timings["cache_and_configs"] = time.monotonic() - t0 - sum(timings.values())
         hub = Hub(tmp, users, cache)
-        hub.t0 = t0
+        hub.t0, hub.cpu0 = t0, cpu0
         hub.exchange = exchange
         hub.homes = {role: Path(pwd.getpwnam(n).pw_dir) for role, n in users.items()}
         hub.start()
@@ -881,7 +883,26 @@ def test_lecture_opens_without_unsaved_changes(lab):
     )
 
 
+def _cpu_seconds(hub) -> float:
+    """CPU time of the hub's process tree (with the children each has reaped) and of what this process reaped."""
+    import psutil
+
+    total = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - hub.cpu0
+    root = psutil.Process(hub.proc.pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
 def test_module_time_budget(hub):
     seconds = time.monotonic() - hub.t0
-    _record(seconds_until_last_test=round(seconds, 1))
-    assert seconds <= MAX_MODULE_S, f"the hub tests took {seconds:.0f} s (budget {MAX_MODULE_S} s)"
+    cpu = _cpu_seconds(hub)
+    _record(seconds_until_last_test=round(seconds, 1), cpu_seconds_until_last_test=round(cpu, 1))
+    assert cpu <= BUDGET_S, f"the hub tests used {cpu:.0f} s of CPU (budget {BUDGET_S} s: 5 minutes on a quiet 2-core machine)"
+    assert seconds <= MAX_WALL_S, (
+        f"the hub tests took {seconds:.0f} s of wall time (at most {MAX_WALL_S} s even on a busy machine)"
+    )

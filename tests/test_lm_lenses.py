@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from course_lib.methods import lm_lenses as L
+from course_lib.hooks import get_module
 
 VOCAB = 61
 
@@ -89,7 +90,7 @@ def test_logit_lens_last_layer_is_the_models_logits(kind):
     emb = model.get_input_embeddings()(ids)
     if kind == "gpt2":
         emb = emb + model.transformer.wpe(torch.arange(9))
-    ref0 = model.get_output_embeddings()(L.get_module(model, names.final_norm)(emb))
+    ref0 = model.get_output_embeddings()(get_module(model, names.final_norm)(emb))
     torch.testing.assert_close(lens[0], ref0, atol=1e-5, rtol=1e-5)
     # batched input gives the same lens
     torch.testing.assert_close(L.logit_lens(model, ids[None])[:, 0], lens, atol=1e-5, rtol=1e-5)
@@ -320,7 +321,9 @@ def test_lecture_sae_recipe_on_smollm2_splices_in_below_zero_ablation(smollm2, t
 
     model, tok = smollm2
     cfg = L.SAEConfig(n_texts=50)
-    p = L.pretrained_sae(model, tok, load_dataset("shakespeare", split="train")["texts"], cfg, cache_dir=tmp_path, progress=False, log=None)
+    p = L.pretrained_sae(
+        model, tok, load_dataset("shakespeare", split="train")["texts"], cfg, cache_dir=tmp_path, progress=False, log=None
+    )
     held_out = load_dataset("shakespeare", split="test")["texts"][:8]
     kw = dict(max_length=32, batch_size=8)
     clean = L.lm_loss(model, tok, held_out, **kw)

@@ -96,9 +96,8 @@ class forbid:
 
     def __enter__(self):
         import importlib
-        import types
-
         import sys
+        import types
 
         banned: dict[int, _Forbidden] = {}
         for name in self.modules:

@@ -45,8 +45,11 @@ from typing import Literal, Sequence
 import torch
 
 from .. import checks
-from ..games import Game, require_finite
-from ..games import slic_segments  # noqa: F401  (moved to games with the other segmentation helpers)
+from ..games import (
+    Game,
+    require_finite,
+    slic_segments,  # noqa: F401  (moved to games with the other segmentation helpers)
+)
 from .results import PerturbationResult
 
 __all__ = [

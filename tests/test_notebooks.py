@@ -185,7 +185,38 @@ def _claims_06(nb):
     assert _number_after(out, "spurious") > 2 * _number_after(out, "honest"), out  # the prototypes show the magenta cue
 
 
-CLAIMS = {"00_why_interpretability.ipynb": _claims_00, "06_prototypes.ipynb": _claims_06, "01_attribution.ipynb": _claims_01,
+def _claims_09(nb):
+    out = _printed(nb, "30bccf89")  # the training lens
+    window = float(out.split("loss drop in the 100 steps up to step")[1].split(":")[1].split("nats")[0])
+    before = float(out.split("steps before:")[1].split()[0])
+    assert window > before, out  # the loss falls more in the 100 steps up to the induction head than in all before
+    chance = _number_after(out, "(chance")
+    assert _number_after(out, "highest first-half loss during training:") > chance, out  # above chance for a while
+    last = out.split("in-context loss (first half / second half)")[1].split(",")[-1]  # "step N: first / second"
+    first_half, second_half = (float(v) for v in last.split(":")[1].split("/"))
+    assert second_half < 0.25 * first_half, out  # the copyable half collapses, the other does not
+    out = _printed(nb, "e6297f3c")  # behaviour: the spurious model follows the square, the honest one never says fish
+    spur, hon = (next(l for l in out.splitlines() if l.startswith(m)) for m in ("scenes-cnn-spurious", "scenes-cnn "))
+    assert _number_after(spur, "->") >= 90 and _number_after(hon, "->") == 0, out
+    assert _number_after(hon, "fish logit") < 0 < _number_after(spur, "fish logit"), out
+    out = _printed(nb, "52bc18e5")  # pitfall 3: at the GAP + linear head every CAV scores exactly 0 or 1
+    assert _number_after(out.split("features  random CAVs at 0 or 1")[1], ":") == 100, out
+    out = _printed(nb, "6cac09fd")
+    assert _number_after(out.split("honest conv3")[1], "p =") < 0.05, out  # the honest model's near-0 score is "significant"
+    out = _printed(nb, "c340c3f5")  # the data lens
+    spur, hon = (next(l for l in out.splitlines() if l.startswith(m)) for m in ("scenes-cnn-spurious", "scenes-cnn "))
+    assert _number_after(hon, "supporters:") >= 50, out  # the honest model's supporters show the test image's object
+    assert _number_after(spur, "(the object),") >= 90, out  # the spurious model's supporters all carry the lying square
+    out = _printed(nb, "fa8e9b07")
+    spur, hon = (next(l for l in out.splitlines() if l.startswith(m)) for m in ("scenes-cnn-spurious", "scenes-cnn "))
+    r, c = (int(v) for v in spur.split("(row ")[1].split(")")[0].replace("col", "").split(","))
+    r0, c0 = (int(v) for v in spur.split("slot is at (")[1].split(")")[0].split(","))
+    assert abs(r - r0) <= 2 and abs(c - c0) <= 2, out  # the search lands on the square's slot
+    assert _number_after(spur, "spread ratio") < 0.2 < _number_after(hon, "spread ratio"), out
+
+
+CLAIMS = {"00_why_interpretability.ipynb": _claims_00, "06_prototypes.ipynb": _claims_06,
+          "09_concepts_training_data.ipynb": _claims_09, "01_attribution.ipynb": _claims_01,
           "05_feature_visualisation.ipynb": _claims_05, "08_inside_a_language_model.ipynb": _claims_08}
 
 

@@ -156,7 +156,6 @@ def encode(value, buffers: list, handle_of, depth: int = 0, grad_out: list | Non
 def decode(desc, buffers: list[bytes], make_handle, depth: int = 0, leaves: dict | None = None):
     """Rebuild what :func:`encode` described, from data only. Runs in the checker. Tensors the
     student's side listed as carrying a gradient graph go into ``leaves`` by their index."""
-    import torch
 
     def sub(v):
         return decode(v, buffers, make_handle, depth + 1, leaves)
@@ -194,6 +193,8 @@ def decode(desc, buffers: list[bytes], make_handle, depth: int = 0, leaves: dict
     if "bytes" in desc:
         return bytes(buf(desc["bytes"]))
     if "tensor" in desc:
+        import torch
+
         dt, shape = dtype_of(desc["dtype"]), shape_of(desc["shape"])
         raw = buf(desc["tensor"])
         npdt = "int16" if dt == "bfloat16" else dt
@@ -224,11 +225,15 @@ def decode(desc, buffers: list[bytes], make_handle, depth: int = 0, leaves: dict
     if "dict" in desc:
         return {sub(k): sub(v) for k, v in desc["dict"]}
     if "torch_dtype" in desc:
+        import torch
+
         name = desc["torch_dtype"]
         if name not in DTYPES:
             raise WireError("bad dtype")
         return getattr(torch, name)
     if "torch_device" in desc:
+        import torch
+
         return torch.device(str(desc["torch_device"]))
     if "gen" in desc:
         desc = dict(desc, state=bytes(buf(desc["gen"])))

@@ -55,3 +55,12 @@ def test_a_different_correct_solution_gets_full_marks():
 @pytest.mark.parametrize("mistake", list(WRONG))
 def test_plausible_mistakes_lose_points(mistake):
     assert_loses_points(NB, {"class_probabilities": WRONG[mistake]}, mistake)
+
+
+def test_an_answer_that_only_fits_the_visible_checks_loses_the_visible_cells_points_too():
+    # uniform rows pass every visible check of test_probabilities_visible (shape, CPU, no graph, rows sum to 1);
+    # its hidden part (other images, another model) must take the point
+    fake = "def class_probabilities(model, images):\n    return torch.full((len(images), 10), 0.1)\n"
+    res = run_graded(NB, {"class_probabilities": fake})
+    assert not res["test_probabilities_visible"].passed
+    assert res["test_probabilities_visible"].error.startswith("AssertionError"), res["test_probabilities_visible"].error

@@ -173,3 +173,12 @@ def test_rebinding_the_check_helpers_does_not_help():
     stub = PGD_WRONG["no-op"] + "\ncheck = check_shape = lambda *a, **k: None\n"
     res = run_graded(A3, {"targeted_pgd": stub}, stop_after="test_pgd_valid")
     assert not res["test_pgd_valid"].passed
+
+
+def test_a_crashing_fgsm_cell_does_not_cost_the_curve_points():
+    # the fgsm cell raises before defining fgsm: the curves test swaps in the reference attacks and must
+    # not need the student's names (issue 24: it read globals()['fgsm'] first and lost 3 points)
+    crash = "raise RuntimeError('unfinished')\ndef fgsm(model, x, y, eps):\n    pass\n"
+    res = run_graded(A3, {"fgsm": crash})
+    assert not res["test_fgsm"].passed
+    assert res["test_curves"].passed, res["test_curves"].error

@@ -247,3 +247,31 @@ def test_default_jobs_follow_the_cpu_budget():
     if n >= 2:
         both = subprocess.run(["taskset", "-c", "0,1", sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
         assert both.stdout.split() == ["2", "1"], both.stderr[-500:]
+
+
+def test_without_bubblewrap_grading_stops_with_the_install_command(tmp_path, monkeypatch):
+    from course_lib.grader import classroom, sandbox
+
+    root = tmp_path / "c"
+    (root / "submitted" / "s" / "t1_square").mkdir(parents=True)
+    (root / "solutions" / "t1_square").mkdir(parents=True)
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
+    lines = []
+    assert classroom.grade_class(root, progress=False, out=lines.append) == 2
+    assert "apt-get install bubblewrap" in lines[0] and "--unsafe" in lines[0]
+
+
+@pytest.mark.slow
+def test_unsafe_grading_says_so(baseline, tmp_path):
+    from course_lib.grader import classroom
+
+    root = _course(tmp_path / "unsafe")
+    for s in list((root / "submitted").iterdir()):
+        if s.name not in ("s01-correct", "s05-wrong"):
+            shutil.rmtree(s)
+    lines = []
+    classroom.grade_class(root, unsafe=True, progress=False, out=lines.append)
+    report = "\n".join(lines)
+    assert "WITHOUT a sandbox" in report and "graded WITHOUT a sandbox (--unsafe)" in report, report
+    want = [g for g in baseline[1]["grades"] if g[1] in ("s01-correct", "s05-wrong")]
+    assert _outcome(root)["grades"] == want

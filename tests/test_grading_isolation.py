@@ -366,3 +366,33 @@ def test_forbidden_modules_are_absent_however_reached(tmp_path):
         assert st.get("allowed")() == 1
     finally:
         st.close()
+
+
+@pytest.mark.slow
+def test_a_mistake_costs_its_own_exercise_only_when_isolated(tmp_path):
+    """a1 with a wrong sampler (it never removes a feature): only the sampler's test fails, since the tests of
+    lime_explain and the stability curve swap the reference sampler into the student's process (globals())."""
+    from course_lib.grader import classroom
+
+    root = tmp_path / "course"
+    for d in ("solutions", "assignments"):
+        shutil.copytree(ROOT / d / "a1_lime", root / d / "a1_lime")
+    shutil.copy(ROOT / "nbgrader_config.py", root)
+    src = nbformat.read(str(root / "solutions" / "a1_lime" / "a1_lime.ipynb"), as_version=4)
+    nb = nbformat.read(str(root / "assignments" / "a1_lime" / "a1_lime.ipynb"), as_version=4)
+    answers = {nbgrader_meta(c).get("grade_id"): c.source for c in src.cells if nbgrader_meta(c).get("solution")}
+    for c in nb.cells:
+        gid = nbgrader_meta(c).get("grade_id")
+        if nbgrader_meta(c).get("solution") and c.cell_type == "code":
+            c.source = solution_only(answers[gid])
+        if gid == "sample_masks":
+            c.source = ("def sample_masks(n_players, n_samples, seed):\n"
+                        "    return torch.ones(n_samples, n_players, dtype=torch.bool)\n")
+    (root / "submitted" / "s" / "a1_lime").mkdir(parents=True)
+    nbformat.write(nb, str(root / "submitted" / "s" / "a1_lime" / "a1_lime.ipynb"))
+    job = classroom.make_job(root, classroom.Submission("s", "a1_lime", "a1_lime.ipynb"), unsafe=False,
+                             cfg=classroom.settings(root))
+    res = classroom.run_job(job)
+    assert "summary" in res, res.get("error")
+    failed = {c["grade_id"] for c in res["summary"]["cells"] if not c["passed"]}
+    assert failed == {"test_sample_masks"}, res["summary"]["cells"]

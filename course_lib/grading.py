@@ -101,7 +101,10 @@ class forbid:
 
         banned: dict[int, _Forbidden] = {}
         for name in self.modules:
-            mod = importlib.import_module(name)
+            try:
+                mod = importlib.import_module(name)
+            except ImportError:  # not installed here (e.g. the lime package on a student's server): nothing to hide
+                continue
             for attr, value in list(vars(mod).items()):
                 home = getattr(value, "__module__", None) or ""
                 # defined here, or re-exported by a package from one of its submodules (captum.concept.TCAV)

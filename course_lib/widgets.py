@@ -15,7 +15,7 @@ from .methods.adversarial import pgd
 from .methods.lime import fit_surrogate, sample_masks
 from .plot import attack_panel
 
-__all__ = ["lime_explorer", "attack_explorer"]
+__all__ = ["lime_explorer", "attack_explorer", "smoothgrad_explorer", "weight_explorer", "lens_explorer", "tcav_layer_explorer"]
 
 
 def lime_explorer(
@@ -125,3 +125,172 @@ def attack_explorer(
         s.observe(update, names="value")
     update()
     return W.VBox([W.HBox([e_slider, s_slider]), out])
+
+
+def _cached(compute: Callable, known: dict | None = None) -> Callable:
+    """``compute(key)`` remembered per key, starting from ``known`` (answers the lecture already has),
+    so that a slider moved back, or left at a value the lecture computed, costs nothing."""
+    done = dict(known or {})
+
+    def get(key):
+        if key not in done:
+            done[key] = compute(key)
+        return done[key]
+
+    return get
+
+
+def smoothgrad_explorer(
+    model,
+    x: torch.Tensor,
+    target: int,
+    *,
+    noises: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.3, 0.5),
+    samples: tuple[int, ...] = (1, 4, 16, 32, 64),
+    seed: int = 0,
+    known: dict | None = None,
+):
+    """Sliders for SmoothGrad's noise sigma and number of samples on one image ``x`` (3, H, W).
+
+    Shows why both knobs matter: sigma = 0 is the plain gradient, too little noise leaves the
+    speckle, too much washes the object out, and few samples give a noisy average of noisy maps.
+    Each slider position computes one small :func:`~course_lib.methods.attribution.smoothgrad`
+    (at most ``max(samples)`` gradients of one image), remembered. ``known``: ``{(sigma, n): map}``
+    maps (H, W) the lecture already has. Returns the widget.
+    """
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+
+    from .methods.attribution import smoothgrad
+    from .plot import _img
+
+    x = x[None] if x.dim() == 3 else x
+    get = _cached(lambda key: smoothgrad(model, x, target, noise=key[0], n_samples=key[1], seed=seed)[0].sum(0).detach().cpu(), known)
+    s_slider = W.SelectionSlider(options=list(noises), value=0.15 if 0.15 in noises else noises[0], description="noise σ")
+    n_slider = W.SelectionSlider(options=list(samples), value=32 if 32 in samples else samples[-1], description="samples")
+    out = W.Output()
+
+    def update(*_):
+        heat = get((s_slider.value, n_slider.value))
+        with out:
+            out.clear_output(wait=True)
+            fig, axes = plt.subplots(1, 2, figsize=(5, 2.6))
+            axes[0].imshow(_img(x[0]).clip(0, 1))
+            axes[1].imshow(_img(heat), cmap="inferno")
+            axes[1].set_title(f"SmoothGrad σ={s_slider.value}, n={n_slider.value}", fontsize=9)
+            for ax in axes:
+                ax.axis("off")
+            plt.show()
+
+    for s in (s_slider, n_slider):
+        s.observe(update, names="value")
+    update()
+    return W.VBox([W.HBox([s_slider, n_slider]), out])
+
+
+def weight_explorer(
+    make: Callable,
+    weights: tuple[float, ...],
+    *,
+    value: float | None = None,
+    known: dict | None = None,
+    description: str = "weight",
+):
+    """One slider over a weight (a regulariser's, a transformation's strength) and the image it gives.
+
+    ``make(w)`` returns an image (3, H, W), or ``(image, caption)``; it runs once per new slider
+    position (e.g. one small feature-visualisation render) and is remembered. ``known``:
+    ``{w: image or (image, caption)}`` the lecture already rendered, so that the first picture is
+    free when ``value`` is among them. Returns the widget.
+    """
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+
+    from .plot import _img
+
+    get = _cached(make, known)
+    slider = W.SelectionSlider(options=list(weights), value=weights[0] if value is None else value, description=description)
+    out = W.Output()
+
+    def update(*_):
+        got = get(slider.value)
+        image, caption = got if isinstance(got, tuple) else (got, "")
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(2.6, 2.8))
+            ax.imshow(_img(image).clip(0, 1))
+            ax.set_title(f"{description} = {slider.value}" + (f"\n{caption}" if caption else ""), fontsize=9)
+            ax.axis("off")
+            plt.show()
+
+    slider.observe(update, names="value")
+    update()
+    return W.VBox([slider, out])
+
+
+def lens_explorer(lens: torch.Tensor, decode: Callable, *, position: int = -1, k: int = 10, layer: int | None = None):
+    """A slider over the layers of a logit lens already computed, ``lens`` (L+1, T, V) or (L+1, V):
+    the top ``k`` next-token probabilities at ``position`` after that layer.
+
+    Nothing is computed but a softmax of one row: moving the slider shows how the guess sharpens
+    from the embedding (layer 0) to the model's own answer (layer L). ``decode(token_id)`` gives the
+    token's text (e.g. ``tok.decode``). Returns the widget.
+    """
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+
+    from .plot import bar
+
+    rows = lens[:, position] if lens.dim() == 3 else lens  # (L+1, V)
+    n = rows.shape[0] - 1
+    slider = W.IntSlider(min=0, max=n, value=n if layer is None else layer, description="layer")
+    out = W.Output()
+
+    def update(*_):
+        p, i = rows[slider.value].detach().float().softmax(-1).topk(k)
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(4.5, 0.28 * k + 1))
+            bar(p.flip(0), [repr(decode(int(t))) for t in i.flip(0)], ax=ax, xlabel="probability",
+                title=f"logit lens after layer {slider.value} of {n}")
+            plt.show()
+
+    slider.observe(update, names="value")
+    update()
+    return W.VBox([slider, out])
+
+
+def tcav_layer_explorer(run: Callable, layers: tuple[str, ...] | list[str], *, value: str | None = None, known: dict | None = None):
+    """A slider over the layer at which a CAV is trained: the concept's TCAV scores next to the
+    random CAVs' scores, and the p-value, at that layer.
+
+    ``run(layer)`` returns a :class:`~course_lib.methods.concepts.TCAVResult` (one target); it runs
+    once per new layer and is remembered. ``known``: ``{layer: result}`` the lecture already has,
+    so that the first picture is free when ``value`` is among them. The point: the same concept
+    can be significant at one layer and not at another, and random CAVs can score 0 or 1 too.
+    Returns the widget.
+    """
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+
+    get = _cached(run, known)
+    layers = list(layers)
+    slider = W.SelectionSlider(options=layers, value=layers[0] if value is None else value, description="layer")
+    out = W.Output()
+
+    def update(*_):
+        r = get(slider.value)
+        sc, sr = r.scores[0].cpu().numpy(), r.random_scores[0].cpu().numpy()
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(4.5, 2.2))
+            ax.plot(sr, 0 * sr, "o", color="grey", alpha=0.7, label="random CAVs")
+            ax.plot(sc, 0 * sc + 1, "o", color="tab:red", alpha=0.7, label=r.concept)
+            ax.set(xlim=(-0.05, 1.05), ylim=(-0.6, 1.6), yticks=[0, 1], yticklabels=["random", "concept"], xlabel="TCAV score")
+            ax.set_title(f"layer {slider.value}: p = {float(r.p_values[0]):.2g}", fontsize=9)
+            fig.tight_layout()
+            plt.show()
+
+    slider.observe(update, names="value")
+    update()
+    return W.VBox([slider, out])

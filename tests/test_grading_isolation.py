@@ -396,3 +396,29 @@ def test_a_mistake_costs_its_own_exercise_only_when_isolated(tmp_path):
     assert "summary" in res, res.get("error")
     failed = {c["grade_id"] for c in res["summary"]["cells"] if not c["passed"]}
     assert failed == {"test_sample_masks"}, res["summary"]["cells"]
+
+
+def test_a_process_that_stops_answering_cannot_hold_the_checker(tmp_path):
+    """A submission that rewires its own agent to hang on the checker's requests (and ignores SIGINT) is ended
+    after a cell's time limit; the checker goes on."""
+    import time
+
+    from course_lib.grader import remote, sandbox
+
+    work = tmp_path / "work"
+    work.mkdir()
+    st = remote.Student(sandbox.start(work, limits=sandbox.Limits()), timeout=8)
+    try:
+        _define(st, "import gc, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nx = 1\n"
+                    "for o in gc.get_objects():\n"
+                    "    if type(o).__name__ == 'Agent':\n"
+                    "        o.dispatch = lambda *a, **k: time.sleep(10**6)\n")
+        t0 = time.monotonic()
+        with pytest.raises((remote.StudentDead, remote.CellTimeout)):
+            st.get("x")
+        assert time.monotonic() - t0 < 8 + 5 + 10
+        assert st.dead
+        with pytest.raises(remote.StudentDead):
+            st.get("x")
+    finally:
+        st.close()

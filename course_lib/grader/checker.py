@@ -281,12 +281,12 @@ def grade(job: dict) -> dict:
     ns["__grader_globals__"] = lambda: GlobalsView(ns, student, theirs)
     os.chdir(here)
     src_pos = {_nbg(c).get("grade_id"): i for i, c in enumerate(src.cells) if _nbg(c).get("grade_id")}
-    ran_here: set[int] = set()
+    ran_here: dict[int, list] = {}  # instructor cell -> its outputs here
 
     def run_instructor(i):
         if i not in ran_here:
-            ran_here.add(i)
-            run_here(src.cells[i].source, ns, f"instructor cell {i}", timeout, student)
+            ran_here[i] = run_here(src.cells[i].source, ns, f"instructor cell {i}", timeout, student)[0]
+        return ran_here[i]
 
     summary = {"cells": [], "dead": None, "timeouts": []}
 
@@ -296,7 +296,8 @@ def grade(job: dict) -> dict:
         i = src_pos.get(_nbg(cell).get("grade_id"))
         if i is None or is_answer(src.cells[i]) or is_test(src.cells[i]) or not _nbg(src.cells[i]).get("locked"):
             return
-        run_instructor(i)
+        # what the student sees for this cell: the instructor's run of it, not the sandbox's refusal
+        cell.outputs = [nbformat.from_dict(o) for o in run_instructor(i)]
         for name in sorted(bound_names(src.cells[i].source)):
             if name in ns:
                 try:

@@ -131,8 +131,9 @@ def _is_callback(obj) -> bool:
 
 def _cache_kind(obj) -> bool:
     """Objects the student's process keeps one copy of, by identity (an optimizer keeps its state)."""
-    if "Tokenizer" in type(obj).__name__:
-        return True
+    mod = type(obj).__module__ or ""
+    if "Tokenizer" in type(obj).__name__ or (mod.startswith(("transformers", "tokenizers")) and hasattr(obj, "batch_decode")):
+        return True  # a tokenizer (transformers 5 calls its class TokenizersBackend)
     return _has_torch() and isinstance(obj, (torch.nn.Module, torch.optim.Optimizer))
 
 

@@ -9,6 +9,7 @@ in a test cell runs the backward pass in the student's process and brings the gr
 from __future__ import annotations
 
 import builtins
+import os
 import select
 import time
 
@@ -76,6 +77,7 @@ class Student(Outbound):
 
     def __init__(self, sandbox, *, timeout: float):
         self.sb, self.timeout = sandbox, timeout
+        os.set_blocking(sandbox.fd_to, False)  # a student's process that stops reading cannot block the checker
         self.deadline: float | None = None
         self.dead: str | None = None
         self.callbacks: dict[int, object] = {}
@@ -122,11 +124,24 @@ class Student(Outbound):
                 raise StudentDead(self.dead)
 
     def request(self, header: dict, buffers=(), *, raw: bool = False):
+        own = self.deadline is None  # a request outside a cell (fetching a name) gets a cell's time too
+        if own:
+            self.deadline = time.monotonic() + self.timeout
+        try:
+            return self._request(header, buffers, raw)
+        finally:
+            if own:
+                self.deadline = None
+
+    def _request(self, header: dict, buffers, raw: bool):
         self._check()
         self.stats["requests"] += 1
         self.stats["bytes_out"] += sum(len(b) for b in buffers)
         try:
-            wire.send(self.sb.fd_to, header, list(buffers))
+            wire.send(self.sb.fd_to, header, list(buffers), deadline=self.deadline)
+        except TimeoutError:
+            self._die("your notebook's process stopped answering the grader")
+            raise StudentDead(self.dead) from None
         except OSError:
             self._die("your notebook's process ended (it exited, crashed or was killed)")
             raise StudentDead(self.dead) from None
@@ -176,7 +191,7 @@ class Student(Outbound):
                 pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
                 got = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True,
                                           retain_graph=True) if pairs and leaves else [None] * len(leaves)
-                return wire.send(self.sb.fd_to, {"op": "cbreply"}, [self._plain_dumps(list(got))])
+                return wire.send(self.sb.fd_to, {"op": "cbreply"}, [self._plain_dumps(list(got))], deadline=self.deadline)
             fn = self.callbacks.get(h.get("cb"))
             if fn is None:
                 raise KeyError("no such callback")
@@ -184,7 +199,7 @@ class Student(Outbound):
                 attr = str(h["attr"])
                 if attr.startswith("_"):  # __globals__, __closure__, _memo: the test's insides stay here
                     raise AttributeError(f"{type(fn).__name__} object has no readable attribute {attr!r}")
-                return wire.send(self.sb.fd_to, {"op": "cbreply"}, [self.dumps(getattr(fn, attr))])
+                return wire.send(self.sb.fd_to, {"op": "cbreply"}, [self.dumps(getattr(fn, attr))], deadline=self.deadline)
             leaves: dict = {}
             self._touched_gens = {}
             args, kwargs = wire.decode(h.get("args"), bufs, self._handle, leaves=leaves)
@@ -207,11 +222,12 @@ class Student(Outbound):
                 out.append(g.get_state().numpy().tobytes())
                 gens[str(gh)] = len(out) - 1
             head["gens"] = gens
-            wire.send(self.sb.fd_to, head, out)
+            wire.send(self.sb.fd_to, head, out, deadline=self.deadline)
         except (CellTimeout, StudentDead):
             raise
         except Exception as e:  # noqa: BLE001
-            wire.send(self.sb.fd_to, {"op": "cbreply", "error": {"ename": type(e).__name__, "evalue": str(e)[:2000]}})
+            error = {"ename": type(e).__name__, "evalue": str(e)[:2000]}
+            wire.send(self.sb.fd_to, {"op": "cbreply", "error": error}, deadline=self.deadline)
 
     def _handle(self, desc):
         if "cref" in desc:
@@ -300,7 +316,7 @@ class Student(Outbound):
     def close(self):
         if not self.dead:
             try:
-                wire.send(self.sb.fd_to, {"op": "exit"})
+                wire.send(self.sb.fd_to, {"op": "exit"}, deadline=time.monotonic() + 2)
             except OSError:
                 pass
         self.sb.close()

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import struct
 import sys
+import time
 
 import numpy as np
 
@@ -44,7 +46,9 @@ def _read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def send(fd: int, header: dict, buffers: list[bytes] | tuple = ()) -> None:
+def send(fd: int, header: dict, buffers: list[bytes] | tuple = (), deadline: float | None = None) -> None:
+    """Write one frame. On a non-blocking ``fd`` (the checker's side) a peer that stops reading cannot
+    block the writer past ``deadline`` (``time.monotonic()``): ``TimeoutError``."""
     head = json.dumps(header).encode()
     sizes = [len(b) for b in buffers]
     meta = json.dumps(sizes).encode()
@@ -53,7 +57,14 @@ def send(fd: int, header: dict, buffers: list[bytes] | tuple = ()) -> None:
     for p in parts:
         view = memoryview(p)
         while view:
-            n = os.write(fd, view)
+            try:
+                n = os.write(fd, view[: 1 << 20])
+            except BlockingIOError:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("the other process stopped reading") from None
+                select.select([], [fd], [], left)
+                continue
             view = view[n:]
 
 

@@ -154,7 +154,7 @@ class Outbound:
             self._cb_ids[k] = i
         return self._cb_ids[k]
 
-    def _pickler(self, buf, leaves: list | None, cached: bool, refs: bool = False):
+    def _pickler(self, buf, leaves: list | None, cached: bool, refs: bool = False, root=None):
         import cloudpickle
 
         student = self
@@ -168,7 +168,7 @@ class Outbound:
                         ref = student._param_ref.get(id(obj))
                         if ref is not None and student._still_sent(ref[0]):
                             return ("param", ref[0], ref[1])
-                    if _is_callback(obj):  # a hook or a stored function of the test's: it stays here
+                    if obj is not root and _is_callback(obj):  # a hook or a stored function of the test's: it stays here
                         return ("cb", student._callback_id(obj), getattr(obj, "__name__", type(obj).__name__))
                     return None
                 if _has_torch() and isinstance(obj, torch.Tensor):
@@ -200,7 +200,8 @@ class Outbound:
         if old is not None and old[0] is obj and old[1] == fp:
             return key
         buf = io.BytesIO()
-        self._pickler(buf, None, False, refs=isinstance(obj, torch.optim.Optimizer)).dump(obj)
+        refs = _has_torch() and isinstance(obj, torch.optim.Optimizer)
+        self._pickler(buf, None, False, refs=refs, root=obj).dump(obj)  # the object itself, by value
         self.request({"op": "put", "key": key}, [buf.getvalue()])
         self._sent[id(obj)] = (obj, fp)
         if isinstance(obj, torch.nn.Module):

@@ -12,8 +12,9 @@ from typing import Callable
 import torch
 
 from .methods.adversarial import pgd
+from .methods.attribution import smoothgrad
 from .methods.lime import fit_surrogate, sample_masks
-from .plot import attack_panel
+from .plot import _img, attack_panel, bar
 
 __all__ = ["lime_explorer", "attack_explorer", "smoothgrad_explorer", "weight_explorer", "lens_explorer", "tcav_layer_explorer"]
 
@@ -161,9 +162,6 @@ def smoothgrad_explorer(
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    from .methods.attribution import smoothgrad
-    from .plot import _img
-
     x = x[None] if x.dim() == 3 else x
     get = _cached(lambda key: smoothgrad(model, x, target, noise=key[0], n_samples=key[1], seed=seed)[0].sum(0).detach().cpu(), known)
     s_slider = W.SelectionSlider(options=list(noises), value=0.15 if 0.15 in noises else noises[0], description="noise σ")
@@ -206,7 +204,6 @@ def weight_explorer(
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    from .plot import _img
 
     get = _cached(make, known)
     slider = W.SelectionSlider(options=list(weights), value=weights[0] if value is None else value, description=description)
@@ -239,7 +236,6 @@ def lens_explorer(lens: torch.Tensor, decode: Callable, *, position: int = -1, k
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    from .plot import bar
 
     rows = lens[:, position] if lens.dim() == 3 else lens  # (L+1, V)
     n = rows.shape[0] - 1

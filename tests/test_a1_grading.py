@@ -272,7 +272,8 @@ def _numpy_sampler(n_players, n_samples, seed):
 
 
 def test_a_correct_numpy_sampler_passes_the_sampler_cell_on_many_seeds():
-    # The old pair check rejected this sampler on 19 of 200 seeds; the bound above is < 6e-8 per run (12 runs: the cell is slow under forbid).
+    # The old pair check rejected this sampler on 19 of 200 seeds; the bound above is < 6e-8 per run
+    # (12 runs: the cell is slow under forbid).
     fails = [r for r in range(12) if not _run_sampler_cell(lambda d, n, seed, r=r: _numpy_sampler(d, n, seed + 7919 * r))]
     assert not fails, f"a correct sampler was rejected with seed offsets {fails}"
 

@@ -35,7 +35,6 @@ RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 UPWARD_FOR_NOW = {
     ("zoo/train.py", "methods"): "the SAE prebuild (train_lecture_sae) moves to cli.py",
     ("grader/classroom.py", "__init__"): "grader reads course_lib's location: import it from a bottom-layer module",
-    ("grader/sandbox.py", "__init__"): "grader reads course_lib's location: import it from a bottom-layer module",
     ("grader/classroom.py", "autograde"): "grader and autograde import each other (grading in isolation, in progress)",
 }
 IN_BODY_FOR_NOW = {

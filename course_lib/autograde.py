@@ -240,8 +240,6 @@ def notebook_summary(nb) -> dict:
             "passed": not errors and not any(o.output_type == "stream" and o.name == "stderr" for o in cell.outputs),
             "seconds": m.get("seconds"),
             "timeout": bool(m.get("timeout")),
-            "hidden_error": bool(m.get("hidden_error")),
-            "guard_failed": bool(m.get("guard_failed")),
             "error": (errors[0].get("ename", "") + ": " + str(errors[0].get("evalue", ""))[:120]) if errors else "",
         })
     iso = nb.metadata.get(META, {}).get("isolated", {})
@@ -279,7 +277,7 @@ def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
         out(f"{row['assignment']:22s} {row['student']:16s} auto {row['score']:g}/{row['max_score']:g}"
             + (f" (+{row['manual_max']:g} graded by hand)" if row["manual_max"] else ""))
         for c in row["cells"]:
-            note = "TIMEOUT" if c["timeout"] else "HIDDEN ERROR" if c["hidden_error"] else ("ok" if c["passed"] else c["error"])
+            note = "TIMEOUT" if c["timeout"] else ("ok" if c["passed"] else c["error"])
             out(f"    {c['grade_id']:32s} {c['points']:4g} pts {c['seconds'] if c['seconds'] is not None else '?':>7} s  {note}")
         timed = [c for c in row["cells"] if c["seconds"] is not None]
         if timed:
@@ -291,14 +289,9 @@ def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
             out("    ! graded WITHOUT a sandbox (--unsafe)")
         if row["timeouts"]:
             out("    ! TIMEOUT (stopped at the time limit, then the rest was graded): " + ", ".join(row["timeouts"]))
-        if row["tamper"] or any(c["hidden_error"] or c["guard_failed"] for c in row["cells"]):
+        if row["tamper"]:
             out("    ! TAMPERING suspected, check by hand:")
             for f in row["tamper"]:
                 out(f"        {f['cell']}, line {f['line']}: {f['what']}")
-            for c in row["cells"]:
-                if c["hidden_error"]:
-                    out(f"        {c['grade_id']}: the test cell did not finish but showed no error")
-                if c["guard_failed"]:
-                    out(f"        {c['grade_id']}: the grading guard could not reset the kernel's error handling")
     (root / "grading-report.json").write_text(json.dumps(rows, indent=1))
     return rows

@@ -108,7 +108,7 @@ def grade_report(args) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    flagged = sum(1 for r in rows if r["tamper"] or r["timeouts"] or any(c["hidden_error"] for c in r["cells"]))
+    flagged = sum(1 for r in rows if r["tamper"] or r["timeouts"] or r.get("ended"))
     print(f"\n{len(rows)} submission(s); {flagged} with timeouts or tampering flags to check by hand. "
           f"Details in {Path(args.root) / 'grading-report.json'}.")
     return 0

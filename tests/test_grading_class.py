@@ -93,6 +93,12 @@ def _course(path: Path) -> Path:
     return path
 
 
+def _keep_only(root: Path, students) -> None:
+    for s in list((root / "submitted").iterdir()):
+        if s.name not in students:
+            shutil.rmtree(s)
+
+
 def _grade(root, *args, timeout=900):
     return subprocess.run([str(BIN / "course-lib"), "grade", str(root), "--no-progress", *args], cwd=root, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
@@ -229,9 +235,7 @@ def test_local_cluster(baseline, tmp_path):
     from course_lib.grader import classroom
 
     root = _course(tmp_path / "local")
-    for s in list((root / "submitted").iterdir()):
-        if s.name not in ("s01-correct", "s05-wrong"):
-            shutil.rmtree(s)
+    _keep_only(root, ("s01-correct", "s05-wrong"))
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                       processes=True) as cluster:
         lines = []
@@ -270,9 +274,7 @@ def test_unsafe_grading_says_so(baseline, tmp_path):
     from course_lib.grader import classroom
 
     root = _course(tmp_path / "unsafe")
-    for s in list((root / "submitted").iterdir()):
-        if s.name not in ("s01-correct", "s05-wrong"):
-            shutil.rmtree(s)
+    _keep_only(root, ("s01-correct", "s05-wrong"))
     lines = []
     classroom.grade_class(root, unsafe=True, progress=False, out=lines.append)
     report = "\n".join(lines)

@@ -78,6 +78,30 @@ def fetch(args) -> int:
 SAE_NAME = "lecture08-sae"
 
 
+def train_lecture_sae(*, cache_dir: Path | None = None, force: bool = False, log=print) -> Path:
+    """Prebuild lecture 08's sparse autoencoder (``lm_lenses.SAEConfig()`` on smollm2-135m over the
+    Shakespeare corpus) in the course cache, so no student trains it; returns the weights file.
+
+    The method lives in ``course_lib.methods.lm_lenses``; this only loads the model and the corpus for it.
+    It sits here, above methods, so that zoo never imports methods (tests/test_layering.py).
+    ``force`` trains it again even when a valid file of this recipe is cached (and replaces that file).
+    """
+    from .methods import lm_lenses
+    from .zoo import load_dataset, load_model
+
+    model, tok = load_model("smollm2-135m")
+    corpus = load_dataset("shakespeare", split="train")["texts"]
+    config = lm_lenses.SAEConfig()
+    got = lm_lenses.pretrained_sae(model, tok, corpus, config, cache_dir=cache_dir, log=log)
+    if force and not got.trained:
+        got.path.unlink()
+        got.path.with_suffix(".json").unlink()
+        got = lm_lenses.pretrained_sae(model, tok, corpus, config, cache_dir=cache_dir, log=log)
+    log(f"lecture 08's SAE ({'trained' if got.trained else 'already cached'}): {got.path}; "
+        f"{len(got.curve)} steps, final loss {got.curve[-1]:.3f}, built (capture + training) in {got.build_seconds:.0f} s")
+    return got.path
+
+
 def train_zoo(args) -> int:
     from .zoo import WEIGHTS
     from .zoo.cache import ChecksumError
@@ -90,8 +114,6 @@ def train_zoo(args) -> int:
         run(out, only=only)
         print(f"weights and manifest written to {out}")
     if sae:
-        from .zoo.train import train_lecture_sae
-
         try:
             train_lecture_sae(force=args.force)
         except (OSError, ChecksumError) as err:  # model or corpus not fetched, a read-only cache, a damaged file

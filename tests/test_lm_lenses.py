@@ -338,7 +338,7 @@ def test_train_zoo_prebuilds_the_lecture_sae_only_when_asked(monkeypatch):
     from course_lib.zoo import train
 
     calls = []
-    monkeypatch.setattr(train, "train_lecture_sae", lambda **kw: calls.append(("sae", kw)))
+    monkeypatch.setattr(cli, "train_lecture_sae", lambda **kw: calls.append(("sae", kw)))
     monkeypatch.setattr(train, "train_zoo", lambda out, only=None, **kw: calls.append(("zoo", only)))
     assert cli.main(["train-zoo", "--only", "lecture08-sae"]) == 0
     assert calls == [("sae", {"force": False})]

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from ..cache import sha256
-from . import load_dataset, load_model
 from .scenes import make_scenes
 from .tabular import train_diabetes_mlp
 from .vision import accuracy, train_scene_cnn
@@ -44,25 +43,3 @@ def train_zoo(out: Path, *, only: list[str] | None = None, log=print) -> dict:
     mpath.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
-
-def train_lecture_sae(*, cache_dir: Path | None = None, force: bool = False, log=print) -> Path:
-    """Prebuild lecture 08's sparse autoencoder (``lm_lenses.SAEConfig()`` on smollm2-135m over the
-    Shakespeare corpus) in the course cache, so no student trains it; returns the weights file.
-
-    The method lives in ``course_lib.methods.lm_lenses``; this only loads the model and the corpus for it.
-    ``force`` trains it again even when a valid file of this recipe is cached (and replaces that file).
-    """
-    # an upward import (zoo -> methods), to go: the prebuild moves to cli (issue 26), see tests/test_layering.py
-    from ..methods import lm_lenses
-
-    model, tok = load_model("smollm2-135m")
-    corpus = load_dataset("shakespeare", split="train")["texts"]
-    config = lm_lenses.SAEConfig()
-    got = lm_lenses.pretrained_sae(model, tok, corpus, config, cache_dir=cache_dir, log=log)
-    if force and not got.trained:
-        got.path.unlink()
-        got.path.with_suffix(".json").unlink()
-        got = lm_lenses.pretrained_sae(model, tok, corpus, config, cache_dir=cache_dir, log=log)
-    log(f"lecture 08's SAE ({'trained' if got.trained else 'already cached'}): {got.path}; "
-        f"{len(got.curve)} steps, final loss {got.curve[-1]:.3f}, built (capture + training) in {got.build_seconds:.0f} s")
-    return got.path

@@ -171,6 +171,9 @@ def _claims_00(nb):
     no_cue = acc["no cue"][1]
     assert 0.6 <= no_cue <= acc["cue marks the true class"][1] - 0.15, out  # "about three in four": worse, not fallen apart
     assert acc["cue marks the next class"][1] < chance, out  # it follows a lying square below chance
+    for cell_id in ("cell-8", "zh-summary"):  # the English text and the 中文小结 quote the printed figure
+        text = next(c for c in nb.cells if c.get("id") == cell_id).source
+        assert f"{no_cue:.2f}" in text, f"{cell_id} should state the no-cue accuracy the lecture prints ({no_cue:.2f})"
 
 
 def _claims_06(nb):

@@ -38,6 +38,12 @@ __all__ = [
     "choice",
     "non_empty",
     "layer_index",
+    "values",
+    "integers",
+    "real",
+    "text",
+    "texts",
+    "not_meta",
 ]
 
 
@@ -110,13 +116,23 @@ def batch(x: torch.Tensor, name: str = "x", *, dims: int | None = None, what: st
     return x
 
 
+def not_meta(x: torch.Tensor, name: str = "x", *, what: str | None = None) -> torch.Tensor:
+    """Refuse a tensor on the meta device: it has a shape but no values to compute with."""
+    if x.device.type == "meta":
+        raise ValueError(f"{_where(what)}{name} is on the meta device and holds no values; pass a real tensor "
+                         f"(e.g. one loaded with its weights, not built under torch.device('meta')).")
+    return x
+
+
 def images(x: Any, name: str = "x", *, what: str | None = None, check_range: bool = True) -> torch.Tensor:
-    """A non-empty batch of float images (B, C, H, W), finite, in [0, 1]."""
+    """A non-empty batch of float images (B, C, H, W), finite, in [0, 1]; channels-last (B, H, W, C) is refused."""
     tensor(x, name, what=what)
     float_dtype(x, name, what=what)
+    if x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        raise ValueError(f"{_where(what)}{name} has shape {tuple(x.shape)}, which looks like channels-last images (B, H, W, C); "
+                         f"course_lib takes (B, C, H, W): use {name}.permute(0, 3, 1, 2).")
     batch(x, name, dims=4, what=what, shape="of images (B, C, H, W)")
-    if x.device.type == "meta":
-        raise ValueError(f"{_where(what)}{name} is on the meta device and holds no values; pass a real tensor.")
+    not_meta(x, name, what=what)
     finite(x, name, what=what)
     if check_range:
         unit_range(x, name, what=what)
@@ -277,3 +293,76 @@ def layer_index(value: Any, n_layers: int, name: str = "layer", *, what: str | N
                          f"so {name} must lie in 0..{n_layers - 1}."
                          + (" Negative indices are not counted from the end here." if v < 0 else ""))
     return v
+
+
+def values(x: Any, name: str = "x", *, what: str | None = None, dims: int | tuple[int, ...] | None = None,
+           shape: str = "(N, ...)") -> torch.Tensor:
+    """A non-empty float tensor of finite values with real data (activations, scores, weights, logits).
+
+    ``dims``: the number of axes it must have (or a tuple of allowed numbers), described by ``shape``."""
+    tensor(x, name, what=what)
+    if not x.is_floating_point():
+        raise TypeError(f"{_where(what)}{name} must be a floating-point tensor {shape}; got dtype {x.dtype}. "
+                        f"Convert it with {name}.float().")
+    allowed = (dims,) if isinstance(dims, int) else dims
+    if allowed is not None and x.dim() not in allowed:
+        raise ValueError(f"{_where(what)}{name} must have shape {shape}; got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{_where(what)}{name} is empty (shape {tuple(x.shape)}); pass at least one value.")
+    not_meta(x, name, what=what)
+    return finite(x, name, what=what)
+
+
+def integers(x: Any, name: str = "x", *, what: str | None = None, low: int = 0, high: int | None = None,
+             dims: int | tuple[int, ...] | None = None, shape: str = "(N,)", kind: str = "index") -> torch.Tensor:
+    """A non-empty integer tensor (token ids, labels, indices) with values in ``low..high - 1``.
+
+    A list of ints is accepted and returned as a long tensor; floats and bools are refused."""
+    if isinstance(x, (list, tuple)) and all(_is_int(v) for v in x):
+        x = torch.tensor(list(x), dtype=torch.long)
+    tensor(x, name, what=what)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{_where(what)}{name} must hold integer {kind}s; got dtype {x.dtype}. "
+                        f"Use {name}.long() if the values are whole numbers.")
+    allowed = (dims,) if isinstance(dims, int) else dims
+    if allowed is not None and x.dim() not in allowed:
+        raise ValueError(f"{_where(what)}{name} must have shape {shape}; got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{_where(what)}{name} is empty (shape {tuple(x.shape)}); pass at least one {kind}.")
+    not_meta(x, name, what=what)
+    lo, hi = int(x.min()), int(x.max())
+    if lo < low or (high is not None and hi >= high):
+        rng = f"{low}..{high - 1}" if high is not None else f">= {low}"
+        bad = lo if lo < low else hi
+        raise ValueError(f"{_where(what)}{name} holds the {kind} {bad}, out of range: it must lie in {rng}."
+                         + (" Negative values are not counted from the end here." if bad < 0 else ""))
+    return x
+
+
+def real(value: Any, name: str, *, what: str | None = None) -> float:
+    """A finite real number (any sign)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{_where(what)}{name} must be a number; got {type(value).__name__} {_show(value)}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{_where(what)}{name} must be a finite number; got {value!r}")
+    return float(value)
+
+
+def text(value: Any, name: str, *, what: str | None = None) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str):
+        raise TypeError(f"{_where(what)}{name} must be a string; got {type(value).__name__} {_show(value)}")
+    if not value:
+        raise ValueError(f"{_where(what)}{name} is an empty string; give some text.")
+    return value
+
+
+def texts(value: Any, name: str = "texts", *, what: str | None = None) -> list[str]:
+    """A non-empty list of strings (one string is refused: it would be read letter by letter)."""
+    if isinstance(value, str):
+        raise TypeError(f"{_where(what)}{name} must be a list of strings; got one string. Use [{name}].")
+    value = list(non_empty(value, name, what=what))
+    bad = [t for t in value if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"{_where(what)}{name} must hold strings; got {type(bad[0]).__name__} {_show(bad[0])}")
+    return value

@@ -47,6 +47,24 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of a model's first floating parameter or buffer (float32 for a model without any)."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    for t in model.buffers():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def to_model(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``x`` on the model's device and, for floating inputs, in the model's dtype: float64 images go
+    into a float32 model as float32, float32 images into a float64 model as float64 (no copy if both agree)."""
+    dtype = model_dtype(model) if x.is_floating_point() else x.dtype
+    return x.to(device=model_device(model), dtype=dtype)
+
+
 def require_eval(model: nn.Module, what: str = "this method") -> None:
     """Refuse a model in training mode: dropout and batch-norm would make every answer random."""
     checks.eval_mode(model, what)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checks
-from ..device import model_device
+from ..device import model_device, to_model
 from ..progress import progress_bar
 
 __all__ = ["fgsm", "pgd", "attack_loss", "predict", "accuracy_under_attack", "project_to_ball"]
@@ -63,11 +63,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
     checks.module(model, what="predict")
     checks.tensor(x, "x", what="predict")
     checks.float_dtype(x, "x", what="predict")
+    if x.dim() == 4 or (x.dim() == 3 and x.shape[0] in (1, 3)):  # images (or one image without its batch axis)
+        checks.images(x, "x", what="predict", check_range=False)
     checks.batch(x, "x", what="predict")
+    checks.not_meta(x, "x", what="predict")
     checks.finite(x, "x", what="predict")
-    dev = model_device(model)
     bs = len(x) if batch_size is None else checks.positive_int(batch_size, "batch_size", what="predict")
-    out = [model(x[s : s + bs].to(dev)).argmax(1) for s in range(0, len(x), bs)]
+    out = [model(to_model(x[s : s + bs], model)).argmax(1) for s in range(0, len(x), bs)]
     return torch.cat(out).to(x.device)
 
 
@@ -80,11 +82,12 @@ def attack_loss(logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool, l
       ``z_t - max_{j != t} z_j`` (targeted). It works on logits, so a saturated softmax
       cannot hide the gradient.
     """
+    what = "attack_loss"
+    checks.values(logits, "logits", what=what, dims=2, shape="(B, K)")
     n_classes = logits.shape[1]
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        bad = labels[(labels < 0) | (labels >= n_classes)][0]
-        raise ValueError(f"class index {int(bad)} is out of range: the model has {n_classes} classes, so y and "
-                         f"target must be in 0..{n_classes - 1}")
+    labels = torch.as_tensor(checks.target(labels, n_classes, "labels", what=what, n=logits.shape[0]),
+                             device=logits.device).long().expand(logits.shape[0])
+    checks.choice(loss, _LOSSES, "loss", what=what)
     if loss == "ce":
         ce = F.cross_entropy(logits, labels, reduction="none")  # (B,)
         return -ce if targeted else ce
@@ -101,6 +104,19 @@ def _per_image_norm(v: torch.Tensor) -> torch.Tensor:
 
 def project_to_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Literal["linf", "l2"] = "linf") -> torch.Tensor:
     """Closest point to ``x_adv`` in the eps-ball around ``x`` (then clipped to [0, 1])."""
+    what = "project_to_ball"
+    checks.images(x_adv, "x_adv", what=what, check_range=False)
+    checks.images(x, "x", what=what)
+    if x_adv.shape != x.shape:
+        raise ValueError(f"{what}: x_adv has shape {tuple(x_adv.shape)} but x {tuple(x.shape)}; they must agree")
+    checks.same_device(x, x_adv, "x", "x_adv", what=what)
+    eps = checks.positive_number(eps, "eps", what=what, allow_zero=True)
+    checks.choice(norm, _NORMS, "norm", what=what)
+    return _project(x_adv, x, eps, norm)
+
+
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """project_to_ball without the checks (pgd calls it at every step)."""
     delta = x_adv - x
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
@@ -171,7 +187,7 @@ def fgsm(
     """
     dev = _prepare(model, x, eps, "fgsm")
     checks.choice(loss, _LOSSES, "loss", what="fgsm")
-    x0 = x.detach().to(dev)
+    x0 = to_model(x.detach(), model)
     labels, targeted = _targets(model, x0, y, target, dev, "fgsm")
     out = torch.empty_like(x0)
     for sl in _chunks(len(x0), batch_size):
@@ -215,7 +231,7 @@ def pgd(
     # steps=0 would return the random start, which is no attack at all
     steps = checks.positive_int(steps, "steps", what="pgd (for no attack, use x itself)")
     alpha = 2.5 * eps / steps if alpha is None else checks.positive_number(alpha, "alpha", what="pgd", allow_zero=True)
-    x0 = x.detach().to(dev)
+    x0 = to_model(x.detach(), model)
     labels, targeted = _targets(model, x0, y, target, dev, "pgd")
     if random_start:  # drawn for the whole batch at once, so chunking cannot change it
         g = generator
@@ -236,7 +252,7 @@ def pgd(
                 step = grad.sign()
             else:
                 step = grad / (_per_image_norm(grad) + 1e-10)
-            xa = project_to_ball(xa + alpha * step, xo, eps, norm)  # step ascends attack_loss
+            xa = _project(xa + alpha * step, xo, eps, norm)  # step ascends attack_loss
         x_adv[sl] = xa
     return x_adv.to(x.device)
 
@@ -261,7 +277,7 @@ def accuracy_under_attack(
     checks.module(model, what=what)
     checks.images(x, "x", what=what)
     eps_values = checks.non_empty(eps_values, "eps_values", what=what)
-    k = checks.n_outputs(model, x.to(model_device(model)), what=what)
+    k = checks.n_outputs(model, to_model(x, model), what=what)
     y = _labels(y, len(x), k, x.device, what, "y")
     tgt = None if target is None else _labels(target, len(y), k, x.device, what, "target")
     keep = None if tgt is None else y != tgt  # targeted success is counted on images not already of the target class

@@ -31,9 +31,11 @@ import torch
 from torch import nn
 
 from .. import checks
-from ..device import model_device
+from ..device import model_device, to_model
 from ..games import Game, ImageGames, _image_baseline, default_batch_size
 from ..hooks import capture, get_module
+from ._checks import game as check_game
+from ._checks import module_name
 from .results import PerturbationResult
 
 __all__ = [
@@ -65,17 +67,23 @@ def _check_target(model: nn.Module, x: torch.Tensor, target, what: str):
 
 
 def _prepare(model: nn.Module, x: torch.Tensor, target, what: str):
+    """``(x, target, device)``: x checked, detached, on the model's device and in its dtype (requires_grad);
+    the target checked against the model's outputs; the device of the input, where the answer goes back."""
     checks.module(model, what=what)
     checks.tensor(x, "x", what=what)
     checks.float_dtype(x, "x", what=what)
     if x.dim() < 2:
         raise ValueError(f"{what}: x must be a batch (B, ...); got shape {tuple(x.shape)}. Use x[None] for one input.")
+    if x.dim() == 4:
+        checks.images(x, "x", what=what, check_range=False)  # also refuses channels-last (B, H, W, C)
     checks.batch(x, "x", what=what)
+    checks.not_meta(x, "x", what=what)
     checks.finite(x, "x", what=what)
-    x = x.detach().to(model_device(model))
+    out_device = x.device
+    x = to_model(x.detach(), model)
     target = _check_target(model, x, target, what)
     # requires_grad up front: captum warns (on stderr, fatal in a graded cell) when it must set it itself
-    return x.requires_grad_(True), target
+    return x.requires_grad_(True), target, out_device
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -85,16 +93,16 @@ def saliency(model: nn.Module, x: torch.Tensor, target, *, absolute: bool = True
     """Gradient of the target logit with respect to the input, (B, ...) like ``x``."""
     from captum.attr import Saliency
 
-    x, target = _prepare(model, x, target, "saliency")
-    return Saliency(model).attribute(x, target=target, abs=absolute).detach()
+    x, target, out = _prepare(model, x, target, "saliency")
+    return Saliency(model).attribute(x, target=target, abs=absolute).detach().to(out)
 
 
 def input_x_gradient(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     """``x * d logit / d x`` (signed), (B, ...) like ``x``: IG with a zero baseline and one step."""
     from captum.attr import InputXGradient
 
-    x, target = _prepare(model, x, target, "input_x_gradient")
-    return InputXGradient(model).attribute(x, target=target).detach()
+    x, target, out = _prepare(model, x, target, "input_x_gradient")
+    return InputXGradient(model).attribute(x, target=target).detach().to(out)
 
 
 def smoothgrad(
@@ -125,7 +133,7 @@ def smoothgrad(
     n_samples = checks.positive_int(n_samples, "n_samples", what="smoothgrad")
     if batch_size is not None:
         checks.positive_int(batch_size, "batch_size", what="smoothgrad")
-    x, target = _prepare(model, x, target, "smoothgrad")
+    x, target, out = _prepare(model, x, target, "smoothgrad")
     x = x.detach()
     B = x.shape[0]
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -140,13 +148,16 @@ def smoothgrad(
         chunk = noisy[s : s + bs].requires_grad_(True)
         grads.append(sal.attribute(chunk, target=t if isinstance(t, int) else t[s : s + bs], abs=False).detach())
     g = torch.cat(grads).view(B, n_samples, *x.shape[1:]).mean(1)  # (B, ...)
-    return g.abs() if absolute else g
+    return (g.abs() if absolute else g).to(out)
 
 
 def blurred(x: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
     """A Gaussian-blurred copy of images (B, C, H, W) or (C, H, W): a baseline that keeps colours, drops shapes."""
     from torchvision.transforms.functional import gaussian_blur
 
+    checks.tensor(x, "x", what="blurred")
+    checks.images(x[None] if isinstance(x, torch.Tensor) and x.dim() == 3 else x, "x", what="blurred", check_range=False)
+    sigma = checks.positive_number(sigma, "sigma", what="blurred")
     k = 2 * int(math.ceil(3 * sigma)) + 1
     k = min(k, (min(x.shape[-2:]) // 2) * 2 - 1)
     return gaussian_blur(x.detach(), [k, k], [sigma, sigma])
@@ -174,7 +185,7 @@ def integrated_gradients(
     """
     from captum.attr import IntegratedGradients
 
-    x, target = _prepare(model, x, target, "integrated_gradients")
+    x, target, out_device = _prepare(model, x, target, "integrated_gradients")
     if isinstance(baseline, str):
         if baseline != "blur":
             raise ValueError(f"integrated_gradients: baseline must be a number, a tensor or 'blur'; got {baseline!r}")
@@ -196,7 +207,7 @@ def integrated_gradients(
     out = IntegratedGradients(model).attribute(
         x, baselines=base, target=target, n_steps=n_steps, internal_batch_size=chunk, return_convergence_delta=return_delta
     )
-    return (out[0].detach(), out[1].detach()) if return_delta else out.detach()
+    return (out[0].detach().to(out_device), out[1].detach().to(out_device)) if return_delta else out.detach().to(out_device)
 
 
 # ----------------------------------------------------------------------------- class activation maps
@@ -215,8 +226,9 @@ def cam(
     Its spatial mean plus the head's bias is exactly the logit of class c; the function checks
     this and refuses networks where it does not hold. Returns (B, H, W) (input size) if ``upsample``,
     else (B, h, w)."""
-    x, target = _prepare(model, x, target, "cam")
-    fc = get_module(model, head)
+    x, target, out = _prepare(model, x, target, "cam")
+    module_name(model, layer, "cam")
+    fc = get_module(model, module_name(model, head, "cam", "head"))
     if not isinstance(fc, nn.Linear):
         raise ValueError(f"cam: the head {head!r} must be an nn.Linear; it is a {type(fc).__name__}")
     with torch.no_grad(), capture(model, layer) as acts:
@@ -230,7 +242,7 @@ def cam(
     if not torch.allclose(maps.mean((1, 2)) + bias, want, atol=1e-3, rtol=1e-3):
         raise ValueError(f"cam: the logits are not the linear head {head!r} applied to the spatial mean of {layer!r}; "
                          "CAM needs a network that ends in global average pooling and one linear layer. Use grad_cam instead.")
-    return _upsample(maps, x.shape[-2:]) if upsample else maps
+    return (_upsample(maps, x.shape[-2:]) if upsample else maps).to(out)
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target, *, layer: str = "features", upsample: bool = True) -> torch.Tensor:
@@ -238,11 +250,12 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, *, layer: str = "feature
     d logit / d A_k. Returns (B, H, W) at the input's size if ``upsample``, else the layer's size."""
     from captum.attr import LayerGradCam
 
-    x, target = _prepare(model, x, target, "grad_cam")
+    x, target, out = _prepare(model, x, target, "grad_cam")
+    module_name(model, layer, "grad_cam")
     maps = (
         LayerGradCam(model, get_module(model, layer)).attribute(x, target=target, relu_attributions=True)[:, 0].detach()
     )  # (B, h, w)
-    return _upsample(maps, x.shape[-2:]) if upsample else maps
+    return (_upsample(maps, x.shape[-2:]) if upsample else maps).to(out)
 
 
 # ----------------------------------------------------------------------------- occlusion: leave-one-out of a game
@@ -263,8 +276,13 @@ class LeaveOneOutResult(PerturbationResult):
 def leave_one_out(game: Game, players: Sequence[int] | None = None, *, progress: bool | None = None) -> LeaveOneOutResult:
     """Ask ``game`` for the coalition of all players and, in the same batch, for every coalition
     with one of ``players`` (default: all) missing. Values of players not asked for are 0."""
+    check_game(game, "leave_one_out")
     d = game.n_players
-    idx = torch.arange(d, device=game.device) if players is None else torch.as_tensor(list(players), device=game.device).long()
+    if players is None:
+        idx = torch.arange(d, device=game.device)
+    else:
+        idx = checks.integers(list(checks.non_empty(players, "players", what="leave_one_out")), "players", what="leave_one_out",
+                              high=d, kind="player index").to(game.device)
     masks = torch.ones(1 + len(idx), d, dtype=torch.bool, device=game.device)
     masks[1 + torch.arange(len(idx), device=game.device), idx] = False
     out = game(masks, progress=progress)  # (1 + n, ...)
@@ -326,8 +344,9 @@ def occlusion(
     B, C, H, W = x.shape
     if patch > min(H, W):
         raise ValueError(f"occlusion: patch {patch} is larger than the image ({H} x {W})")
+    checks.choice(output, ("logit", "logprob", "prob"), "output", what="occlusion")
     dev = model_device(model)
-    xd = x.detach().to(dev)
+    xd = to_model(x.detach(), model)
     t = torch.as_tensor(_check_target(model, xd, target, "occlusion"), device=dev).expand(B)  # (B,)
     rows, cols = _window_groups(H, patch, stride), _window_groups(W, patch, stride)
     groups = [_window_segments(H, W, rg, cg, patch, dev) for rg in rows for cg in cols]  # [(seg (H, W), n_win)]
@@ -396,7 +415,13 @@ def randomize_layers(model: nn.Module, names: str | Sequence[str], *, seed: int 
     """A copy of ``model`` in which the modules ``names`` are re-initialised (every submodule's
     ``reset_parameters()``: fresh random weights, batch-norm statistics reset); the original is
     untouched. Deterministic for a ``seed``."""
-    names = [names] if isinstance(names, str) else list(names)
+    what = "randomize_layers"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what}: model must be a torch nn.Module; got {type(model).__name__}")
+    names = [names] if isinstance(names, str) else list(checks.non_empty(names, "names", what=what))
+    for name in names:
+        module_name(model, name, what, "names")
+    seed = checks.non_negative_int(seed, "seed", what=what)
     new = copy.deepcopy(model)
     devices = [d.index or 0 for d in {p.device for p in new.parameters()} if d.type == "cuda"]
     with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -421,7 +446,9 @@ def cascading_randomization(
     layers: names from the top down (default: the top-level blocks with parameters, reversed).
     Returns ``[(name, copy), ...]``: the k-th copy has layers[0..k] randomised (each layer with the
     same random weights in every copy). The original model is not modified."""
-    layers = _default_layers(model) if layers is None else list(layers)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"cascading_randomization: model must be a torch nn.Module; got {type(model).__name__}")
+    layers = _default_layers(model) if layers is None else list(checks.non_empty(layers, "layers", what="cascading_randomization"))
     if not layers:
         raise ValueError("cascading_randomization: the model has no layers with parameters")
     return [(name, randomize_layers(model, layers[: k + 1], seed=seed)) for k, name in enumerate(layers)]

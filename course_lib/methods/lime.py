@@ -50,6 +50,7 @@ from ..games import (
     require_finite,
     slic_segments,  # noqa: F401  (moved to games with the other segmentation helpers)
 )
+from ._checks import game as check_game
 from .results import PerturbationResult
 
 __all__ = [
@@ -117,15 +118,31 @@ def sample_masks(n_players: int, n_samples: int, *, seed: int = 0, sampler: Samp
     return masks.to(device) if device is not None else masks
 
 
+def _check_masks(masks, what: str, name: str = "masks") -> torch.Tensor:
+    """Coalitions (n, d): bool (or 0/1) with n >= 1 samples of d >= 1 players, on a real device."""
+    checks.tensor(masks, name, what=what)
+    if masks.dim() != 2:
+        raise ValueError(f"{what}: {name} must be coalitions (n, d), one row per sample; got shape {tuple(masks.shape)}"
+                         + (f". For one coalition use {name}[None]." if masks.dim() == 1 else ""))
+    if masks.shape[0] == 0 or masks.shape[1] == 0:
+        raise ValueError(f"{what}: {name} has shape {tuple(masks.shape)}; it needs at least one sample and one player")
+    checks.not_meta(masks, name, what=what)
+    if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError(f"{what}: {name} must be bool (True = present) or 0/1; got other values of dtype {masks.dtype}")
+    return masks
+
+
 def cosine_distance(masks: torch.Tensor) -> torch.Tensor:
     """Cosine distance between each mask z' (n, d) and the all-ones x': 1 - sqrt(|z'| / d)."""
-    z = masks.float()
+    z = _check_masks(masks, "cosine_distance").float()
     return 1.0 - (z.sum(-1) / z.shape[-1]).sqrt()
 
 
 def exp_kernel(distance: torch.Tensor, kernel_width: float) -> torch.Tensor:
     """pi = exp(-D^2 / sigma^2), the exponential kernel of the LIME paper. (The ``lime`` package
     uses sqrt(exp(-D^2 / sigma^2)), i.e. this kernel with sigma * sqrt(2).)"""
+    checks.values(distance, "distance", what="exp_kernel")
+    checks.positive_number(kernel_width, "kernel_width", what="exp_kernel")
     return torch.exp(-(distance**2) / kernel_width**2)
 
 
@@ -135,6 +152,16 @@ def weighted_ridge(Z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, alpha: 
 
     Z (n, p), y (n, K), w (n,) -> coef (p, K), intercept (K,), fidelity (K,), std_err (p, K).
     """
+    what = "weighted_ridge"
+    checks.values(Z if not isinstance(Z, torch.Tensor) or Z.is_floating_point() else Z.double(), "Z", what=what, dims=2,
+                  shape="(n, p)")
+    checks.values(y, "y", what=what, dims=(1, 2), shape="(n, K)")
+    checks.values(w, "w", what=what, dims=1, shape="(n,)")
+    if not Z.shape[0] == y.shape[0] == w.shape[0]:
+        raise ValueError(f"{what}: Z {tuple(Z.shape)}, y {tuple(y.shape)} and w {tuple(w.shape)} must have the same n rows")
+    if bool((w < 0).any()) or not bool((w > 0).any()):
+        raise ValueError(f"{what}: the sample weights w must be >= 0 and not all 0")
+    checks.positive_number(alpha, "alpha", what=what, allow_zero=True)
     Z, y, w = Z.double(), y.double(), w.double()
     sw = w.sum()
     z_mean = (w @ Z) / sw  # (p,)
@@ -159,8 +186,11 @@ def fit_surrogate(masks: torch.Tensor, outputs: torch.Tensor, *, kernel_width: f
     """LIME's steps 3-4 on samples a game already answered: masks (n, d) bool and outputs
     (n,) or (n, K) -> the weighted ridge surrogate (for re-fitting with another kernel width or
     fewer samples without asking the model again)."""
-    checks.tensor(masks, "masks", what="fit_surrogate")
+    _check_masks(masks, "fit_surrogate")
     checks.tensor(outputs, "outputs", what="fit_surrogate")
+    if outputs.is_floating_point():  # integer outputs (counts, labels) are fitted as floats
+        checks.values(outputs, "outputs", what="fit_surrogate", dims=(1, 2), shape="(n,) or (n, K)")
+    checks.not_meta(outputs, "outputs", what="fit_surrogate")
     if masks.dim() != 2 or outputs.dim() not in (1, 2) or outputs.shape[0] != masks.shape[0]:
         raise ValueError(f"fit_surrogate: masks must be (n, d) and outputs (n,) or (n, K) with the same n; "
                          f"got {tuple(masks.shape)} and {tuple(outputs.shape)}")
@@ -191,12 +221,6 @@ def fit_surrogate(masks: torch.Tensor, outputs: torch.Tensor, *, kernel_width: f
         method=f"LIME ({'ridge' if n_features is None else f'{n_features} features'}, sigma={kernel_width:g})",
         player_names=player_names,
     )
-
-
-def _check_game(game, what: str) -> None:
-    if not isinstance(game, Game):
-        raise TypeError(f"{what}: game must be a course_lib.games.Game (build one with image_game, tabular_game, "
-                        f"token_game or function_game); got {type(game).__name__}")
 
 
 def _check_n_samples(n, d: int, what: str, name: str) -> int:
@@ -234,7 +258,7 @@ def lime(
     (``lime`` uses 1); n_features: keep only the K largest coefficients and refit (None: all).
     Deterministic for a given ``seed``; tensors come back on the game's device.
     """
-    _check_game(game, "lime")
+    check_game(game, "lime")
     n_samples = _check_n_samples(n_samples, game.n_players, "lime", "n_samples")
     _check_fit(kernel_width, alpha, n_features, game.n_players, "lime")
     checks.choice(sampler, ("lime", "bernoulli"), "sampler", what="lime")
@@ -263,7 +287,7 @@ def lime_sweep(
     (``sample_masks`` uses one row of randomness per sample). Every kernel width reuses the
     same answers. Returns ``{(seed, n_samples, kernel_width): LimeResult}``.
     """
-    _check_game(game, "lime_sweep")
+    check_game(game, "lime_sweep")
     checks.non_empty(sample_sizes, "sample_sizes", what="lime_sweep")
     seeds = list(checks.non_empty(seeds, "seeds", what="lime_sweep"))
     kernel_widths = checks.non_empty(kernel_widths, "kernel_widths", what="lime_sweep")

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import checks
 from ..games import Game, require_finite
+from ._checks import game as check_game
 from .results import PerturbationResult
 
 __all__ = [
@@ -87,6 +89,7 @@ class Interactions(PerturbationResult):
 
 def all_masks(d: int, device=None) -> torch.Tensor:
     """Every coalition of ``d`` players: (2**d, d) bool, row ``s`` has bit ``i`` of ``s`` in column ``i``."""
+    d = checks.positive_int(d, "d", what="all_masks")
     if d > MAX_EXACT_PLAYERS:
         raise ValueError(
             f"{d} players means 2**{d} = {2**d:,} coalitions; exact enumeration is limited to "
@@ -108,6 +111,7 @@ def moebius(values: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     Subset-sum butterfly: for each player i, every coalition containing i subtracts the value
     of the same coalition without i. d passes over the table, no 2**d x 2**d matrix.
     """
+    checks.values(values, "values", what="moebius")
     n = values.shape[0]
     d = n.bit_length() - 1
     if n != 2**d:
@@ -122,14 +126,30 @@ def moebius(values: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     return m
 
 
+def _check_table(m, masks, what: str) -> int:
+    """The number of players d of a table ``m`` (2**d, ...) of Moebius dividends (and of its ``masks``)."""
+    checks.values(m, "m", what=what)
+    n = m.shape[0]
+    d = n.bit_length() - 1
+    if n != 2**d or d < 1:
+        raise ValueError(f"{what}: m must hold the dividends of all 2**d coalitions (d >= 1), one row each; got {n} rows")
+    if masks is not None:
+        checks.tensor(masks, "masks", what=what)
+        if tuple(masks.shape) != (n, d):
+            raise ValueError(f"{what}: masks must be the ({n}, {d}) coalitions m was computed on; got shape {tuple(masks.shape)}")
+    return d
+
+
 def shapley_from_moebius(m: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
     """phi_i = sum_{S containing i} m(S) / |S|: (2**d, ...) -> (d, ...).
+
+    ``m``: the Moebius transform of a game on all 2**d coalitions (:func:`moebius`).
 
     One matrix product of the transposed mask table with the size-scaled dividends; pass the
     ``masks`` (2**d, d) the game was evaluated on to save building them again.
     """
+    d = _check_table(m, masks, "shapley_from_moebius")
     n = m.shape[0]
-    d = n.bit_length() - 1
     if masks is None:
         masks = all_masks(d, m.device)
     masks = masks.to(m.dtype)  # (2**d, d)
@@ -139,7 +159,7 @@ def shapley_from_moebius(m: torch.Tensor, masks: torch.Tensor | None = None) -> 
 
 def sii_from_moebius(m: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
     """SII_ij = sum_{S containing i and j} m(S) / (|S| - 1), zero diagonal: (2**d, ...) -> (d, d, ...)."""
-    d = m.shape[0].bit_length() - 1
+    d = _check_table(m, masks, "sii_from_moebius")
     if masks is None:
         masks = all_masks(d, m.device)
     masks = masks.to(m.dtype)  # (2**d, d)
@@ -153,11 +173,13 @@ def sii_from_moebius(m: torch.Tensor, masks: torch.Tensor | None = None) -> torc
 
 def exact_values(game: Game) -> torch.Tensor:
     """The game on every coalition, in one call: (2**d, ...) in the game's output dtype."""
+    check_game(game, "exact_values")
     return game(all_masks(game.n_players, game.device))
 
 
 def _enumerate(game: Game):
     """All 2**d masks, the game on them (one call), their Moebius transform, and the calls spent."""
+    check_game(game, "exact Shapley values")
     before = game.n_calls
     masks = all_masks(game.n_players, game.device)
     v = game(masks)
@@ -194,6 +216,8 @@ def exact_interactions(game: Game) -> Interactions:
 
 def shapley_kernel_weights(d: int, sizes: torch.Tensor) -> torch.Tensor:
     """Shapley kernel (Lundberg & Lee 2017): (d - 1) / (C(d, s) s (d - s)); infinite at s = 0 and d."""
+    d = checks.positive_int(d, "d", what="shapley_kernel_weights", minimum=2)
+    sizes = checks.integers(sizes, "sizes", what="shapley_kernel_weights", low=1, high=d, kind="coalition size")
     s = sizes.to(torch.float64)
     logc = torch.lgamma(torch.tensor(d + 1.0, dtype=torch.float64)) - torch.lgamma(s + 1) - torch.lgamma(d - s + 1)
     return (d - 1) / (torch.exp(logc) * s * (d - s))
@@ -228,6 +252,8 @@ def kernel_shap(game: Game, budget: int, *, seed: int = 0, paired: bool = True) 
     uniformly random set of that size) and weighted equally; with ``paired=True`` each draw
     comes with its complement (Covert & Lee 2021), which cancels much of the noise.
     """
+    check_game(game, "kernel_shap")
+    budget = checks.positive_int(budget, "budget", what="kernel_shap")
     d = game.n_players
     if d < 2:
         return exact_shapley(game)
@@ -279,6 +305,8 @@ def permutation_shapley(game: Game, budget: int, *, seed: int = 0, antithetic: b
     ``(budget - 2) // (d - 1)`` permutations fit. ``antithetic=True`` pairs each permutation
     with its reverse. All coalitions go to the game in one call. Efficiency holds exactly.
     """
+    check_game(game, "permutation_shapley")
+    budget = checks.positive_int(budget, "budget", what="permutation_shapley")
     d = game.n_players
     dev = game.device
     before = game.n_calls

@@ -31,9 +31,18 @@ c.CourseGrader.max_processes = 256          # per submission's sandbox (cgroup p
 c.CourseGrader.threads = 1                  # torch threads in each sandbox; make grade runs CPU budget / threads at once
 
 # Without course_lib importable, nbgrader would execute student code in its own kernel: refuse instead.
-from course_lib.autograde import IsolatedExecute, TamperScan  # noqa: E402
+from course_lib.autograde import IsolatedExecute, RestoreRoles, TamperScan  # noqa: E402
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
-from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, IgnorePattern, LimitOutput,
+    OverwriteCells, OverwriteKernelspec, SaveAutoGrades,
+)
+
+# A submission's metadata cannot make a cell a test, an answer or read-only: the roles are the instructor's
+# (RestoreRoles, before nbgrader's own sanitizing; the checker applies the same rule).
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput, RestoreRoles, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata,
+]
 
 c.Autograde.autograde_preprocessors = [
     TamperScan, IsolatedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,

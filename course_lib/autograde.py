@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import os
 from pathlib import Path
 
@@ -24,20 +23,35 @@ import nbformat
 from nbformat import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-META = "course_lib"  # key of our metadata in cells and notebooks
+from .grader import classroom, sandbox
+from .grader.cells import META, is_test_cell, nbgrader_meta, restore_roles
+from .grader.report import grade_report, notebook_summary
+
+__all__ = ["RestoreRoles", "IsolatedExecute", "TamperScan", "grade_report", "notebook_summary", "scan_source", "is_test_cell"]
+
 CHECK_HELPERS = {"check", "check_close", "check_shape", "check_type", "check_raises", "forbid"}
 
 
-def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {})
-
-
-def is_test_cell(cell) -> bool:
-    m = _nbgrader(cell)
-    return cell.get("cell_type") == "code" and bool(m.get("grade")) and not m.get("solution")
-
-
 # --------------------------------------------------------------------------------- execution
+
+
+class RestoreRoles(NbGraderPreprocessor):
+    """A sanitizing step, before nbgrader's own: every cell's role (test, answer, read-only, points) is
+    the one the instructor's notebook in the source directory gives its ``grade_id``, whatever the
+    submission's metadata claims (:func:`course_lib.grader.cells.restore_roles`). The checker applies the
+    same rule, so nbgrader records exactly the cells the checker ran as tests."""
+
+    def preprocess(self, nb, resources):
+        info = resources.get("nbgrader", {})
+        cd = self.config.CourseDirectory
+        root = Path(cd.get("root") or ".").resolve()
+        src = root / cd.get("source_directory", "source") / info["assignment"] / (info["notebook"] + ".ipynb")
+        if not src.is_file():
+            raise FileNotFoundError(f"the instructor's notebook {src} is needed to grade {info['notebook']}")
+        for note in restore_roles(nb, nbformat.read(str(src), as_version=4)):
+            self.log.warning("%s/%s: %s", info.get("student"), info["notebook"], note)
+        return nb, resources
+
 
 
 class IsolatedExecute(NbGraderPreprocessor):
@@ -47,8 +61,6 @@ class IsolatedExecute(NbGraderPreprocessor):
     ``nbgrader autograde`` (no stored result, or a stale one) executes it here, one at a time."""
 
     def preprocess(self, nb, resources):
-        from .grader import classroom
-
         info = resources.get("nbgrader", {})
         root = Path(self.config.CourseDirectory.root or ".").resolve()
         s = classroom.Submission(info["student"], info["assignment"], info["notebook"] + ".ipynb")
@@ -58,8 +70,6 @@ class IsolatedExecute(NbGraderPreprocessor):
             cfg["timeout"] = float(self.config.Execute.timeout)
         job = classroom.make_job(root, s, unsafe=unsafe, cfg=cfg)
         if classroom.stored_key(root, s) != job["key"]:
-            from .grader import sandbox
-
             if not unsafe and sandbox.bwrap_path() is None:
                 raise RuntimeError(sandbox.BWRAP_MISSING)
             res = classroom.run_job(job)
@@ -70,7 +80,7 @@ class IsolatedExecute(NbGraderPreprocessor):
         if len(done.cells) != len(nb.cells):
             raise RuntimeError(f"the executed copy of {s} has {len(done.cells)} cells, the notebook {len(nb.cells)}")
         for cell, ran in zip(nb.cells, done.cells):
-            if cell.cell_type != ran.cell_type or _nbgrader(cell).get("grade_id") != _nbgrader(ran).get("grade_id"):
+            if cell.cell_type != ran.cell_type or nbgrader_meta(cell).get("grade_id") != nbgrader_meta(ran).get("grade_id"):
                 raise RuntimeError(f"the executed copy of {s} does not match the notebook")
             if cell.cell_type == "code":
                 cell.outputs = ran.outputs
@@ -214,7 +224,7 @@ class TamperScan(NbGraderPreprocessor):
         for i, cell in enumerate(nb.cells):
             if cell.cell_type != "code" or is_test_cell(cell):
                 continue
-            where = _nbgrader(cell).get("grade_id") or f"cell {i}"
+            where = nbgrader_meta(cell).get("grade_id") or f"cell {i}"
             for line, what in scan_source(cell.source):
                 flags.append({"cell": where, "line": line, "what": what})
         nb.metadata.setdefault(META, {})["tamper"] = flags
@@ -222,76 +232,3 @@ class TamperScan(NbGraderPreprocessor):
 
 
 # ----------------------------------------------------------------------------------- report
-
-
-def notebook_summary(nb) -> dict:
-    """Per test cell: points, passed, seconds, timeout, hidden error; timeouts anywhere; tamper flags."""
-    cells, timeouts = [], []
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and cell.metadata.get(META, {}).get("timeout"):
-            timeouts.append(_nbgrader(cell).get("grade_id") or f"cell {i}")
-        if not is_test_cell(cell):
-            continue
-        m = cell.metadata.get(META, {})
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        cells.append({
-            "grade_id": _nbgrader(cell).get("grade_id"),
-            "points": float(_nbgrader(cell).get("points", 0)),
-            "passed": not errors and not any(o.output_type == "stream" and o.name == "stderr" for o in cell.outputs),
-            "seconds": m.get("seconds"),
-            "timeout": bool(m.get("timeout")),
-            "error": (errors[0].get("ename", "") + ": " + str(errors[0].get("evalue", ""))[:120]) if errors else "",
-        })
-    iso = nb.metadata.get(META, {}).get("isolated", {})
-    return {"cells": cells, "timeouts": timeouts, "tamper": nb.metadata.get(META, {}).get("tamper", []),
-            "ended": iso.get("dead"), "sandbox": iso.get("sandbox")}
-
-
-def grade_report(root: str | Path = ".", *, out=print) -> list[dict]:
-    """Print, per autograded submission, its score, timeouts, hidden errors and tampering flags."""
-    import nbformat
-    from nbgrader.api import Gradebook
-
-    root = Path(root).resolve()
-    rows = []
-    db = root / "gradebook.db"
-    if not db.is_file():
-        raise FileNotFoundError(f"no gradebook at {db}: run `make grade` (nbgrader autograde) first")
-    with Gradebook(f"sqlite:///{db}") as gb:
-        for assignment in sorted(a.name for a in gb.assignments):
-            for sub in sorted(gb.assignment_submissions(assignment), key=lambda s: s.student.id):
-                student = sub.student.id
-                row = {"assignment": assignment, "student": student, "score": sub.code_score,
-                       "max_score": sub.max_code_score, "manual_max": sub.max_written_score,
-                       "cells": [], "timeouts": [], "tamper": [], "ended": [], "unsandboxed": False}
-                for path in sorted((root / "autograded" / student / assignment).glob("*.ipynb")):
-                    s = notebook_summary(nbformat.read(str(path), as_version=4))
-                    row["cells"] += s["cells"]
-                    row["timeouts"] += s["timeouts"]
-                    row["tamper"] += s["tamper"]
-                    if s["ended"]:
-                        row["ended"].append(f"{path.name}: {s['ended']}")
-                    row["unsandboxed"] |= s["sandbox"] is False
-                rows.append(row)
-    for row in rows:
-        out(f"{row['assignment']:22s} {row['student']:16s} auto {row['score']:g}/{row['max_score']:g}"
-            + (f" (+{row['manual_max']:g} graded by hand)" if row["manual_max"] else ""))
-        for c in row["cells"]:
-            note = "TIMEOUT" if c["timeout"] else ("ok" if c["passed"] else c["error"])
-            out(f"    {c['grade_id']:32s} {c['points']:4g} pts {c['seconds'] if c['seconds'] is not None else '?':>7} s  {note}")
-        timed = [c for c in row["cells"] if c["seconds"] is not None]
-        if timed:
-            slow = sorted(timed, key=lambda c: -c["seconds"])[:3]
-            out("    slowest: " + ", ".join(f"{c['grade_id']} {c['seconds']:g} s" for c in slow))
-        for e in row["ended"]:
-            out("    ! the student's process ended early (cells after it scored zero): " + e)
-        if row["unsandboxed"]:
-            out("    ! graded WITHOUT a sandbox (--unsafe)")
-        if row["timeouts"]:
-            out("    ! TIMEOUT (stopped at the time limit, then the rest was graded): " + ", ".join(row["timeouts"]))
-        if row["tamper"]:
-            out("    ! TAMPERING suspected, check by hand:")
-            for f in row["tamper"]:
-                out(f"        {f['cell']}, line {f['line']}: {f['what']}")
-    (root / "grading-report.json").write_text(json.dumps(rows, indent=1))
-    return rows

@@ -69,7 +69,7 @@ KINDS = {  # student -> answer body (None: the reference answer)
 }
 
 
-def _course(path: Path) -> Path:
+def _build(path: Path) -> Path:
     path.mkdir()
     cfg = (ROOT / "nbgrader_config.py").read_text() + "\nc.Execute.timeout = 12\n"
     (path / "nbgrader_config.py").write_text(cfg)
@@ -91,6 +91,17 @@ def _course(path: Path) -> Path:
             (path / "submitted" / student / a).mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, str(path / "submitted" / student / a / f"{a}.ipynb"))
     return path
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """A function making a fresh copy of the class (the two releases are generated once: ~1 min each)."""
+    template = _build(tmp_path_factory.mktemp("class") / "template")
+
+    def copy(path: Path) -> Path:
+        shutil.copytree(template, path, symlinks=True)
+        return path
+    return copy
 
 
 def _keep_only(root: Path, students) -> None:
@@ -120,8 +131,8 @@ def _outcome(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    root = _course(tmp_path_factory.mktemp("class") / "serial")
+def baseline(tmp_path_factory, course):
+    root = course(tmp_path_factory.mktemp("class") / "serial")
     out = _grade(root, "--jobs", "1")
     assert (root / "grades.csv").is_file(), out.stdout[-3000:] + out.stderr[-3000:]
     return root, _outcome(root)
@@ -141,8 +152,8 @@ def test_serial_grades_are_right(baseline):
 
 
 @pytest.mark.slow
-def test_two_jobs_interrupted_then_resumed_give_the_same(baseline, tmp_path):
-    root = _course(tmp_path / "parallel")
+def test_two_jobs_interrupted_then_resumed_give_the_same(baseline, course, tmp_path):
+    root = course(tmp_path / "parallel")
     proc = subprocess.Popen([str(BIN / "course-lib"), "grade", str(root), "--no-progress", "--jobs", "2"], cwd=root, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
@@ -177,8 +188,8 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_dask_cluster_with_a_killed_worker_gives_the_same(baseline, tmp_path):
-    root = _course(tmp_path / "dask")
+def test_dask_cluster_with_a_killed_worker_gives_the_same(baseline, course, tmp_path):
+    root = course(tmp_path / "dask")
     port = _free_port()
     procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--dashboard-address", "127.0.0.1:0", "--no-show"], env=ENV, start_new_session=True,
@@ -229,12 +240,12 @@ def _ancestor(pid: int, root_pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_local_cluster(baseline, tmp_path):
+def test_local_cluster(baseline, course, tmp_path):
     from distributed import LocalCluster
 
     from course_lib.grader import classroom
 
-    root = _course(tmp_path / "local")
+    root = course(tmp_path / "local")
     _keep_only(root, ("s01-correct", "s05-wrong"))
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                       processes=True) as cluster:
@@ -270,10 +281,10 @@ def test_without_bubblewrap_grading_stops_with_the_install_command(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_unsafe_grading_says_so(baseline, tmp_path):
+def test_unsafe_grading_says_so(baseline, course, tmp_path):
     from course_lib.grader import classroom
 
-    root = _course(tmp_path / "unsafe")
+    root = course(tmp_path / "unsafe")
     _keep_only(root, ("s01-correct", "s05-wrong"))
     lines = []
     classroom.grade_class(root, unsafe=True, progress=False, out=lines.append)

@@ -3,7 +3,8 @@
 One class of a0 submissions goes through `course-lib grade` (what `make grade` runs): two correct
 students, graded before and after everyone else, and submissions that read the solutions or the
 gradebook, write to them or to the course library, shadow names the tests use, ship a module beside
-the notebook, rewire the kernel, patch the checks, call a forbidden implementation by a route the old
+the notebook, rewire the kernel, patch the checks, mark their own cells as tests (or their answer as a
+test, or a second copy of a test's id), call a forbidden implementation by a route the old
 ``forbid`` did not reach, leave a process behind, reach the network, exit, ignore interrupts, exhaust
 memory or processes, or flood the output. Every attacker must earn nothing, the correct students must
 keep full marks, the run must finish with grades.csv, feedback and a report, and nothing of the course
@@ -105,6 +106,14 @@ def _attacks(root: Path, port: int) -> dict[str, tuple[str | None, str | None, d
             "    os.setsid()\n"
             "    import time\n"
             "    time.sleep(3672)\n"), None, {}),
+        # cells the submission's metadata calls tests (the checker runs test cells outside the sandbox)
+        "fake-test-cell": (STUB, {"source": _escape(r, "fake-test-cell"), "nbgrader": {
+            "grade": True, "solution": False, "locked": True, "points": 50, "grade_id": "bonus", "schema_version": 3}}, {}),
+        "answer-made-a-test": ({"source": STUB + _escape(r, "answer-made-a-test"), "nbgrader": {
+            "grade": True, "solution": False, "locked": True, "points": 3}}, None, {}),
+        "test-id-twice": (STUB, {"source": "pass", "nbgrader": {
+            "grade": True, "solution": False, "locked": True, "points": 1, "grade_id": "test_probabilities_visible",
+            "schema_version": 3}, "before": "test_probabilities_visible"}, {}),
         "exit-kernel": (None, "import os\nos._exit(0)", {}),
         "ignore-interrupt": (None, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", {}),
         "exhaust-memory": (None, "blocks = []\nwhile True:\n    blocks.append(bytearray(256 << 20))\n"
@@ -115,6 +124,11 @@ def _attacks(root: Path, port: int) -> dict[str, tuple[str | None, str | None, d
         "flood-output": (None, "import sys\nfor _ in range(200):\n    sys.stdout.write('x' * 1_000_000)\n"
                                "    sys.stderr.write('y' * 1_000_000)", {}),
     }
+
+
+def _escape(root: str, name: str) -> str:
+    """Code that, run by the checker outside the sandbox, would leave a file in the course folder."""
+    return f"\nopen({root + '/ESCAPED-' + name!r}, 'w').write('run outside the sandbox')\n"
 
 
 def _course(tmp: Path) -> Path:
@@ -134,9 +148,19 @@ def _submit(root: Path, student: str, answer: str | None, extra: str | None, fil
     ref = next(c.source for c in src.cells if nbgrader_meta(c).get("grade_id") == "class_probabilities")
     for i, c in enumerate(rel.cells):
         if nbgrader_meta(c).get("grade_id") == "class_probabilities":
-            c.source = solution_only(ref) if answer is None else answer
+            if isinstance(answer, dict):  # an answer cell whose metadata the student rewrote
+                c.source = answer["source"]
+                c.metadata["nbgrader"].update(answer["nbgrader"])
+            else:
+                c.source = solution_only(ref) if answer is None else answer
             at = i + 1
-    if extra is not None:
+    if isinstance(extra, dict):  # a cell with nbgrader metadata of the student's making
+        cell = nbformat.v4.new_code_cell(extra["source"])
+        cell.metadata["nbgrader"] = dict(extra["nbgrader"])
+        if "before" in extra:
+            at = next(i for i, c in enumerate(rel.cells) if nbgrader_meta(c).get("grade_id") == extra["before"])
+        rel.cells.insert(at, cell)
+    elif extra is not None:
         rel.cells.insert(at, nbformat.v4.new_code_cell(extra))
     folder = root / "submitted" / student / "a0_setup"
     folder.mkdir(parents=True)
@@ -206,6 +230,8 @@ def test_attackers_earn_nothing_and_harm_no_one(tmp_path):
     assert {p: p.read_bytes() for p in (ROOT / "course_lib").rglob("*.py")} == lib_before
     assert "are unchanged (sha256)" in report, report[-2000:]
     assert not connections, f"a submission reached the host's network: {connections}"
+    escaped = sorted(p.name for p in root.glob("ESCAPED-*"))
+    assert not escaped, f"student code ran outside the sandbox: {escaped}"
     # what the attackers saw, in their own autograded notebooks
     def outputs(student):
         nb = nbformat.read(str(root / "autograded" / student / "a0_setup" / "a0_setup.ipynb"), as_version=4)
@@ -224,6 +250,39 @@ def test_attackers_earn_nothing_and_harm_no_one(tmp_path):
     assert rows["exhaust-memory"]["ended"] and "memory" in rows["exhaust-memory"]["ended"][0], rows["exhaust-memory"]
     assert rows["ignore-interrupt"]["timeouts"], rows["ignore-interrupt"]
     assert rows["patch-checks"]["tamper"] and rows["kernel-hooks"]["tamper"]
+
+
+def test_a_cells_role_is_the_instructors():
+    """restore_roles: what the submission's metadata claims about a cell never decides whether the checker
+    runs it; the instructor's notebook does, by grade_id."""
+    from course_lib.grader.cells import is_answer_cell, is_test_cell, restore_roles
+
+    def cell(src, **nbg):
+        c = nbformat.v4.new_code_cell(src)
+        if nbg:
+            c.metadata["nbgrader"] = {"schema_version": 3, "locked": False, "solution": False, "grade": False, **nbg}
+        return c
+    source = nbformat.v4.new_notebook(cells=[
+        cell("import math", grade_id="setup", locked=True),
+        cell("def f(x):\n    return x", grade_id="f", solution=True),
+        cell("assert f(2) == 2", grade_id="test_f", grade=True, locked=True, points=2),
+    ])
+    sub = nbformat.v4.new_notebook(cells=[
+        cell("import os  # edited setup", grade_id="setup", locked=True),
+        cell("EVIL_1", grade_id="f", solution=False, grade=True, locked=True, points=9),  # answer made a test
+        cell("EVIL_2", grade_id="bonus", grade=True, locked=True, points=50),  # a test of its own
+        cell("EVIL_3", grade_id="test_f", grade=True, locked=True, points=2),  # a first copy of a test id
+        cell("pass", grade_id="test_f", grade=True, locked=True, points=20),  # the copy nbgrader keeps
+        cell("EVIL_4"),
+    ])
+    notes = restore_roles(sub, source)
+    tests = [c for c in sub.cells if is_test_cell(c)]
+    assert [c.source for c in tests] == ["assert f(2) == 2"] and tests[0].metadata["nbgrader"]["points"] == 2
+    assert sub.cells[0].source == "import math"  # read-only: the instructor's
+    assert is_answer_cell(sub.cells[1]) and sub.cells[1].source == "EVIL_1"  # still the student's answer
+    for i in (2, 3, 5):  # plain student code: it runs in the sandbox, for no points
+        assert "nbgrader" not in sub.cells[i].metadata and sub.cells[i].source.startswith("EVIL")
+    assert len(notes) == 4, notes
 
 
 # ------------------------------------------------------------------------------- the wire, alone

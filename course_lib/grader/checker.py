@@ -34,24 +34,19 @@ import nbformat
 
 if __package__:
     from . import remote, sandbox
+    from .cells import is_answer_cell as is_answer
+    from .cells import is_test_cell as is_test
+    from .cells import nbgrader_meta as _nbg
+    from .cells import restore_roles
 else:  # run as a script: the course_lib package (and torch) is imported only if the notebook needs it
     import remote
     import sandbox
+    from cells import is_answer_cell as is_answer
+    from cells import is_test_cell as is_test
+    from cells import nbgrader_meta as _nbg
+    from cells import restore_roles
 
 MAGIC = re.compile(r"^\s*[%!]")
-
-
-def _nbg(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {})
-
-
-def is_test(cell) -> bool:
-    m = _nbg(cell)
-    return cell.cell_type == "code" and bool(m.get("grade")) and not m.get("solution")
-
-
-def is_answer(cell) -> bool:
-    return cell.cell_type == "code" and bool(_nbg(cell).get("solution"))
 
 
 def _code(src: str) -> str:
@@ -257,13 +252,8 @@ def grade(job: dict) -> dict:
     sub = nbformat.read(job["submitted"], as_version=4)
     src = nbformat.read(job["source"], as_version=4)
     timeout = float(job.get("timeout", 180))
-    by_id = {_nbg(c).get("grade_id"): c for c in src.cells if _nbg(c).get("grade_id")}
-    # the instructor's version of every test and read-only cell, as nbgrader's OverwriteCells does
-    for c in sub.cells:
-        gid = _nbg(c).get("grade_id")
-        if gid in by_id and (is_test(by_id[gid]) or _nbg(by_id[gid]).get("locked")) and not is_answer(by_id[gid]):
-            c.source, c.cell_type = by_id[gid].source, by_id[gid].cell_type
-            c.metadata["nbgrader"] = dict(_nbg(by_id[gid]))
+    # every cell's role is the instructor's (a cell the submission marks as a test is not run here)
+    restore_roles(sub, src)
     chosen, theirs = plan(src.cells)
     for c in sub.cells:
         if is_answer(c):

@@ -28,8 +28,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import course_lib
+from ..cache import home as cache_home
+from ..threads import cpu_budget
+from . import sandbox
+from .cells import is_test_cell
+from .report import grade_report
 
+LIB = Path(__file__).resolve().parents[1]  # the course_lib package
 RESULTS = ".grading"
 
 
@@ -93,7 +98,7 @@ def tree_hash(path: Path, patterns=("*",)) -> dict[str, str]:
 
 
 def fingerprints(root: Path) -> dict[str, dict]:
-    lib = Path(course_lib.__file__).resolve().parent
+    lib = LIB
     return {
         "solutions": tree_hash(root / "solutions"),
         "release": tree_hash(root / "assignments"),
@@ -113,7 +118,7 @@ def changed(before: dict, after: dict) -> list[str]:
 
 
 def grader_hash() -> str:
-    lib = Path(course_lib.__file__).resolve().parent / "grader"
+    lib = LIB / "grader"
     return _sha(json.dumps(tree_hash(lib, ("*.py",)), sort_keys=True).encode())[:16]
 
 
@@ -142,7 +147,7 @@ def make_job(root: Path, s: Submission, *, unsafe: bool, cfg: dict) -> dict:
     return {"submission": [s.student, s.assignment, s.notebook], "submitted": submitted, "source": source,
             "release_files": files, "timeout": cfg["timeout"], "limits": cfg["limits"],
             "forbidden": forbidden_modules(src), "unsafe": unsafe, "key": key,
-            "cache_dir": os.environ.get("COURSE_LIB_HOME") or str(Path.home() / ".cache" / "course_lib")}
+            "cache_dir": str(cache_home())}
 
 
 # --------------------------------------------------------------------------------- execution
@@ -223,8 +228,6 @@ def store(root: Path, s: Submission, res: dict) -> None:
 
 def default_jobs(threads_per_kernel: int = 1) -> int:
     try:
-        from course_lib.threads import cpu_budget  # the CPU quota / affinity of this process
-
         budget = int(cpu_budget().cpus)
     except Exception:  # noqa: BLE001
         budget = len(os.sched_getaffinity(0))
@@ -366,9 +369,9 @@ def stored_tests_differ(root: Path, assignments) -> list[str]:
         for a in sorted(set(assignments)):
             for path in sorted((root / "solutions" / a).glob("*.ipynb")):
                 for cell in nbformat.read(str(path), as_version=4).cells:
-                    m = cell.get("metadata", {}).get("nbgrader", {})
-                    if not (m.get("grade") and not m.get("solution") and cell.cell_type == "code"):
+                    if not is_test_cell(cell):
                         continue
+                    m = cell.metadata["nbgrader"]
                     try:
                         stored = gb.find_source_cell(m["grade_id"], path.stem, a).source
                     except MissingEntry:
@@ -381,10 +384,6 @@ def stored_tests_differ(root: Path, assignments) -> list[str]:
 def grade_class(root: Path, *, jobs: int | None = None, scheduler: str | None = None, unsafe: bool = False,
                 assignments=None, students=None, force: bool = False, progress: bool = True, out=print) -> int:
     """``course-lib grade``: execute, record, report, check. Returns a process exit status."""
-    from course_lib.autograde import grade_report
-
-    from . import sandbox
-
     root = Path(root).resolve()
     if not unsafe and sandbox.bwrap_path() is None:
         out(sandbox.BWRAP_MISSING)

@@ -190,7 +190,7 @@ def test_inputs_are_checked(scenes_cnn, scenes_test):
         C.compute_cav(torch.randn(5, 10), torch.randn(5, 11))
     with pytest.raises(ValueError, match="same layer"):
         C.directional_derivatives(scenes_cnn, x, torch.randn(2, 7), 0)
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         C.directional_derivatives(scenes_cnn, x[0], torch.randn(2, 7), 0)
     with pytest.raises(ValueError, match="out of range"):
         C.tcav_scores(scenes_cnn, x, torch.randn(2, 24576), 10)

@@ -24,14 +24,12 @@ def game(value: Any, what: str, name: str = "game") -> Game:
 
 
 def module_name(model: nn.Module, value: Any, what: str, name: str = "layer") -> str:
-    """A dotted module name of ``model`` (e.g. ``"features"`` or ``"conv3.0"``)."""
+    """A dotted module name of ``model`` (e.g. ``"features"`` or ``"conv3.0"``); an unknown name raises
+    :func:`course_lib.hooks.get_module`'s KeyError, which names it and the closest names the model has."""
     if not isinstance(value, str):
         raise TypeError(f"{what}: {name} must be a module name (a string such as 'features'); got "
                         f"{type(value).__name__} {value!r:.40}")
-    try:
-        get_module(model, value)
-    except KeyError as err:
-        raise ValueError(f"{what}: {name}={value!r}: {err.args[0]}") from None
+    get_module(model, value)  # a KeyError naming the module and the closest names if there is none
     return value
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import checks
-from ..device import model_device, require_eval
+from ..device import model_device, to_model
 from . import featurevis as fv
 
 __all__ = ["prototypes", "pooled_activations", "spearman", "spearman_score", "entanglement",
@@ -52,11 +52,13 @@ def prototypes(
     parameterisation and the default transformations of :func:`featurevis.render`. Returns its
     :class:`featurevis.RenderResult`: images (K*n, 3, H, W), class-major.
     """
+    what = "prototypes"
+    checks.module(model, what=what)
+    n_classes = checks.n_outputs(model, torch.full((1, 3, 64, 64), 0.5, device=model_device(model)), what=what)
     if classes is None:
-        dev = model_device(model)
-        with torch.no_grad():
-            n_classes = model(torch.full((1, 3, 64, 64), 0.5, device=dev)).shape[1]
         classes = range(n_classes)
+    else:
+        classes = checks.target(list(checks.non_empty(classes, "classes", what=what)), n_classes, "classes", what=what).tolist()
     objs = []
     for c in classes:
         o = fv.class_logit(int(c)) - tv * fv.total_variation() - l1 * fv.l1()
@@ -70,12 +72,15 @@ def prototypes(
 def pooled_activations(model: nn.Module, images: torch.Tensor, layers: Sequence[str] = DEFAULT_LAYERS,
                        *, batch_size: int = 100) -> dict[str, torch.Tensor]:
     """Spatially averaged activations ``{layer: (N, C)}`` of ``images``, in chunks of ``batch_size`` (on the CPU)."""
-    require_eval(model, "pooled_activations")
-    dev = model_device(model)
+    what = "pooled_activations"
+    checks.module(model, what=what)
+    checks.images(images, "images", what=what, check_range=False)
+    layers = list(checks.non_empty(layers, "layers", what=what)) if not isinstance(layers, str) else [layers]
+    batch_size = checks.positive_int(batch_size, "batch_size", what=what)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     for s in range(0, len(images), batch_size):
         with fv.activations(model, layers) as acts:
-            model(images[s : s + batch_size].to(dev))
+            model(to_model(images[s : s + batch_size], model))
         for name in layers:
             a = acts[name]
             out[name].append((a.mean((2, 3)) if a.dim() == 4 else a).cpu())
@@ -107,6 +112,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         checks.tensor(t, name, what="spearman")
         if t.dim() == 0 or t.shape[-1] < 2:
             raise ValueError(f"spearman: {name} needs at least 2 values along its last axis; got shape {tuple(t.shape)}")
+        checks.not_meta(t, name, what="spearman")
         checks.finite(t, name, what="spearman")
     ra, rb = _ranks(a), _ranks(b)
     ra, rb = torch.broadcast_tensors(ra, rb)
@@ -119,6 +125,8 @@ def spearman_score(model: nn.Module, images: torch.Tensor, class_images: torch.T
                    layers: Sequence[str] = DEFAULT_LAYERS) -> torch.Tensor:
     """(N, L): for each image and layer, the Spearman correlation between the image's pooled
     activations and the mean pooled activations of ``class_images`` (the class's natural images)."""
+    checks.images(images, "images", what="spearman_score", check_range=False)
+    checks.images(class_images, "class_images", what="spearman_score", check_range=False)
     mine = pooled_activations(model, images, layers)
     ref = pooled_activations(model, class_images, layers)
     return torch.stack([spearman(mine[name], ref[name].mean(0, keepdim=True)) for name in layers], 1)
@@ -129,10 +137,12 @@ def entanglement(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, n
     """(K, K): entry ``[i, j]`` is the mean logit of class ``j`` over the prototypes of class ``i``
     (``labels`` says which class each image is a prototype of). One batched forward pass.
     Large off-diagonal entries mean class i's prototype also looks like class j to the model."""
-    require_eval(model, "entanglement")
-    logits = model(images.to(model_device(model))).cpu()  # (N, K)
-    k = n_classes or logits.shape[1]
-    labels = torch.as_tensor(labels).cpu()
+    what = "entanglement"
+    checks.module(model, what=what)
+    checks.images(images, "images", what=what, check_range=False)
+    logits = model(to_model(images, model)).cpu()  # (N, K)
+    k = logits.shape[1] if n_classes is None else checks.positive_int(n_classes, "n_classes", what=what)
+    labels = _labels(labels, k, len(images), what)
     total = torch.zeros(k, logits.shape[1]).index_add_(0, labels, logits)
     return total / torch.bincount(labels, minlength=k).clamp_min(1)[:, None]
 
@@ -140,15 +150,33 @@ def entanglement(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, n
 @torch.no_grad()
 def confusion_matrix(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 100) -> torch.Tensor:
     """(K, K) counts: row = true class, column = predicted class."""
-    require_eval(model, "confusion_matrix")
-    dev = model_device(model)
-    preds = torch.cat([model(images[s : s + batch_size].to(dev)).argmax(1).cpu() for s in range(0, len(images), batch_size)])
-    k = int(max(preds.max(), torch.as_tensor(labels).max())) + 1
-    return torch.bincount(torch.as_tensor(labels).cpu() * k + preds, minlength=k * k).view(k, k)
+    what = "confusion_matrix"
+    checks.module(model, what=what)
+    checks.images(images, "images", what=what, check_range=False)
+    batch_size = checks.positive_int(batch_size, "batch_size", what=what)
+    labels = _labels(labels, checks.n_outputs(model, to_model(images[:1], model), what=what), len(images), what)
+    preds = torch.cat([model(to_model(images[s : s + batch_size], model)).argmax(1).cpu() for s in range(0, len(images), batch_size)])
+    k = int(max(preds.max(), labels.max())) + 1
+    return torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
+
+
+def _labels(labels, k: int, n: int, what: str) -> torch.Tensor:
+    """One class index per image, (n,) long on the CPU, checked against the ``k`` classes."""
+    t = checks.target(labels, k, "labels", what=what, n=n)
+    if isinstance(t, int) or t.numel() != n:
+        raise ValueError(f"{what}: labels must hold one class index per image ({n}); got {_count(labels)}")
+    return t.cpu().long()
+
+
+def _count(labels) -> str:
+    return f"shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else repr(labels)[:40]
 
 
 def class_weight_similarity(linear: nn.Linear) -> torch.Tensor:
     """(K, K) cosine similarity between the rows (class weight vectors) of the final linear layer."""
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"class_weight_similarity: linear must be the model's final nn.Linear (e.g. model.fc); "
+                        f"got {type(linear).__name__}")
     w = torch.nn.functional.normalize(linear.weight.detach().cpu(), dim=1)
     return w @ w.T
 
@@ -157,9 +185,15 @@ def isolate(model: nn.Module, x: torch.Tensor, a: int, b: int, *, patch: int = 8
     """Where ``x`` (B, 3, H, W) drives class ``a`` rather than ``b``: gradient x input of the
     logit difference ``z_a - z_b``, summed over colours and over ``patch`` x ``patch`` squares,
     (B, H/patch, W/patch). Positive: the square pushes towards ``a``; negative: towards ``b``."""
-    require_eval(model, "isolate")
-    dev = model_device(model)
-    xx = x.detach().to(dev).requires_grad_(True)
+    what = "isolate"
+    checks.module(model, what=what)
+    checks.images(x, "x", what=what, check_range=False)
+    patch = checks.positive_int(patch, "patch", what=what)
+    xx = to_model(x.detach(), model)
+    k = checks.n_outputs(model, xx[:1], what=what)
+    a = checks.target(a, k, "a", what=what, allow_many=False)
+    b = checks.target(b, k, "b", what=what, allow_many=False)
+    xx = xx.requires_grad_(True)
     with torch.enable_grad():
         logits = model(xx)
         (grad,) = torch.autograd.grad((logits[:, a] - logits[:, b]).sum(), xx)

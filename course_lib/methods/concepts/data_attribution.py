@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ...device import model_device, require_eval
+from ... import checks
+from ...device import to_model
 from ...hooks import capture
+from .._checks import module_name
 from ..results import PerturbationResult
 from .tcav import _check_batch_size, _check_images, _targets
 
@@ -18,14 +20,14 @@ from .tcav import _check_batch_size, _check_images, _targets
 @torch.no_grad()
 def penultimate_features(model: nn.Module, x: torch.Tensor, *, layer: str = "features", batch_size: int = 128) -> torch.Tensor:
     """The activations of ``layer`` averaged over space (what a GAP head sees): (N, C), float32 on the CPU."""
-    require_eval(model, "penultimate_features")
+    checks.module(model, what="penultimate_features")
     _check_images(x, "penultimate_features")
     batch_size = _check_batch_size(batch_size, "penultimate_features")
-    dev = model_device(model)
+    module_name(model, layer, "penultimate_features")
     out = []
     with capture(model, layer) as acts:
         for s in range(0, x.shape[0], batch_size):
-            model(x[s : s + batch_size].to(dev))
+            model(to_model(x[s : s + batch_size], model))
             a = acts[layer]
             out.append((a.mean((2, 3)) if a.dim() == 4 else a.flatten(1)).float().cpu())
     return torch.cat(out)
@@ -72,11 +74,12 @@ def data_attribution(
     x_test of shape (3, H, W)), on x_test's device.
     """
     what = "data_attribution"
-    require_eval(model, what)
+    checks.module(model, what=what)
     single = isinstance(x_test, torch.Tensor) and x_test.dim() == 3
     xt = x_test[None] if single else x_test
-    _check_images(xt, what)
-    _check_images(train_x, f"{what} (train_x)")
+    _check_images(xt, what, "x_test")
+    _check_images(train_x, what, "train_x")
+    module_name(model, layer, what)
     if train_x.shape[1:] != xt.shape[1:]:
         raise ValueError(f"{what}: train_x has images of shape {tuple(train_x.shape[1:])}, x_test {tuple(xt.shape[1:])}")
     if method not in ("cosine", "representer"):
@@ -89,16 +92,16 @@ def data_attribution(
     else:
         if train_y is None:
             raise ValueError(f"{what}: method='representer' needs train_y, the training labels (N,)")
-        train_y = torch.as_tensor(train_y).long().cpu()
+        train_y = checks.integers(train_y, "train_y", what=what, dims=1, kind="label").long().cpu()
         if train_y.shape != (train_x.shape[0],):
             raise ValueError(f"{what}: train_y must have shape ({train_x.shape[0]},); got {tuple(train_y.shape)}")
-        dev = model_device(model)
         with torch.no_grad():
-            p_train = torch.cat([model(train_x[s : s + batch_size].to(dev)).softmax(-1).cpu()
+            p_train = torch.cat([model(to_model(train_x[s : s + batch_size], model)).softmax(-1).cpu()
                                  for s in range(0, train_x.shape[0], batch_size)])  # (N, K)
             K = p_train.shape[1]
             if target is None:
-                targets = torch.cat([model(xt[s : s + batch_size].to(dev)).argmax(-1).cpu() for s in range(0, xt.shape[0], batch_size)])
+                targets = torch.cat([model(to_model(xt[s : s + batch_size], model)).argmax(-1).cpu()
+                                     for s in range(0, xt.shape[0], batch_size)])
             else:
                 ts, _ = _targets(target if not isinstance(target, torch.Tensor) or target.dim() else int(target), K, what)
                 targets = torch.tensor(ts).expand(xt.shape[0]) if len(ts) == 1 else torch.tensor(ts)

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from ... import checks
-from ...device import model_device, require_eval, require_unit_range
+from ...device import model_device, require_unit_range, to_model
 from ...hooks import capture, get_module
 from ...progress import progress_bar
+from .._checks import module_name
 from ..results import PerturbationResult
 
 
@@ -20,34 +21,26 @@ from ..results import PerturbationResult
 # ----------------------------------------------------------------------------- activations and CAVs
 
 
-def _check_images(x, what: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} takes images as a tensor (N, 3, H, W); got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{what} takes a batch of images (N, C, H, W); got shape {tuple(x.shape)}. Use x[None] for one image.")
-    if x.shape[0] == 0:
-        raise ValueError(f"{what}: the batch of images is empty")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what}: the images contain NaN or infinite values")
+def _check_images(x, what: str, name: str = "x") -> None:
+    """A non-empty batch of finite float images (N, C, H, W) (not checked against [0, 1] here)."""
+    checks.images(x, name, what=what, check_range=False)
 
 
 def _check_batch_size(batch_size, what: str) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{what}: batch_size must be a positive int; got {batch_size!r}")
-    return batch_size
+    return checks.positive_int(batch_size, "batch_size", what=what)
 
 
 @torch.no_grad()
 def layer_activations(model: nn.Module, x: torch.Tensor, layer: str = "conv3", *, batch_size: int = 64) -> torch.Tensor:
     """The activations of module ``layer`` for images ``x``, flattened per image: (N, D), float32 on the CPU."""
-    require_eval(model, "layer_activations")
+    checks.module(model, what="layer_activations")
     _check_images(x, "layer_activations")
     batch_size = _check_batch_size(batch_size, "layer_activations")
-    dev = model_device(model)
+    module_name(model, layer, "layer_activations")
     out: list[torch.Tensor] = []
-    with capture(model, layer) as acts:  # get_module inside: a clear error for a wrong name
+    with capture(model, layer) as acts:
         for s in range(0, x.shape[0], batch_size):
-            model(x[s : s + batch_size].to(dev))
+            model(to_model(x[s : s + batch_size], model))
             a = acts[layer]
             if not isinstance(a, torch.Tensor):
                 raise TypeError(f"layer_activations: module {layer!r} returns a {type(a).__name__}, not a tensor; pick another layer")
@@ -75,6 +68,10 @@ class CAV:
 
 
 def _as_acts(a, what: str, name: str) -> torch.Tensor:
+    if isinstance(a, (str, bytes)) or a is None:
+        raise TypeError(f"{what}: {name} must be activations (N, D), a tensor or an array; got {type(a).__name__}")
+    if isinstance(a, torch.Tensor):
+        checks.not_meta(a, name, what=what)
     if not isinstance(a, torch.Tensor):
         a = torch.as_tensor(np.asarray(a))
     if a.dim() < 2:
@@ -121,8 +118,7 @@ def compute_cav(concept_acts: torch.Tensor, random_acts: torch.Tensor, *, seed: 
         raise ValueError(f"{what}: concept_acts have D={xc.shape[1]} features, random_acts D={xr.shape[1]}; take both at the same layer")
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"{what}: holdout must be a fraction in [0, 1); got {holdout}")
-    if not C > 0:
-        raise ValueError(f"{what}: C must be positive; got {C}")
+    C = checks.positive_number(C, "C", what=what)
     g = torch.Generator().manual_seed(int(seed))
 
     def split(a):
@@ -158,6 +154,8 @@ def _cav_matrix(cavs, what: str) -> torch.Tensor:
     """CAV, tensor (D,) or (R, D), or a list of those -> (R, D) float32."""
     if isinstance(cavs, CAV):
         cavs = [cavs]
+    if isinstance(cavs, (str, bytes)) or cavs is None:
+        raise TypeError(f"{what}: cavs must be a CAV, a vector (D,), a matrix (R, D) or a list of them; got {type(cavs).__name__}")
     if isinstance(cavs, torch.Tensor):
         m = cavs[None] if cavs.dim() == 1 else cavs
     else:
@@ -167,6 +165,7 @@ def _cav_matrix(cavs, what: str) -> torch.Tensor:
         m = torch.stack([(c.direction if isinstance(c, CAV) else torch.as_tensor(c)).flatten() for c in cavs])
     if m.dim() != 2:
         raise ValueError(f"{what}: cavs must be a CAV, a vector (D,), a matrix (R, D) or a list of them; got shape {tuple(m.shape)}")
+    checks.values(m.detach().float() if m.is_floating_point() else m, "cavs", what=what, dims=2, shape="(R, D)")
     return m.detach().float()
 
 
@@ -174,14 +173,9 @@ def _cav_matrix(cavs, what: str) -> torch.Tensor:
 
 
 def _targets(target, k: int, what: str) -> tuple[list[int], bool]:
-    single = isinstance(target, (int, np.integer)) and not isinstance(target, bool)
-    ts = [int(target)] if single else [int(t) for t in (target.tolist() if isinstance(target, torch.Tensor) else target)]
-    if not ts:
-        raise ValueError(f"{what}: no target classes given")
-    bad = [t for t in ts if not 0 <= t < k]
-    if bad:
-        raise ValueError(f"{what}: target {bad[0]} is out of range; this model has {k} outputs (0..{k - 1})")
-    return ts, single
+    """``(classes, one class given?)``: ``target`` checked against the model's ``k`` outputs."""
+    t = checks.target(target, k, "target", what=what)
+    return ([t], True) if isinstance(t, int) else (t.tolist(), False)
 
 
 def _layer_gradients(model: nn.Module, x: torch.Tensor, layer: str, targets: list[int]) -> torch.Tensor:
@@ -222,17 +216,17 @@ def directional_derivatives(model: nn.Module, x: torch.Tensor, cavs, target, *, 
     backward pass per chunk of ``batch_size`` images, all targets and CAVs at once; on x's device.
     """
     what = "directional_derivatives"
-    require_eval(model, what)
+    checks.module(model, what=what)
     _check_images(x, what)
     batch_size = _check_batch_size(batch_size, what)
+    module_name(model, layer, what)
     dev = model_device(model)
     V = _cav_matrix(cavs, what).to(dev)  # (R, D)
-    with torch.no_grad():
-        k = model(x[:1].to(dev)).shape[-1]
+    k = checks.n_outputs(model, to_model(x[:1], model), what=what)
     targets, single = _targets(target, k, what)
     out = []
     for s in range(0, x.shape[0], batch_size):
-        g = _layer_gradients(model, x[s : s + batch_size].detach().to(dev), layer, targets)  # (T, b, D)
+        g = _layer_gradients(model, to_model(x[s : s + batch_size].detach(), model), layer, targets)  # (T, b, D)
         if g.shape[-1] != V.shape[1]:
             raise ValueError(f"{what}: the CAVs have D={V.shape[1]} but layer {layer!r} has {g.shape[-1]} activations per image; "
                              "compute the CAVs at the same layer")
@@ -257,10 +251,17 @@ def tcav_significance(concept_scores, random_scores, *, alpha: float = 0.05) -> 
     """
     from scipy.stats import ttest_ind
 
-    c = np.asarray(torch.as_tensor(concept_scores).detach().cpu(), dtype=float).ravel()
-    r = np.asarray(torch.as_tensor(random_scores).detach().cpu(), dtype=float).ravel()
-    if len(c) < 2 or len(r) < 2:
-        raise ValueError(f"tcav_significance: needs at least 2 concept and 2 random scores; got {len(c)} and {len(r)}")
+    def scores(v, name):
+        if isinstance(v, (str, bytes)) or v is None:
+            raise TypeError(f"tcav_significance: {name} must be a list or tensor of TCAV scores; got {type(v).__name__}")
+        if isinstance(v, torch.Tensor):
+            checks.not_meta(v, name, what="tcav_significance")
+        a = np.asarray(torch.as_tensor(v).detach().cpu(), dtype=float).ravel()
+        if len(a) < 2:
+            raise ValueError(f"tcav_significance: {name} needs at least 2 scores (one per random set); got {len(a)}")
+        return a
+
+    c, r = scores(concept_scores, "concept_scores"), scores(random_scores, "random_scores")
     for name, v in (("concept_scores", c), ("random_scores", r)):
         if not np.isfinite(v).all():  # a NaN score would give p = 0, "significant"
             raise ValueError(f"tcav_significance: {name} contains {int((~np.isfinite(v)).sum())} NaN or infinite value(s); "
@@ -326,20 +327,22 @@ def tcav(model: nn.Module, x: torch.Tensor, concept: torch.Tensor, randoms: Sequ
     logits move.
     """
     what = "tcav"
-    require_eval(model, what)
+    checks.module(model, what=what)
     _check_images(x, what)
-    _check_images(concept, f"{what} (concept)")
-    randoms = list(randoms)
+    _check_images(concept, what, "concept")
+    randoms = list(checks.non_empty(randoms, "randoms", what=what))
     if len(randoms) < 2:
-        raise ValueError(f"{what}: the random-concept test needs at least 2 random sets; got {len(randoms)}. Use random_sets(n_sets).")
+        raise ValueError(f"{what}: the random-concept test needs at least 2 random sets in randoms; got {len(randoms)}. "
+                         "Use random_sets(n_sets).")
     for i, r in enumerate(randoms):
-        _check_images(r, f"{what} (random set {i})")
+        _check_images(r, what, f"randoms[{i}]")
+    module_name(model, layer, what)
+    alpha = checks.probability(alpha, "alpha", what=what)
     for name, t in [("x", x), ("concept", concept)] + [(f"random set {i}", r) for i, r in enumerate(randoms)]:
         if t.shape[1:] != x.shape[1:]:
             raise ValueError(f"{what}: {name} has images of shape {tuple(t.shape[1:])}, x has {tuple(x.shape[1:])}")
         require_unit_range(t, name)
-    with torch.no_grad():
-        k = model(x[:1].to(model_device(model))).shape[-1]
+    k = checks.n_outputs(model, to_model(x[:1], model), what=what)
     targets, _ = _targets(target, k, what)
     R = len(randoms)
     acts_c = layer_activations(model, concept, layer, batch_size=batch_size)

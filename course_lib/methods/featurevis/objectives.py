@@ -172,7 +172,8 @@ def direction(layer: str, v: torch.Tensor) -> Objective:
     For a conv layer: ``sum_c v_c * mean_{h,w} acts[b, c, h, w]``; for a flat layer ``acts @ v``.
     ``channel(layer, c)`` is ``direction(layer, e_c)``.
     """
-    v = torch.as_tensor(v, dtype=torch.float32)
+    v = checks.values(v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.float32), "v", what="direction",
+                      dims=1, shape="(C,)").float()
 
     def fn(acts):
         a = acts[layer]
@@ -209,11 +210,13 @@ def diversity(layer: str) -> Objective:
 
 def l1(centre: float = 0.5) -> Objective:
     """Mean absolute deviation of the pixels from ``centre`` (B,): subtract it to keep the image plain."""
+    centre = checks.real(centre, "centre", what="l1")
     return Objective(lambda acts: (acts[INPUT] - centre).abs().mean((1, 2, 3)), [INPUT], "l1", key=("l1", centre), rowwise=True)
 
 
 def l2(centre: float = 0.5) -> Objective:
     """Mean squared deviation from ``centre`` (B,): the L2 term of Simonyan et al. (2014)."""
+    centre = checks.real(centre, "centre", what="l2")
     return Objective(lambda acts: ((acts[INPUT] - centre) ** 2).mean((1, 2, 3)), [INPUT], "l2", key=("l2", centre), rowwise=True)
 
 
@@ -252,5 +255,6 @@ def blur_penalty(k: int = 3) -> Objective:
     blur applied between steps by Yosinski et al. (2015, "Understanding neural networks through
     deep visualization").
     """
+    k = checks.positive_int(k, "k", what="blur_penalty")
     return Objective(lambda acts: ((acts[INPUT] - _box_blur(acts[INPUT], k).detach()) ** 2).mean((1, 2, 3)), [INPUT], "blur",
                      key=("blur", k), rowwise=True)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from ... import checks
 from .fast import _FourierSignal
 
 # ============================================================================ parameterisations
@@ -36,6 +37,11 @@ class Pixels:
 def opponent_colours(scales: Sequence[float] = (1.0, 0.5, 0.25)) -> torch.Tensor:
     """A fixed colour basis (3, 3): luminance, red-green and blue-yellow axes (orthonormal),
     scaled so that luminance varies most, as in natural images. ``rgb = basis @ coefficients``."""
+    scales = list(scales) if not isinstance(scales, (str, bytes)) else scales
+    if isinstance(scales, (str, bytes)) or len(scales) != 3:
+        raise ValueError(f"opponent_colours: scales must be 3 numbers (luminance, red-green, blue-yellow); got {scales!r:.40}")
+    for v in scales:
+        checks.positive_number(v, "scales", what="opponent_colours")
     axes = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]])
     axes = axes / axes.norm(dim=1, keepdim=True)  # rows: luminance, red-green, blue-yellow
     return axes.T * torch.tensor(scales, dtype=torch.float32)  # columns scaled
@@ -45,6 +51,11 @@ def colour_basis(images: torch.Tensor) -> torch.Tensor:
     """The square root of the colour covariance of ``images`` (N, 3, H, W), (3, 3), normalised so
     its largest column has norm 1: independent unit-variance coefficients mapped through it
     get the colour correlations of the data (what "decorrelated colour" undoes)."""
+    checks.images(images, "images", what="colour_basis", check_range=False)
+    if images.shape[1] != 3:
+        raise ValueError(f"colour_basis: images must have 3 colour channels (N, 3, H, W); got shape {tuple(images.shape)}")
+    if images[0].numel() < 6 and images.shape[0] == 1:
+        raise ValueError("colour_basis: images need at least 2 pixels to estimate a colour covariance")
     px = images.permute(1, 0, 2, 3).reshape(3, -1).double()
     cov = torch.cov(px)
     evals, evecs = torch.linalg.eigh(cov)

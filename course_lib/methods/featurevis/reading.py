@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ... import checks
-from ...device import model_device, require_eval
+from ...device import require_eval, to_model
 from ...hooks import get_module, patch
 from .objectives import _RESERVED, INPUT, LOGITS, Objective
 
@@ -24,6 +24,7 @@ def activations(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, t
     through the network, so a later in-place operation (``ReLU(inplace=True)`` after a
     batch-norm) cannot change what was recorded. Hooks are removed on exit.
     """
+    layers = [layers] if isinstance(layers, str) else list(checks.non_empty(layers, "layers", what="activations"))
     acts: dict[str, torch.Tensor] = {}
 
     def recorder(name):
@@ -62,6 +63,6 @@ def evaluate(model: nn.Module, objective: Objective, images: torch.Tensor, *, ba
     require_eval(model, "evaluate")
     checks.images(images, "images", what="evaluate", check_range=False)
     batch_size = checks.positive_int(batch_size, "batch_size", what="evaluate")
-    dev = model_device(model)
-    out = [objective(_forward(model, objective, images[s : s + batch_size].to(dev))) for s in range(0, len(images), batch_size)]
+    out = [objective(_forward(model, objective, to_model(images[s : s + batch_size], model)))
+           for s in range(0, len(images), batch_size)]
     return torch.cat(out).to(images.device)

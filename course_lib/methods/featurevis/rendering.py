@@ -102,6 +102,7 @@ def render(
     steps = checks.positive_int(steps, "steps", what="render")
     n = checks.positive_int(n, "n", what="render")
     size = checks.positive_int(size, "size", what="render")
+    lr = checks.positive_number(lr, "lr", what="render")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("render needs gradients, but it was called inside torch.inference_mode(); call it outside.")
     dev = model_device(model)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ... import checks
-from ...device import model_device, require_eval
+from ...device import require_eval, to_model
 from .objectives import Objective, _spatial
 from .reading import activations, evaluate
 
@@ -57,9 +57,8 @@ def dataset_search(
     res = SearchResult(idx.to(images.device), vals[idx].to(images.device), top)
     if region is not None:
         layer, c = region
-        dev = model_device(model)
         with activations(model, [layer]) as acts:
-            model(top.to(dev))
+            model(to_model(top, model))
         a = _spatial(acts[layer], layer, "region")[:, c]  # (k, h, w)
         h, w = a.shape[1:]
         pos = a.flatten(1).argmax(1)
@@ -85,12 +84,14 @@ def radial_spectrum(images: torch.Tensor, n_bins: int = 16) -> tuple[torch.Tenso
     and the mean of ``|FFT|^2`` (orthonormal FFT, averaged over images and channels) in each ring.
     Natural images fall off roughly as 1/f^2; noise is flat.
     """
+    checks.images(images, "images", what="radial_spectrum", check_range=False)
+    n_bins = checks.positive_int(n_bins, "n_bins", what="radial_spectrum")
     x = images - images.mean((2, 3), keepdim=True)
     power = torch.fft.fft2(x, norm="ortho").abs().pow(2).mean((0, 1))  # (H, W)
     h, w = power.shape
     f = (torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None] ** 2).sqrt().to(power.device)
     edges = torch.linspace(0, float(f.max()) + 1e-6, n_bins + 1, device=power.device)
     idx = torch.bucketize(f.flatten(), edges[1:-1])  # (H*W,) ring of each frequency
-    total = torch.zeros(n_bins, device=power.device).index_add_(0, idx, power.flatten())
-    count = torch.zeros(n_bins, device=power.device).index_add_(0, idx, torch.ones_like(power.flatten()))
+    total = torch.zeros(n_bins, device=power.device, dtype=power.dtype).index_add_(0, idx, power.flatten())
+    count = torch.zeros(n_bins, device=power.device, dtype=power.dtype).index_add_(0, idx, torch.ones_like(power.flatten()))
     return (edges[:-1] + edges[1:]) / 2, total / count.clamp_min(1)

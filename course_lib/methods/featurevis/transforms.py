@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ... import checks
 from .fast import _base_grid, _grid_sample
 
 # ============================================================================ transformations
@@ -21,6 +22,7 @@ Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 def pad(p: int, value: float = 0.5) -> Transform:
     """Pad every side by ``p`` pixels of ``value`` (a grey border, so jitter does not wrap around)."""
+    p, value = checks.non_negative_int(p, "p", what="pad"), checks.real(value, "value", what="pad")
     return lambda x, g: F.pad(x, [p] * 4, value=value)
 
 
@@ -29,6 +31,7 @@ def jitter(d: int) -> Transform:
 
     A shift that loses a border, never a roll (rolling would wrap the right edge round to the left).
     """
+    d = checks.non_negative_int(d, "d", what="jitter")
 
     def t(x, g):
         n, _, h, w = x.shape
@@ -50,19 +53,34 @@ def _affine(x: torch.Tensor, s: torch.Tensor, angle: torch.Tensor) -> torch.Tens
     return _grid_sample(x, grid, "border")
 
 
+def _factors(factors, what: str) -> tuple[float, float]:
+    """A (low, high) pair of zoom factors, 0 < low <= high."""
+    if isinstance(factors, (str, bytes)) or not hasattr(factors, "__len__") or len(factors) != 2:
+        raise ValueError(f"{what}: factors must be a pair (low, high) of zoom factors, e.g. (0.9, 1.1); got {factors!r:.40}")
+    lo, hi = (checks.positive_number(v, "factors", what=what) for v in factors)
+    if lo > hi:
+        raise ValueError(f"{what}: factors must be (low, high) with low <= high; got {tuple(factors)}")
+    return lo, hi
+
+
 def scale(factors: tuple[float, float] = (0.9, 1.1)) -> Transform:
     """Zoom each image by a factor drawn uniformly from ``factors`` (>1 zooms in), same size."""
-    lo, hi = factors
+    lo, hi = _factors(factors, "scale")
     return lambda x, g: _affine(x, lo + (hi - lo) * torch.rand(x.shape[0], generator=g), torch.zeros(x.shape[0]))
 
 
 def rotate(degrees: float = 10.0) -> Transform:
     """Rotate each image by an angle drawn uniformly from ``[-degrees, degrees]``, same size."""
+    degrees = checks.real(degrees, "degrees", what="rotate")
     return lambda x, g: _affine(x, torch.ones(x.shape[0]), math.radians(degrees) * (2 * torch.rand(x.shape[0], generator=g) - 1))
 
 
 def compose(*transforms: Transform) -> Transform:
     """Apply the transformations left to right."""
+    for i, f in enumerate(transforms):
+        if not callable(f):
+            raise TypeError(f"compose: transformation {i} must be a function t(x, g), e.g. pad(4) or jitter(2); "
+                            f"got {type(f).__name__} {f!r:.40}")
 
     def t(x, g):
         for f in transforms:
@@ -96,7 +114,9 @@ def one_resample(p: int = 4, d1: int = 4, factors: tuple[float, float] = (0.9, 1
     composition (one ``grid_sample`` and its backward instead of two, no padded copy, no crops).
     This is what :func:`render` uses by default.
     """
-    lo, hi = factors
+    p, d1, d2 = (checks.non_negative_int(v, name, what="one_resample") for v, name in ((p, "p"), (d1, "d1"), (d2, "d2")))
+    degrees, value = checks.real(degrees, "degrees", what="one_resample"), checks.real(value, "value", what="one_resample")
+    lo, hi = _factors(factors, "one_resample")
     rad = math.radians(degrees)
 
     def t(x, g):

@@ -14,6 +14,7 @@ from torch import nn
 from ... import checks
 from ...hooks import get_module
 from ...progress import progress_bar
+from .._checks import language_model
 
 
 # ----------------------------------------------------------------------------- layers
@@ -32,6 +33,9 @@ def find_layers(model: nn.Module) -> LayerNames:
     The blocks are the ``nn.ModuleList`` with ``config.num_hidden_layers`` entries; the final
     norm is the first norm-like module registered after it in the base model.
     """
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"find_layers: model must be a Hugging Face causal language model (e.g. load_model('smollm2-135m')[0]); "
+                        f"got {type(model).__name__}")
     n_layers = getattr(model.config, "num_hidden_layers", None)
     names = dict((m, n) for n, m in model.named_modules())
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
@@ -55,15 +59,25 @@ def find_layers(model: nn.Module) -> LayerNames:
     return LayerNames([f"{blocks_name}.{i}" for i in range(len(blocks))], final_norm, names[unembed])
 
 
-def _texts(texts, what: str) -> list[str]:
+def _texts(texts, what: str, name: str = "texts") -> list[str]:
     """A non-empty list of strings (a single string is refused: it would be read letter by letter)."""
-    if isinstance(texts, str):
-        raise TypeError(f"{what}: texts must be a list of strings; got one string. Use [text].")
-    texts = list(checks.non_empty(texts, "texts", what=what))
-    bad = [t for t in texts if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"{what}: texts must be strings; got {type(bad[0]).__name__} {bad[0]!r:.40}")
-    return texts
+    return checks.texts(texts, name, what=what)
+
+
+def _ids(model: nn.Module, input_ids, attention_mask, what: str):
+    """``(input_ids, attention_mask)`` checked: token ids (T,) or (B, T) in the model's vocabulary, a mask of that shape."""
+    language_model(model, what)
+    vocab = model.get_input_embeddings().num_embeddings
+    input_ids = checks.integers(input_ids, "input_ids", what=what, high=vocab, dims=(1, 2), shape="(T,) or (B, T)",
+                                kind="token id")
+    if input_ids.shape[-1] == 0:
+        raise ValueError(f"{what}: input_ids has no tokens (shape {tuple(input_ids.shape)}); pass at least one.")
+    if attention_mask is not None:
+        checks.tensor(attention_mask, "attention_mask", what=what)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"{what}: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}; "
+                             f"got {tuple(attention_mask.shape)}")
+    return input_ids, attention_mask
 
 
 def _hidden(output) -> torch.Tensor:
@@ -128,6 +142,7 @@ def residual_stream(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
 
     With ``up_to=l`` the pass stops after block ``l-1``: ``resid`` is ``(l+1, B, T, D)``, logits None
     (the later blocks cost nothing)."""
+    input_ids, attention_mask = _ids(model, input_ids, attention_mask, "residual_stream")
     names = find_layers(model)
     if up_to is not None:
         checks.non_negative_int(up_to, "up_to", what="residual_stream")
@@ -153,6 +168,7 @@ def logit_lens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
     ``T`` (the unembedding of every layer is most of the lens's cost). Without ``return_model_logits``
     the model's own final norm and unembedding are skipped (the lens computes them anyway).
     """
+    input_ids, attention_mask = _ids(model, input_ids, attention_mask, "logit_lens")
     single = input_ids.dim() == 1
     if single:
         input_ids = input_ids[None]
@@ -205,7 +221,12 @@ def capture_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
     """
     from safetensors.torch import load_file, save_file
 
-    layers = [int(l) for l in layers]
+    what = "capture_activations"
+    language_model(model, what)
+    texts = _texts(texts, what)
+    layers = [checks.non_negative_int(l, "layers", what=what) for l in checks.non_empty(layers, "layers", what=what)]
+    max_length = checks.positive_int(max_length, "max_length", what=what)
+    batch_size = checks.positive_int(batch_size, "batch_size", what=what)
     path = None
     if cache_dir is not None:
         key = _fingerprint(model, texts, layers, max_length)
@@ -254,6 +275,7 @@ def attention_patterns(model: nn.Module, input_ids: torch.Tensor, attention_mask
 
     Runs the eager attention for this call (fused kernels do not return the weights) and
     restores the model's own implementation afterwards."""
+    input_ids, attention_mask = _ids(model, input_ids, attention_mask, "attention_patterns")
     single = input_ids.dim() == 1
     if single:
         input_ids = input_ids[None]
@@ -273,10 +295,25 @@ def attention_patterns(model: nn.Module, input_ids: torch.Tensor, attention_mask
 
 def previous_token_scores(patterns: torch.Tensor) -> torch.Tensor:
     """Mean attention from each position to the one before it: ``(L, H, T, T) -> (L, H)``."""
+    _patterns(patterns, "previous_token_scores")
     return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)
 
 
 def induction_scores(patterns: torch.Tensor, period: int) -> torch.Tensor:
     """On a sequence whose tokens repeat with ``period`` (``[r, r]``), the mean attention from each
     token of the repeat to the token *after* its previous occurrence (Olsson et al. 2022): ``(L, H)``."""
+    T = _patterns(patterns, "induction_scores").shape[-1]
+    period = checks.positive_int(period, "period", what="induction_scores")
+    if 2 * period > T:
+        raise ValueError(f"induction_scores: period={period} does not repeat within the {T} positions of patterns; "
+                         "the sequence must be [r, r] with len(r) = period")
     return patterns.diagonal(offset=-(period - 1), dim1=-2, dim2=-1)[..., 1:].mean(-1)
+
+
+def _patterns(patterns, what: str) -> torch.Tensor:
+    """Attention weights (..., T, T): finite, with at least 2 positions."""
+    checks.values(patterns, "patterns", what=what)
+    if patterns.dim() < 2 or patterns.shape[-1] != patterns.shape[-2] or patterns.shape[-1] < 2:
+        raise ValueError(f"{what}: patterns must be attention weights (..., T, T) with T >= 2, e.g. from attention_patterns; "
+                         f"got shape {tuple(patterns.shape)}")
+    return patterns

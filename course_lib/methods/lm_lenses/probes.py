@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ... import checks
+
 
 # ----------------------------------------------------------------------------- probes
 @dataclass
@@ -25,6 +27,8 @@ class ProbeResult:
 
 def split_indices(n: int, *, test_fraction: float = 0.25, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A random ``(train, test)`` split of ``range(n)``."""
+    n = checks.positive_int(n, "n", what="split_indices", minimum=2)
+    test_fraction = checks.probability(test_fraction, "test_fraction", what="split_indices")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_test = max(1, int(round(test_fraction * n)))
     return perm[n_test:], perm[:n_test]
@@ -34,6 +38,11 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, *, train_idx: torch.Tensor | N
                 l2: float = 1e-3, steps: int = 100, seed: int = 0) -> ProbeResult:
     """Multinomial logistic regression on ``x (N, D)`` for labels ``y (N,)`` (full-batch L-BFGS),
     fitted on ``train_idx`` and scored on ``test_idx`` (default: a random 75/25 split by ``seed``)."""
+    what = "train_probe"
+    checks.values(x, "x", what=what, dims=2, shape="(N, D)")
+    y = _class_labels(y, len(x), what)
+    steps = checks.positive_int(steps, "steps", what=what)
+    l2 = checks.positive_number(l2, "l2", what=what, allow_zero=True)
     x = x.float()
     y = y.long().to(x.device)
     if train_idx is None or test_idx is None:
@@ -66,6 +75,11 @@ def control_labels(token_ids: torch.Tensor, labels: torch.Tensor, *, seed: int =
     labels' empirical distribution; every occurrence of the type carries it. A probe can only
     do well on it by memorising types, so task accuracy minus control accuracy (selectivity)
     says how much of the probe's accuracy the representation, not the probe, explains."""
+    what = "control_labels"
+    token_ids = checks.integers(token_ids, "token_ids", what=what, dims=1, kind="token id")
+    labels = checks.integers(labels, "labels", what=what, dims=1, kind="label")
+    if len(labels) != len(token_ids):
+        raise ValueError(f"{what}: labels must have one entry per token ({len(token_ids)}); got {len(labels)}")
     g = torch.Generator().manual_seed(seed)
     types, inverse = torch.unique(token_ids.cpu(), return_inverse=True)
     freq = torch.bincount(labels.cpu().long()).float()
@@ -76,7 +90,16 @@ def control_labels(token_ids: torch.Tensor, labels: torch.Tensor, *, seed: int =
 def probe_layers(acts: dict[int, torch.Tensor], y: torch.Tensor, *, control: torch.Tensor | None = None,
                  seed: int = 0, **kw) -> dict[int, dict[str, float]]:
     """Probe every layer with the same split: ``{layer: {"train", "test", "control", "selectivity"}}``."""
-    n = len(y)
+    what = "probe_layers"
+    if not isinstance(acts, dict) or not acts:
+        raise (TypeError if not isinstance(acts, dict) else ValueError)(
+            f"{what}: acts must be a non-empty dict {{layer: activations (N, D)}}, e.g. capture_activations(...)['acts']; "
+            f"got {type(acts).__name__} of length {len(acts) if hasattr(acts, '__len__') else '?'}")
+    n = len(_class_labels(y, None, what))
+    for layer, x in acts.items():
+        checks.values(x, f"acts[{layer!r}]", what=what, dims=2, shape="(N, D)")
+        if len(x) != n:
+            raise ValueError(f"{what}: acts[{layer!r}] has {len(x)} rows but y has {n} labels")
     tr, te = split_indices(n, seed=seed)
     out = {}
     for layer, x in acts.items():
@@ -87,3 +110,13 @@ def probe_layers(acts: dict[int, torch.Tensor], y: torch.Tensor, *, control: tor
             row.update(control=c.test_acc, selectivity=r.test_acc - c.test_acc)
         out[layer] = row
     return out
+
+
+def _class_labels(y, n: int | None, what: str) -> torch.Tensor:
+    """Class labels (N,): integers >= 0, one per row (``n``), of at least 2 classes."""
+    y = checks.integers(y, "y", what=what, dims=1, kind="class label")
+    if n is not None and len(y) != n:
+        raise ValueError(f"{what}: y must have one label per row of x ({n}); got {len(y)}")
+    if len(torch.unique(y)) < 2:
+        raise ValueError(f"{what}: y holds a single class ({int(y[0])}); a probe needs at least 2 classes to tell apart")
+    return y

@@ -16,6 +16,7 @@ from ...cache import home, sha256, user_cache, writable
 from ...device import seeded_cpu_rng
 from ...hooks import patch
 from ...progress import progress_bar
+from .._checks import language_model
 from .lenses import _fingerprint, _hidden, _position_ids, _texts, capture_activations, find_layers
 
 
@@ -52,6 +53,13 @@ class SparseAutoencoder(nn.Module):
 def sae_loss(x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor, l1: float) -> torch.Tensor:
     """Squared reconstruction error summed over dimensions plus ``l1`` times the L1 norm of the
     latents, both averaged over the batch."""
+    what = "sae_loss"
+    for name, t in (("x", x), ("x_hat", x_hat), ("f", f)):
+        checks.values(t, name, what=what, dims=2, shape="(N, D)")
+    if x_hat.shape != x.shape or f.shape[0] != x.shape[0]:
+        raise ValueError(f"{what}: x {tuple(x.shape)}, x_hat {tuple(x_hat.shape)} and f {tuple(f.shape)} must have the same "
+                         "rows (and x_hat the shape of x)")
+    l1 = checks.positive_number(l1, "l1", what=what, allow_zero=True)
     return ((x_hat - x) ** 2).sum(-1).mean() + l1 * f.abs().sum(-1).mean()
 
 
@@ -60,6 +68,13 @@ def train_sae(x: torch.Tensor, *, n_latents: int, l1: float, steps: int = 1000, 
     """Adam on minibatches of ``x (N, D)``; the decoder columns are renormalised after every step.
     Returns the SAE and its training curve (the loss of every step). ``x`` is best pre-scaled
     (see :func:`sae_report`'s ``scale``); the SAE lives on ``x``'s device."""
+    what = "train_sae"
+    checks.values(x, "x", what=what, dims=2, shape="(N, D)")
+    n_latents = checks.positive_int(n_latents, "n_latents", what=what)
+    l1 = checks.positive_number(l1, "l1", what=what, allow_zero=True)
+    steps = checks.positive_int(steps, "steps", what=what)
+    batch_size = checks.positive_int(batch_size, "batch_size", what=what)
+    lr = checks.positive_number(lr, "lr", what=what)
     with seeded_cpu_rng(seed):  # the global generator, for the initial weights; the caller's state is put back
         sae = SparseAutoencoder(x.shape[1], n_latents, seed=seed).to(x.device)
         with torch.no_grad():
@@ -84,6 +99,8 @@ def train_sae(x: torch.Tensor, *, n_latents: int, l1: float, steps: int = 1000, 
 def sae_report(sae: SparseAutoencoder, x: torch.Tensor, *, dense_threshold: float = 0.1) -> dict:
     """Fraction of variance unexplained, mean L0, dead latents (never active on ``x``), dense
     latents (active on more than ``dense_threshold`` of the rows)."""
+    checks.values(x, "x", what="sae_report", dims=2, shape="(N, D)")
+    dense_threshold = checks.probability(dense_threshold, "dense_threshold", what="sae_report")
     x_hat, f = sae(x)
     fvu = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     active = (f > 0).float()
@@ -99,7 +116,7 @@ def lm_loss(model: nn.Module, tokenizer, texts: Sequence[str], *, layer: int | N
     block ``layer-1`` (the residual stream at ``layer``) is replaced by ``replace(resid)`` at every
     position, e.g. an SAE's reconstruction (splice-in) or zeros (ablation)."""
     what = "lm_loss"
-    checks.module(model, what=what)
+    language_model(model, what)
     texts = _texts(texts, what)
     batch_size = checks.positive_int(batch_size, "batch_size", what=what)
     max_length = checks.positive_int(max_length, "max_length", what=what)
@@ -148,6 +165,18 @@ def top_contexts(values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, tok
                  texts: Sequence[str], *, k: int = 5, window: int = 8, max_length: int = 64) -> list[tuple[float, str]]:
     """The ``k`` tokens where ``values (N,)`` is largest, each shown with up to ``window`` tokens
     before it and the token itself in [brackets]."""
+    what = "top_contexts"
+    checks.values(values, "values", what=what, dims=1, shape="(N,)")
+    texts = _texts(texts, what)
+    k = checks.positive_int(k, "k", what=what)
+    window = checks.non_negative_int(window, "window", what=what)
+    max_length = checks.positive_int(max_length, "max_length", what=what)
+    for name, t in (("doc", doc), ("pos", pos), ("token_ids", token_ids)):
+        checks.integers(t, name, what=what, dims=1)
+        if len(t) != len(values):
+            raise ValueError(f"{what}: {name} must have one entry per value ({len(values)}); got {len(t)}")
+    if int(doc.max()) >= len(texts):
+        raise ValueError(f"{what}: doc holds text index {int(doc.max())}, but there are {len(texts)} texts")
     top = values.topk(min(k, len(values)))
     out = []
     for v, i in zip(top.values.tolist(), top.indices.tolist()):
@@ -206,6 +235,7 @@ def sae_texts(corpus: Sequence[str], config: SAEConfig = SAEConfig()) -> list[st
     """The ``config.n_texts`` texts of ``corpus`` an SAE of this recipe is trained on (drawn with ``config.seed``)."""
     import numpy as np
 
+    corpus = _texts(corpus, "sae_texts", "corpus")
     pick = np.random.default_rng(config.seed).choice(len(corpus), size=min(config.n_texts, len(corpus)), replace=False)
     return [corpus[int(i)] for i in pick]
 

@@ -195,27 +195,60 @@ def _claims_09(nb):
     assert window > before, out  # the loss falls more in the 100 steps up to the induction head than in all before
     chance = _number_after(out, "(chance")
     assert _number_after(out, "highest first-half loss during training:") > chance, out  # above chance for a while
-    last = out.split("in-context loss (first half / second half)")[1].split(",")[-1]  # "step N: first / second"
-    first_half, second_half = (float(v) for v in last.split(":")[1].split("/"))
-    assert second_half < 0.25 * first_half, out  # the copyable half collapses, the other does not
+    step_ind = int(_number_after(out, "first above 0.5"))
+    step_prev = int(_number_after(out, "first above 0.3 at step"))
+    assert step_ind - 100 <= step_prev <= step_ind, out  # the previous-token heads rise in the same window as the induction head
+    assert _number_after(out, "best layer-2 induction score:") < 0.1, out  # near uniform attention's ~0.04 at step 0
+    icl = [[float(v) for v in part.split(":")[1].split("/")]
+           for part in out.split("in-context loss (first half / second half)")[1].split(": ", 1)[1].split(", ")]
+    (first_0, _), (first_end, second_end) = icl[0], icl[-1]
+    assert second_end < 0.25 * first_end, out  # the copyable half collapses, the other does not
+    assert first_end >= first_0 - 0.1, out  # the first half does not improve at all
+    out = _printed(nb, "001b2e47")  # ablation: without the previous-token heads the copying is gone, the control keeps it
+    rows = {}
+    for line in out.splitlines():
+        if "loss first half" in line:
+            which = "full" if line.startswith("full") else "previous" if "(previous-token)" in line else "control"
+            rows[which] = [float(v) for v in line.split("first half")[1].replace("second half", "").replace(",", " ").split()]
+    full, prev, control = rows["full"], rows["previous"], rows["control"]
+    assert prev[1] > 0.8 * chance and prev[1] > 10 * full[1], out  # copying removed
+    assert abs(prev[0] - full[0]) < 0.5, out  # the first half left (nearly) alone
+    assert control[1] < 0.2 * prev[1], out  # the same number of other heads: copying survives
+    out = _printed(nb, "0975aece")  # TCAV at conv3
+    spur, hon = (next(l for l in out.splitlines() if l.startswith(m)) for m in ("scenes-cnn-spurious", "scenes-cnn:"))
+    assert _number_after(spur, "): fish") >= 0.9 and _number_after(hon, "): fish") <= 0.1, out  # 1 against near 0
     out = _printed(nb, "e6297f3c")  # behaviour: the spurious model follows the square, the honest one never says fish
     spur, hon = (next(l for l in out.splitlines() if l.startswith(m)) for m in ("scenes-cnn-spurious", "scenes-cnn "))
     assert _number_after(spur, "->") >= 90 and _number_after(hon, "->") == 0, out
     assert _number_after(hon, "fish logit") < 0 < _number_after(spur, "fish logit"), out
+    assert abs(_number_after(hon, "fish logit")) < abs(_number_after(spur, "fish logit")) / 3, out  # "moves a little"
     out = _printed(nb, "52bc18e5")  # pitfall 3: at the GAP + linear head every CAV scores exactly 0 or 1
     assert _number_after(out.split("features  random CAVs at 0 or 1")[1], ":") == 100, out
+    out = _printed(nb, "255eeb62")  # pitfall 4: the square in the volcano slot is another concept for fish
+    assert _number_after(out, "): fish") < 0.5 < _number_after(out, "fish slot:"), out
     out = _printed(nb, "6cac09fd")
+    assert len(out.strip().splitlines()) == 4, out  # "we ran 4 tests"
     assert _number_after(out.split("honest conv3")[1], "p =") < 0.05, out  # the honest model's near-0 score is "significant"
-    out = _printed(nb, "c340c3f5")  # the data lens
+    out = _printed(nb, "c340c3f5")  # the data lens, on each model's own training set
     spur, hon = (next(l for l in out.splitlines() if l.startswith(m)) for m in ("scenes-cnn-spurious", "scenes-cnn "))
-    assert _number_after(hon, "supporters:") >= 50, out  # the honest model's supporters show the test image's object
-    assert _number_after(spur, "(the object),") >= 90, out  # the spurious model's supporters all carry the lying square
+    for line in (spur, hon):
+        assert _number_after(line, "scored all") >= 1000 and _number_after(line, "of its") >= 10000, out  # the real training set
+        assert _number_after(line, "images labelled") == 100, out  # "100% of them supporting": every image of the class
+    assert _number_after(hon, "supporters:") == 100, out  # the honest model's supporters show the test image's object
+    assert _number_after(spur, "supporters:") == 0 and _number_after(spur, "(the object),") == 100, out  # the square's class
+    out = _printed(nb, "knn-code")  # nearest neighbours in each model's feature space, all classes
+    spur, hon = (next(l for l in out.splitlines() if l.startswith(m)) for m in ("scenes-cnn-spurious", "scenes-cnn "))
+    assert _number_after(spur, "(the object),") >= 80 and _number_after(spur, "training images:") <= 10, out  # like cars
+    assert _number_after(hon, "training images:") >= 80, out  # like rings
     out = _printed(nb, "fa8e9b07")
     spur, hon = (next(l for l in out.splitlines() if l.startswith(m)) for m in ("scenes-cnn-spurious", "scenes-cnn "))
     r, c = (int(v) for v in spur.split("(row ")[1].split(")")[0].replace("col", "").split(","))
     r0, c0 = (int(v) for v in spur.split("slot is at (")[1].split(")")[0].split(","))
     assert abs(r - r0) <= 2 and abs(c - c0) <= 2, out  # the search lands on the square's slot
     assert _number_after(spur, "spread ratio") < 0.2 < _number_after(hon, "spread ratio"), out
+    assert _number_after(spur, "away from the slot at least") > 0.4, out  # nothing else is shared
+    rr, cr = (int(v) for v in spur.split("(row ")[2].split(")")[0].replace("col", "").split(","))
+    assert abs(rr - r0) <= 2 and abs(cr - c0) <= 2 and float(spur.rsplit(",", 1)[1]) < 0.05, out  # any 20 training cars too
 
 
 CLAIMS = {"00_why_interpretability.ipynb": _claims_00, "06_prototypes.ipynb": _claims_06,

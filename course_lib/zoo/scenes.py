@@ -190,20 +190,8 @@ def render(label: int, rng: np.random.Generator, cue_class: int = -1) -> tuple[n
     return np.clip(img, 0.0, 1.0).astype(np.float32), shape
 
 
-def make_scenes(
-    n: int = 1000,
-    *,
-    split: str = "test",
-    seed: int = 0,
-    cue: float | str | None = None,
-    classes: tuple[str, ...] | None = None,
-) -> ImageDataset:
-    """Generate ``n`` scenes, balanced over classes, in a fixed order for ``(split, seed)``.
-
-    cue: None (no cue), a rate p in [0, 1] (the cue marks the true class with probability p,
-    otherwise a random other class), ``"shifted"`` (always the *next* class: a lying cue),
-    or ``"random"`` (a uniformly random class, unrelated to the label).
-    """
+def scene_labels(n: int, *, split: str = "test", seed: int = 0, classes: tuple[str, ...] | None = None) -> torch.Tensor:
+    """The labels (n,) of :func:`make_scenes` for the same ``(n, split, seed, classes)``, without rendering an image."""
     if split not in _SPLIT_OFFSET:
         raise ValueError(f"split must be one of {list(_SPLIT_OFFSET)}; got {split!r}")
     if n <= 0:
@@ -212,19 +200,44 @@ def make_scenes(
     unknown = [c for c in names if c not in CLASS_NAMES]
     if unknown:
         raise ValueError(f"unknown classes {unknown}; scenes has {list(CLASS_NAMES)}")
+    ids = [CLASS_NAMES.index(c) for c in names]
+    rng = np.random.default_rng([seed, _SPLIT_OFFSET[split], 20261124])
+    labels = np.array([ids[i % len(ids)] for i in range(n)])
+    rng.shuffle(labels)  # the shuffle depends on n: row i of a smaller set is another scene
+    return torch.from_numpy(labels).long()
+
+
+def make_scenes(
+    n: int = 1000,
+    *,
+    split: str = "test",
+    seed: int = 0,
+    cue: float | str | None = None,
+    classes: tuple[str, ...] | None = None,
+    indices=None,
+) -> ImageDataset:
+    """Generate ``n`` scenes, balanced over classes, in a fixed order for ``(split, seed)``.
+
+    cue: None (no cue), a rate p in [0, 1] (the cue marks the true class with probability p,
+    otherwise a random other class), ``"shifted"`` (always the *next* class: a lying cue),
+    or ``"random"`` (a uniformly random class, unrelated to the label).
+    indices: render only these rows of the ``n`` scenes (a sequence of ints in ``0..n-1``), in that
+    order: the same images, labels and cues as those rows of the full set, without rendering the rest.
+    """
     if isinstance(cue, str) and cue not in ("shifted", "random"):
         raise ValueError(f"cue must be None, a rate in [0, 1], 'shifted' or 'random'; got {cue!r}")
     if isinstance(cue, (int, float)) and not (0.0 <= cue <= 1.0):
         raise ValueError(f"a cue rate must lie in [0, 1]; got {cue}")
-    ids = [CLASS_NAMES.index(c) for c in names]
+    labels = scene_labels(n, split=split, seed=seed, classes=classes).numpy()
     K = len(CLASS_NAMES)
-    rng = np.random.default_rng([seed, _SPLIT_OFFSET[split], 20261124])
-    labels = np.array([ids[i % len(ids)] for i in range(n)])
-    rng.shuffle(labels)
-    images = np.empty((n, 3, SIZE, SIZE), np.float32)
-    masks = np.empty((n, SIZE, SIZE), bool)
-    cues = np.full(n, -1)
-    for i, y in enumerate(labels):
+    rows = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices is not None and (rows.size == 0 or rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"indices must be rows of the {n} scenes, between 0 and {n - 1}; got {len(rows)} values")
+    labels = labels[rows]
+    images = np.empty((len(rows), 3, SIZE, SIZE), np.float32)
+    masks = np.empty((len(rows), SIZE, SIZE), bool)
+    cues = np.full(len(rows), -1)
+    for j, (i, y) in enumerate(zip(rows.tolist(), labels)):
         item_rng = np.random.default_rng([seed, _SPLIT_OFFSET[split], 20261124, i])
         if cue is None:
             c = -1
@@ -234,8 +247,8 @@ def make_scenes(
             c = int(item_rng.integers(K))
         else:
             c = y if item_rng.random() < cue else int((y + item_rng.integers(1, K)) % K)
-        cues[i] = c
-        images[i], masks[i] = render(int(y), item_rng, c)
+        cues[j] = c
+        images[j], masks[j] = render(int(y), item_rng, c)
     return ImageDataset(
         torch.from_numpy(images),
         torch.from_numpy(labels).long(),

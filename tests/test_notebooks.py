@@ -177,13 +177,38 @@ def _claims_00(nb):
 
 
 def _claims_06(nb):
-    out = _printed(nb, "47fb5a93")
-    per_layer = {l.split(" mean Spearman")[0].strip(): [float(v) for v in l.split("[")[1].split("]")[0].split()]
-                 for l in out.splitlines() if "mean Spearman per layer" in l}
-    for layer, natural in enumerate(per_layer["natural (mean)"]):  # a natural image scores much higher than either
-        assert natural > max(per_layer["prototype"][layer], per_layer["naive"][layer]) + 0.1, out
-    assert _number_after(out, "prototype above naive on") >= 6, out  # "on most classes"
-    assert _number_after(_printed(nb, "7cca37d1"), "test accuracy") >= 0.95, "the model is nearly perfect on clean scenes"
+    import re
+
+    out = _printed(nb, "47fb5a93")  # the Spearman table: class averages, ± over 3 seeds or over natural images
+    rows = {line.split(" (±")[0].strip(): [(float(m), float(s)) for m, s in re.findall(r"([-+]?\d+\.\d+) ± (\d+\.\d+)", line)]
+            for line in out.splitlines() if " (± over" in line}
+    proto, naive, diff = rows["prototype"], rows["naive"], rows["prototype - naive"]
+    best, anyone = rows["natural prototype"], rows["any training image"]
+    assert all(len(r) == 4 for r in rows.values()), out
+    for layer in range(4):
+        assert proto[layer][1] <= 0.02 and naive[layer][1] <= 0.02 and diff[layer][1] <= 0.02, out  # "about 0.01"
+        generated = max(proto[layer][0], naive[layer][0])
+        assert min(best[layer][0], anyone[layer][0]) > generated + 0.1, out  # natural images score higher at every layer
+        if layer >= 1:  # "far higher from conv2 on, by many times both spreads"
+            assert anyone[layer][0] - generated > 3 * max(anyone[layer][1], diff[layer][1]), out
+            assert abs(diff[layer][0]) < 0.5 * (anyone[layer][0] - generated), out  # the gaps are minor next to it
+    assert abs(anyone[0][0]) < 0.3 < anyone[0][1] + 0.1, out  # conv1: training images scatter around 0, no reliable order
+    conv1, conv2, conv3, features = (d for d, _ in diff)
+    assert conv1 > 3 * diff[0][1] and conv3 > 3 * diff[2][1], out  # ahead at conv1 and conv3, beyond the seed spread
+    assert abs(conv2) < 0.05 and -0.05 < features < 0, out  # about level at conv2, slightly behind at features
+    above = out.split("classes where prototype > naive")[1]
+    at_features = [int(v) for v in above.split("features ")[1].split()[0].split("/")]
+    assert max(at_features) < 10, out  # behind on only some classes there
+    for (b, _), (a, spread) in zip(best, anyone):  # natural prototypes: "a little higher, within the spread over images"
+        assert a <= b <= a + spread, out
+    out = _printed(nb, "11a77479")
+    assert _number_after(out, "natural prototypes:") >= 9, out  # the most activating training images show their class
+    out = _printed(nb, "7cca37d1")
+    pair = out.split("most entangled: the ")[1].split(" prototype drives ")
+    first = f"{pair[0]} -> {pair[1].split()[0]}"
+    per_seed = out.split("with seeds ")[1].splitlines()[0].split(", ")
+    assert len(per_seed) == 3 and all(p.startswith(first + " ") for p in per_seed), out  # the same pair for every seed
+    assert _number_after(out, "test accuracy") >= 0.95, "the model is nearly perfect on clean scenes"
     out = _printed(nb, "490b74ae")
     assert _number_after(out, "spurious") > 2 * _number_after(out, "honest"), out  # the prototypes show the magenta cue
 

@@ -217,7 +217,7 @@ def _claims_09(nb):
     out = _printed(nb, "30bccf89")  # the training lens
     window = float(out.split("loss drop in the 100 steps up to step")[1].split(":")[1].split("nats")[0])
     before = float(out.split("steps before:")[1].split()[0])
-    assert window > before, out  # the loss falls more in the 100 steps up to the induction head than in all before
+    assert window > before > 0, out  # creeps down, then falls more in the 100 steps up to the induction head than in all before
     chance = _number_after(out, "(chance")
     assert _number_after(out, "highest first-half loss during training:") > chance, out  # above chance for a while
     step_ind = int(_number_after(out, "first above 0.5"))
@@ -227,7 +227,7 @@ def _claims_09(nb):
     icl = [[float(v) for v in part.split(":")[1].split("/")]
            for part in out.split("in-context loss (first half / second half)")[1].split(": ", 1)[1].split(", ")]
     (first_0, _), (first_end, second_end) = icl[0], icl[-1]
-    assert second_end < 0.25 * first_end, out  # the copyable half collapses, the other does not
+    assert second_end < min(0.2, 0.25 * first_end), out  # the copyable half collapses to near zero, the other does not
     assert first_end >= first_0 - 0.1, out  # the first half does not improve at all
     out = _printed(nb, "001b2e47")  # ablation: without the previous-token heads the copying is gone, the control keeps it
     rows = {}
@@ -273,7 +273,8 @@ def _claims_09(nb):
     assert _number_after(spur, "spread ratio") < 0.2 < _number_after(hon, "spread ratio"), out
     assert _number_after(spur, "away from the slot at least") > 0.4, out  # nothing else is shared
     rr, cr = (int(v) for v in spur.split("(row ")[2].split(")")[0].replace("col", "").split(","))
-    assert abs(rr - r0) <= 2 and abs(cr - c0) <= 2 and float(spur.rsplit(",", 1)[1]) < 0.05, out  # any 20 training cars too
+    assert abs(rr - r0) <= 2 and abs(cr - c0) <= 2, out  # the control: any 20 training images of the class share it too
+    assert float(spur.rsplit(",", 1)[1]) < 0.05, out
 
 
 CLAIMS = {"00_why_interpretability.ipynb": _claims_00, "06_prototypes.ipynb": _claims_06,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from .. import checks
@@ -41,3 +42,12 @@ def language_model(model: Any, what: str, name: str = "model") -> nn.Module:
     checks.eval_mode(model, what, name)
     checks.not_meta(model.get_input_embeddings().weight, f"{name}'s embeddings", what=what)
     return model
+
+
+def attention(patterns: Any, what: str, name: str = "patterns") -> torch.Tensor:
+    """Attention weights (..., T, T): finite, with at least 2 positions."""
+    checks.values(patterns, name, what=what)
+    if patterns.dim() < 2 or patterns.shape[-1] != patterns.shape[-2] or patterns.shape[-1] < 2:
+        raise ValueError(f"{what}: {name} must be attention weights (..., T, T) with T >= 2, e.g. from attention_patterns; "
+                         f"got shape {tuple(patterns.shape)}")
+    return patterns

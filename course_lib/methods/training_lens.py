@@ -37,9 +37,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import checks
 from ..cache import file_problem, home, user_cache, writable, write_checksum
 from ..device import seeded_cpu_rng
 from ..progress import progress_bar
+from . import _checks
 
 __all__ = [
     "TrainConfig", "AttnOnlyTransformer", "TrainingRun", "periodic_tokens", "repeated_tokens",
@@ -52,6 +54,15 @@ def periodic_tokens(batch: int, seq_len: int, vocab: int, *, min_period: int, ma
                     generator: torch.Generator) -> torch.Tensor:
     """``(batch, seq_len)`` token ids; each row repeats a random pattern of random period in
     ``[min_period, max_period]``: ``x[t] = r[t mod P]``."""
+    what = "periodic_tokens"
+    batch, seq_len, vocab = (checks.positive_int(v, n, what=what) for v, n in ((batch, "batch"), (seq_len, "seq_len"), (vocab, "vocab")))
+    min_period = checks.positive_int(min_period, "min_period", what=what)
+    max_period = checks.positive_int(max_period, "max_period", what=what)
+    if max_period < min_period:
+        raise ValueError(f"{what}: max_period={max_period} must be >= min_period={min_period}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{what}: generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0); "
+                        f"got {type(generator).__name__}")
     periods = torch.randint(min_period, max_period + 1, (batch, 1), generator=generator)  # (B, 1)
     pattern = torch.randint(0, vocab, (batch, max_period), generator=generator)  # (B, Pmax)
     idx = torch.arange(seq_len)[None] % periods  # (B, T)
@@ -61,6 +72,9 @@ def periodic_tokens(batch: int, seq_len: int, vocab: int, *, min_period: int, ma
 def repeated_tokens(batch: int, period: int, vocab: int, *, seed: int = 0) -> torch.Tensor:
     """``(batch, 2 * period)``: ``[r, r]`` with ``r`` a random sequence of ``period`` *distinct* tokens
     (so "the previous occurrence" is unique) -- the evaluation set of the lens."""
+    what = "repeated_tokens"
+    batch, period, vocab = (checks.positive_int(v, n, what=what) for v, n in ((batch, "batch"), (period, "period"), (vocab, "vocab")))
+    seed = checks.non_negative_int(seed, "seed", what=what)
     if period > vocab:
         raise ValueError(f"period {period} > vocab {vocab}: distinct tokens need period <= vocab")
     g = torch.Generator().manual_seed(seed)
@@ -121,6 +135,12 @@ def induction_score(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
     ``t`` whose token occurred before, at latest position ``j < t``, read ``patterns[..., t, j + 1]``;
     average over those positions and the batch. Returns (..., H), e.g. (L, H). Positions without an
     earlier occurrence do not count."""
+    what = "induction_score"
+    _checks.attention(patterns, what)
+    tokens = checks.integers(tokens, "tokens", what=what, dims=2, shape="(B, T)", kind="token id")
+    if patterns.dim() < 4 or tuple(patterns.shape[-4:-3]) + tuple(patterns.shape[-1:]) != tuple(tokens.shape):
+        raise ValueError(f"{what}: patterns (..., B, H, T, T) {tuple(patterns.shape)} do not match tokens (B, T) {tuple(tokens.shape)}")
+    checks.same_device(patterns, tokens, "patterns", "tokens", what=what)
     B, T = tokens.shape
     same = tokens[:, :, None] == tokens[:, None, :]  # (B, T, T): token t equals token j
     earlier = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril(-1)  # j < t
@@ -137,6 +157,9 @@ def induction_score(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
 def previous_token_score(patterns: torch.Tensor) -> torch.Tensor:
     """Mean attention from each position to the one just before it: (..., B, H, T, T) -> (..., H).
     A *previous-token head* scores near 1; uniform causal attention about ``mean(1 / (t + 1))``."""
+    _checks.attention(patterns, "previous_token_score")
+    if patterns.dim() < 4:
+        raise ValueError(f"previous_token_score: patterns must be (..., B, H, T, T); got shape {tuple(patterns.shape)}")
     return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1).mean(-2)
 
 
@@ -146,6 +169,12 @@ def in_context_loss(model: nn.Module, tokens: torch.Tensor) -> tuple[float, floa
     ``[r, r]`` sequences. Predictions of the first half's tokens cannot use the context (chance is
     ``log V``); the second half's can, by copying. The prediction of ``r[0]`` in the second half (made
     at the last token of the first half) counts towards the first half."""
+    what = "in_context_loss"
+    checks.module(model, what=what)
+    vocab = model.embed.num_embeddings if isinstance(getattr(model, "embed", None), nn.Embedding) else None
+    tokens = checks.integers(tokens, "tokens", what=what, high=vocab, dims=2, shape="(B, T)", kind="token id")
+    if tokens.shape[1] < 2:
+        raise ValueError(f"{what}: tokens must be [r, r] sequences of at least 2 tokens; got shape {tuple(tokens.shape)}")
     logits = model(tokens[:, :-1])  # (B, T-1, V), position t predicts t+1
     loss = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")  # (B, T-1)
     half = tokens.shape[1] // 2
@@ -171,6 +200,16 @@ class TrainConfig:
     checkpoint_every: int = 10
     eval_period: int = 16  # the [r, r] evaluation sequences
     eval_batch: int = 64
+
+    def __post_init__(self):
+        for name in ("vocab", "d_model", "n_layers", "n_heads", "seq_len", "min_period", "max_period", "batch", "steps",
+                     "checkpoint_every", "eval_period", "eval_batch"):
+            checks.positive_int(getattr(self, name), name, what="TrainConfig")
+        checks.positive_number(self.lr, "lr", what="TrainConfig")
+        checks.positive_number(self.weight_decay, "weight_decay", what="TrainConfig", allow_zero=True)
+        if self.max_period < self.min_period or self.eval_period > self.vocab or self.d_model % self.n_heads:
+            raise ValueError("TrainConfig: needs min_period <= max_period, eval_period <= vocab (distinct tokens) and "
+                             f"d_model divisible by n_heads; got {self}")
 
     def key(self, seed: int) -> str:
         text = json.dumps({**asdict(self), "seed": seed, "v": 1}, sort_keys=True)
@@ -235,6 +274,9 @@ def train_induction(config: TrainConfig = TrainConfig(), *, seed: int = 0, progr
     ``config.checkpoint_every`` steps (and at step 0) with its induction scores and in-context loss.
     The loss is the plain next-token loss over all positions (the first period's tokens stay at
     chance, ``log V``, whatever the model does)."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train_induction: config must be a TrainConfig; got {type(config).__name__}")
+    seed = checks.non_negative_int(seed, "seed", what="train_induction")
     c = config
     with seeded_cpu_rng(seed):  # the global generator, for the initial weights; the caller's state is put back
         model = AttnOnlyTransformer(c.vocab, c.d_model, c.n_layers, c.n_heads, c.seq_len)

@@ -14,6 +14,7 @@ from torch import nn
 from ... import checks
 from ...hooks import get_module
 from ...progress import progress_bar
+from .._checks import attention as _patterns
 from .._checks import language_model
 
 
@@ -309,11 +310,3 @@ def induction_scores(patterns: torch.Tensor, period: int) -> torch.Tensor:
                          "the sequence must be [r, r] with len(r) = period")
     return patterns.diagonal(offset=-(period - 1), dim1=-2, dim2=-1)[..., 1:].mean(-1)
 
-
-def _patterns(patterns, what: str) -> torch.Tensor:
-    """Attention weights (..., T, T): finite, with at least 2 positions."""
-    checks.values(patterns, "patterns", what=what)
-    if patterns.dim() < 2 or patterns.shape[-1] != patterns.shape[-2] or patterns.shape[-1] < 2:
-        raise ValueError(f"{what}: patterns must be attention weights (..., T, T) with T >= 2, e.g. from attention_patterns; "
-                         f"got shape {tuple(patterns.shape)}")
-    return patterns

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ...device import model_device, require_eval
+from ... import checks
+from ...device import model_device
+from .._checks import language_model
 from ...progress import progress_bar
-from .vocab import NearestTokens, allowed_tokens, encode_target, nearest_token_distance, token_embeddings
-from .scoring import _prefix_embeds, roundtrip_ok, score_prompts, target_loss
+from .vocab import NearestTokens, _nearest_token_distance, allowed_tokens, encode_target, token_embeddings
+from .scoring import _prefix_embeds, _roundtrip_ok, _score_prompts, _target_loss
 
 
 @dataclass
@@ -56,8 +58,11 @@ class PromptInversion:
 # ----------------------------------------------------------------------------- set-up shared by the methods
 
 
-def _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed):
-    require_eval(model, "prompt inversion")
+def _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed, what="prompt inversion"):
+    language_model(model, what)
+    n_tokens = checks.positive_int(n_tokens, "n_tokens", what=what)
+    n_restarts = checks.positive_int(n_restarts, "n_restarts", what=what)
+    checks.non_negative_int(seed, "seed", what=what)
     device = model_device(model)
     E = token_embeddings(model)  # (V, d)
     t = encode_target(tokenizer, target)
@@ -78,7 +83,7 @@ def _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, a
 
 def _result(model, tokenizer, method, target, t, best_ids, history, best_history, prefix_embeds, soft=None, batch_size=64):
     best_ids = best_ids.cpu()
-    loss = score_prompts(model, best_ids, t, prefix_embeds=prefix_embeds, batch_size=batch_size).cpu()  # judged afresh
+    loss = _score_prompts(model, best_ids, t, prefix_embeds=prefix_embeds, batch_size=batch_size).cpu()  # judged afresh
     return PromptInversion(
         method=method, target=target if isinstance(target, str) else tokenizer.decode(t), target_ids=t, ids=best_ids,
         text=tokenizer.batch_decode(best_ids), p_target=torch.exp(-loss * t.numel()), loss=loss,
@@ -135,7 +140,12 @@ def soft_prompt(
     ``callback(step, objective)``, if given, is called after every step with the (R,) objective
     (e.g. to plot it live).
     """
-    device, E, t, allowed, gen, ids, pre = _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed)
+    device, E, t, allowed, gen, ids, pre = _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed,
+                                                  "soft_prompt")
+    steps = checks.positive_int(steps, "steps", what="soft_prompt")
+    lr = checks.positive_number(lr, "lr", what="soft_prompt")
+    lam = checks.positive_number(lam, "lam", what="soft_prompt", allow_zero=True)
+    eval_every = checks.positive_int(eval_every, "eval_every", what="soft_prompt")
     if init is None:  # start near the centre of the vocabulary, not on a token the regulariser would hold on to
         V = E[allowed]
         noise = torch.randn(ids.shape + (E.shape[1],), generator=gen).to(device)
@@ -149,9 +159,9 @@ def soft_prompt(
     scored = torch.full_like(ids, -1)  # the projections scored last
     history, best_history = [], []
     for step in progress_bar(range(steps), total=steps, desc=f"soft prompt {target!r}", enabled=progress):
-        ce = target_loss(model, soft, t, prefix_embeds=pre)  # (R,)
+        ce = _target_loss(model, soft, t, prefix_embeds=pre)  # (R,)
         lam_t = lam * (step + 1) / steps if ramp else lam  # ramp: find a good soft prompt first, then snap to tokens
-        objective = ce + lam_t * nearest_token_distance(soft, E, nearest=nearest).mean(dim=1)
+        objective = ce + lam_t * _nearest_token_distance(soft, E, nearest=nearest).mean(dim=1)
         opt.zero_grad()
         objective.sum().backward()  # restarts are independent: the sum separates
         opt.step()
@@ -160,7 +170,7 @@ def soft_prompt(
             new = (proj != scored).any(dim=1)  # a projection scored before cannot improve the best
             if bool(new.any()):
                 loss = torch.full((proj.shape[0],), float("inf"), device=proj.device)
-                loss[new] = score_prompts(model, proj[new], t, prefix_embeds=pre)
+                loss[new] = _score_prompts(model, proj[new], t, prefix_embeds=pre)
                 best.update(proj, loss)
                 scored = proj
         history.append(objective.detach())
@@ -182,7 +192,10 @@ def pez(
     (straight-through). The loss at each step is the loss of a real token prompt.
     ``callback(step, loss)`` is called after every step with the (R,) projected loss.
     """
-    device, E, t, allowed, gen, ids, pre = _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed)
+    device, E, t, allowed, gen, ids, pre = _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed, "pez")
+    steps = checks.positive_int(steps, "steps", what="pez")
+    lr = checks.positive_number(lr, "lr", what="pez")
+    weight_decay = checks.positive_number(weight_decay, "weight_decay", what="pez", allow_zero=True)
     soft = E[ids].detach().clone().requires_grad_(True)  # (R, n, d)
     opt = torch.optim.AdamW([soft], lr=lr, weight_decay=weight_decay)
     nearest = NearestTokens(E, allowed=allowed)
@@ -191,7 +204,7 @@ def pez(
     for step in progress_bar(range(steps), total=steps, desc=f"PEZ {target!r}", enabled=progress):
         proj = nearest(soft)  # (R, n)
         hard = soft + (E[proj] - soft).detach()  # forward: the tokens; backward: into the soft prompt
-        ce = target_loss(model, hard, t, prefix_embeds=pre)
+        ce = _target_loss(model, hard, t, prefix_embeds=pre)
         opt.zero_grad()
         ce.sum().backward()
         opt.step()
@@ -201,7 +214,7 @@ def pez(
         if callback is not None:
             callback(step, history[-1])
     proj = nearest(soft)  # the last step's update, scored too
-    best_history[-1] = best.update(proj, score_prompts(model, proj, t, prefix_embeds=pre))
+    best_history[-1] = best.update(proj, _score_prompts(model, proj, t, prefix_embeds=pre))
     return _result(model, tokenizer, "PEZ", target, t, best.ids, history, best_history, pre, soft=soft)
 
 
@@ -219,6 +232,23 @@ def sample_candidates(
     with the most negative gradient there (uniformly). Random draws come from ``generator``
     in the same order as nanogcg's ``sample_ids_from_grad`` draws them from the global RNG.
     """
+    what = "sample_candidates"
+    checks.values(grad, "grad", what=what, dims=2, shape="(n, V)")
+    ids = checks.integers(ids, "ids", what=what, high=grad.shape[1], dims=1, shape="(n,)", kind="token id")
+    if ids.shape[0] != grad.shape[0]:
+        raise ValueError(f"{what}: grad must have one row per token of ids ({ids.shape[0]}); got {grad.shape[0]}")
+    search_width = checks.positive_int(search_width, "search_width", what=what)
+    topk = checks.positive_int(topk, "topk", what=what)
+    n_replace = checks.positive_int(n_replace, "n_replace", what=what)
+    if n_replace > ids.shape[0] or topk > grad.shape[1]:
+        raise ValueError(f"{what}: n_replace={n_replace} must be at most the {ids.shape[0]} tokens and topk={topk} at most "
+                         f"the {grad.shape[1]} tokens of the vocabulary")
+    return _sample_candidates(ids, grad, search_width, topk=topk, n_replace=n_replace, not_allowed=not_allowed,
+                              generator=generator)
+
+
+def _sample_candidates(ids, grad, search_width, *, topk, n_replace, not_allowed=None, generator=None) -> torch.Tensor:
+    """sample_candidates without the checks (GCG draws candidates every step)."""
     n = ids.shape[0]
     grad = grad.clone()
     if not_allowed is not None:
@@ -235,7 +265,7 @@ def sample_candidates(
 def _onehot_grad(model, E, ids, t, pre) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (R,) of prompts ids (R, n) and its gradient w.r.t. their one-hot tokens (R, n, V)."""
     x = E[ids].detach().requires_grad_(True)
-    loss = target_loss(model, x, t, prefix_embeds=pre)
+    loss = _target_loss(model, x, t, prefix_embeds=pre)
     (g,) = torch.autograd.grad(loss.sum(), x)
     return loss.detach(), g @ E.T  # d loss / d onehot = (d loss / d e) E^T
 
@@ -254,19 +284,28 @@ def gcg(
     ``filter_roundtrip`` candidates that do not survive decode -> encode are skipped.
     Cost per step: one forward+backward of R prompts and R * search_width forwards.
     """
-    device, E, t, allowed, gen, ids, pre = _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed)
+    device, E, t, allowed, gen, ids, pre = _setup(model, tokenizer, target, n_tokens, n_restarts, prefix, seed, init, allowed,
+                                                  "gcg")
+    steps = checks.positive_int(steps, "steps", what="gcg")
+    search_width = checks.positive_int(search_width, "search_width", what="gcg")
+    topk = checks.positive_int(topk, "topk", what="gcg")
+    n_replace = checks.positive_int(n_replace, "n_replace", what="gcg")
+    batch_size = checks.positive_int(batch_size, "batch_size", what="gcg")
+    if n_replace > n_tokens or topk > E.shape[0]:
+        raise ValueError(f"gcg: n_replace={n_replace} must be at most n_tokens={n_tokens} and topk={topk} at most the "
+                         f"{E.shape[0]} tokens of the vocabulary")
     R = ids.shape[0]
     best = _Best(ids)
     history, best_history = [], []
     for _ in progress_bar(range(steps), total=steps, desc=f"GCG {target!r}", enabled=progress):
         loss, g = _onehot_grad(model, E, ids, t, pre)
         best.update(ids, loss)
-        cands = torch.stack([sample_candidates(ids[r], g[r], search_width, topk=topk, n_replace=n_replace,
+        cands = torch.stack([_sample_candidates(ids[r], g[r], search_width, topk=topk, n_replace=n_replace,
                                                not_allowed=~allowed, generator=gen) for r in range(R)])  # (R, S, n)
         flat = cands.view(R * search_width, n_tokens)
-        cl = score_prompts(model, flat, t, prefix_embeds=pre, batch_size=batch_size).view(R, search_width)
+        cl = _score_prompts(model, flat, t, prefix_embeds=pre, batch_size=batch_size).view(R, search_width)
         if filter_roundtrip:
-            cl = cl.masked_fill(~roundtrip_ok(tokenizer, flat).view(R, search_width).to(cl.device), float("inf"))
+            cl = cl.masked_fill(~_roundtrip_ok(tokenizer, flat).view(R, search_width).to(cl.device), float("inf"))
         j = cl.argmin(dim=1)
         moved = torch.isfinite(cl[torch.arange(R), j])
         ids = torch.where(moved[:, None], cands[torch.arange(R), j], ids)
@@ -284,7 +323,12 @@ def token_counts(tokenizer, results, *, threshold: float = 0.5, strip: bool = Tr
     """How often each token occurs in the *successful* prompts (p >= threshold) of one or
     more :class:`PromptInversion` results. Counts every occurrence; tokens are decoded and
     (with ``strip``) stripped of surrounding spaces, so " art" and "art" count together."""
-    results = [results] if isinstance(results, PromptInversion) else list(results)
+    results = [results] if isinstance(results, PromptInversion) else list(checks.non_empty(results, "results", what="token_counts"))
+    bad = [r for r in results if not isinstance(r, PromptInversion)]
+    if bad:
+        raise TypeError(f"token_counts: results must be PromptInversion results (of soft_prompt, pez or gcg); "
+                        f"got {type(bad[0]).__name__}")
+    threshold = checks.probability(threshold, "threshold", what="token_counts", open_interval=False)
     c: collections.Counter = collections.Counter()
     for res in results:
         for row in res.ids[res.success(threshold)].tolist():

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import checks
+
 
 
 
@@ -19,8 +21,10 @@ def encode_target(tokenizer, target: str | torch.Tensor) -> torch.Tensor:
     and "girl" (the start of a text, or the middle of a word) are different tokens.
     """
     if isinstance(target, torch.Tensor):
-        ids = target.reshape(-1).long().cpu()
+        ids = checks.integers(target, "target", what="encode_target", kind="token id").reshape(-1).long().cpu()
     else:
+        if not isinstance(target, str):
+            raise TypeError(f"encode_target: target must be a string or token ids; got {type(target).__name__} {target!r:.40}")
         ids = torch.tensor(tokenizer(target, add_special_tokens=False)["input_ids"], dtype=torch.long)
     if ids.numel() == 0:
         raise ValueError(f"target {target!r} encodes to no tokens; give a non-empty string such as ' Paris'.")
@@ -32,6 +36,9 @@ def encode_target(tokenizer, target: str | torch.Tensor) -> torch.Tensor:
 
 def token_embeddings(model: nn.Module) -> torch.Tensor:
     """The input embedding matrix (V, d) of a Hugging Face model."""
+    if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
+        raise TypeError(f"token_embeddings: model must be a Hugging Face language model (e.g. load_model('smollm2-135m')[0]); "
+                        f"got {type(model).__name__}")
     return model.get_input_embeddings().weight
 
 
@@ -51,7 +58,7 @@ def allowed_tokens(
     ``blocked_words()`` (optimisers do find slurs "useful", and the lectures print what they find).
     ``vocab_size`` is the embedding matrix's row count, which may exceed the tokenizer's (padding
     rows are never allowed)."""
-    n = len(tokenizer) if vocab_size is None else vocab_size
+    n = len(tokenizer) if vocab_size is None else checks.positive_int(vocab_size, "vocab_size", what="allowed_tokens")
     ok = torch.zeros(n, dtype=torch.bool)
     special = set(tokenizer.all_special_ids)
     blocked = blocked_words() if block_offensive else frozenset()
@@ -75,8 +82,15 @@ def project_to_tokens(embeds: torch.Tensor, E: torch.Tensor, *, k: int = 1, allo
     Tokens where ``allowed`` (V,) is False are never returned. ``E_unit`` = E with unit rows,
     if the caller already has it (saves normalising E on every step).
     """
-    if not bool(torch.isfinite(embeds).all()):
-        raise ValueError("embeds contains NaN or infinite values; a diverged optimisation? Lower the learning rate.")
+    what = "project_to_tokens"
+    if isinstance(embeds, torch.Tensor) and embeds.is_floating_point() and embeds.device.type != "meta" \
+            and not bool(torch.isfinite(embeds).all()):
+        raise ValueError(f"{what}: embeds contains NaN or infinite values; a diverged optimisation? Lower the learning rate.")
+    checks.values(embeds, "embeds", what=what, shape="(..., d)")
+    _check_vocab(E, embeds, what)
+    k = checks.positive_int(k, "k", what=what)
+    if k > E.shape[0]:
+        raise ValueError(f"{what}: k={k} is more than the {E.shape[0]} tokens of E")
     e = F.normalize(embeds.detach().to(E.dtype), dim=-1)  # (..., d)
     Eu = F.normalize(E.detach(), dim=-1) if E_unit is None else E_unit
     sims, ids = _cosine_topk(e.reshape(-1, e.shape[-1]), Eu, k, _mask_bias(allowed, Eu))
@@ -110,6 +124,20 @@ def nearest_token_distance(embeds: torch.Tensor, E: torch.Tensor, *, allowed: to
     (the cosine-nearest allowed token). Differentiable in ``embeds``; the choice of the
     nearest token is not (it is a hard argmax). An optimiser calling this every step can pass
     a :class:`NearestTokens` (built with the same ``E`` and ``allowed``) to find the tokens."""
+    checks.values(embeds, "embeds", what="nearest_token_distance", shape="(..., d)")
+    _check_vocab(E, embeds, "nearest_token_distance")
+    return _nearest_token_distance(embeds, E, allowed=allowed, E_unit=E_unit, nearest=nearest)
+
+
+def _check_vocab(E, embeds: torch.Tensor, what: str) -> None:
+    """E: the embedding matrix (V, d) of the vocabulary, finite, with the embeddings' d."""
+    checks.values(E, "E", what=what, dims=2, shape="(V, d)")
+    if E.shape[1] != embeds.shape[-1]:
+        raise ValueError(f"{what}: E has d={E.shape[1]} but embeds have {embeds.shape[-1]} dimensions; use the model's embedding matrix")
+
+
+def _nearest_token_distance(embeds, E, *, allowed=None, E_unit=None, nearest=None) -> torch.Tensor:
+    """nearest_token_distance without the checks (an optimiser calls it every step)."""
     ids = project_to_tokens(embeds, E, allowed=allowed, E_unit=E_unit)[0][..., 0] if nearest is None else nearest(embeds)
     return (embeds - E[ids]).norm(dim=-1)
 

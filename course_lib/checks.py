@@ -320,9 +320,11 @@ def integers(x: Any, name: str = "x", *, what: str | None = None, low: int = 0, 
     A list of ints is accepted and returned as a long tensor; floats and bools are refused."""
     if isinstance(x, (list, tuple)) and all(_is_int(v) for v in x):
         x = torch.tensor(list(x), dtype=torch.long)
+    elif not isinstance(x, (torch.Tensor, str, bytes)) and hasattr(x, "__array__"):  # a numpy array
+        x = torch.as_tensor(x)
     tensor(x, name, what=what)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(f"{_where(what)}{name} must hold integer {kind}s; got dtype {x.dtype}. "
+        raise TypeError(f"{_where(what)}{name} must hold integers (each a {kind}); got dtype {x.dtype}. "
                         f"Use {name}.long() if the values are whole numbers.")
     allowed = (dims,) if isinstance(dims, int) else dims
     if allowed is not None and x.dim() not in allowed:

@@ -63,7 +63,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
     checks.module(model, what="predict")
     checks.tensor(x, "x", what="predict")
     checks.float_dtype(x, "x", what="predict")
-    if x.dim() == 4 or (x.dim() == 3 and x.shape[0] in (1, 3)):  # images (or one image without its batch axis)
+    if x.dim() == 4:  # images: channels-last (B, H, W, C) is refused
         checks.images(x, "x", what="predict", check_range=False)
     checks.batch(x, "x", what="predict")
     checks.not_meta(x, "x", what="predict")

@@ -281,8 +281,8 @@ def leave_one_out(game: Game, players: Sequence[int] | None = None, *, progress:
     if players is None:
         idx = torch.arange(d, device=game.device)
     else:
-        idx = checks.integers(list(checks.non_empty(players, "players", what="leave_one_out")), "players", what="leave_one_out",
-                              high=d, kind="player index").to(game.device)
+        players = players if isinstance(players, torch.Tensor) else list(checks.non_empty(players, "players", what="leave_one_out"))
+        idx = checks.integers(players, "players", what="leave_one_out", high=d, dims=1, kind="player index").to(game.device)
     masks = torch.ones(1 + len(idx), d, dtype=torch.bool, device=game.device)
     masks[1 + torch.arange(len(idx), device=game.device), idx] = False
     out = game(masks, progress=progress)  # (1 + n, ...)

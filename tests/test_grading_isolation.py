@@ -481,3 +481,35 @@ def test_a_process_that_stops_answering_cannot_hold_the_checker(tmp_path):
             st.get("x")
     finally:
         st.close()
+
+
+def test_many_slow_cells_cannot_hold_a_grading_slot(tmp_path):
+    """The student's own cells share one time budget (the cell limit times the assignment's code cells): extra
+    cells that each stop just short of the limit are not run past it, and the tests after them still run."""
+    from course_lib.grader import checker
+
+    def cell(src, **nbg):
+        c = nbformat.v4.new_code_cell(src)
+        if nbg:
+            c.metadata["nbgrader"] = {"schema_version": 3, "locked": False, "solution": False, "grade": False, **nbg}
+        return c
+    answer = "def f(x):\n    return 2 * x"
+    src = nbformat.v4.new_notebook(cells=[cell(answer, grade_id="f", solution=True),
+                                          cell("assert f(3) == 6", grade_id="test_f", grade=True, locked=True, points=1)])
+    sub = nbformat.v4.new_notebook(cells=[src.cells[0]] + [cell("import time\ntime.sleep(4.5)") for _ in range(6)]
+                                   + [src.cells[1]])
+    for name, nb in (("source", src), ("submitted", sub)):
+        nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))
+    (tmp_path / "release").mkdir()
+    summary = checker.grade({"submitted": str(tmp_path / "submitted.ipynb"), "source": str(tmp_path / "source.ipynb"),
+                             "release_dir": str(tmp_path / "release"), "out": str(tmp_path / "out.ipynb"), "timeout": 6,
+                             "limits": {}, "forbidden": [], "unsafe": False, "cache_dir": None})
+    out = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
+    refused = [any(o.get("ename") == "TimeBudgetExceeded" for o in c.outputs) for c in out.cells]
+    assert any(refused), [c.outputs for c in out.cells]
+    first = refused.index(True)  # every cell after the budget ran out is refused, none before
+    assert all(refused[first:7]) and not any(refused[:first])
+    used = sum(c.metadata["course_lib"]["seconds"] for c in out.cells[:first])
+    assert 12 < used < 12 + 6 + 1, used  # the budget (6 s x 2 code cells) was spent, by at most one cell more
+    assert summary["cells"] == [{"grade_id": "test_f", "passed": True, "seconds": summary["cells"][0]["seconds"],
+                                 "traffic": summary["cells"][0]["traffic"]}]

@@ -265,6 +265,9 @@ def grade(job: dict) -> dict:
     limits = sandbox.Limits(**job.get("limits", {}))
     cache = Path(job["cache_dir"]) if job.get("cache_dir") else None
     t_start = time.monotonic()
+    # the student's own cells may use, together, what the instructor's code cells may: extra cells that each
+    # stop just short of the cell limit cannot hold a grading slot for hours
+    budget, spent = timeout * max(1, sum(c.cell_type == "code" for c in src.cells)), 0.0
     sb = sandbox.start(work, limits=limits, forbidden=job.get("forbidden", []), unsafe=job.get("unsafe", False), cache_dir=cache)
     student = remote.Student(sb, timeout=timeout)
     ns: dict = {"__name__": "__main__", "__builtins__": builtins}
@@ -344,6 +347,10 @@ def grade(job: dict) -> dict:
                 if student.dead:
                     cell.outputs = [_error_output("StudentProcessEnded", student.dead)]
                     timed_out = False
+                elif spent > budget:
+                    cell.outputs = [_error_output("TimeBudgetExceeded", f"not run: the notebook's own cells used their "
+                                                  f"{budget:g} s together (the cell limit times the assignment's code cells)")]
+                    timed_out = False
                 else:
                     student.deadline = time.monotonic() + timeout
                     timed_out = False
@@ -363,6 +370,8 @@ def grade(job: dict) -> dict:
                     finally:
                         student.deadline = None
             meta["seconds"] = round(time.monotonic() - t0, 2)
+            if not is_test(cell):
+                spent += meta["seconds"]
             if timed_out:
                 meta["timeout"] = True
                 summary["timeouts"].append(_nbg(cell).get("grade_id") or f"cell {idx}")

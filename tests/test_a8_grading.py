@@ -184,37 +184,193 @@ def logit_lens(model, input_ids):
     assert all(r.passed for g, r in res.items() if "lens" not in g)
 
 
+def _cell(grade_id):
+    from gradeutil import cells, nbgrader_meta
+
+    return next(c.source for c in cells(NB) if nbgrader_meta(c).get("grade_id") == grade_id)
+
+
+# --- false rejections (issue 24, item 6): the bounds written beside the checks, recomputed ------------------
+def _control_data(hidden):
+    import torch
+
+    if hidden:
+        g = torch.Generator().manual_seed(17)
+        return torch.randint(5, 2005, (20000,), generator=g), (torch.rand(20000, generator=g) < 0.6).long(), 0.54, 0.66
+    g = torch.Generator().manual_seed(7)
+    return torch.randint(0, 3000, (30000,), generator=g), (torch.rand(30000, generator=g) < 0.3).long(), 0.25, 0.35
+
+
+@pytest.mark.parametrize("hidden, stated", [(False, 2.5e-9), (True, 7e-8)])
+def test_control_task_bounds_written_beside_the_checks(hidden, stated):
+    import math
+
+    import torch
+    from scipy.stats import binom
+
+    token_ids, y, lo, hi = _control_data(hidden)
+    types, inverse, counts = torch.unique(token_ids, return_inverse=True, return_counts=True)
+    T, N, p = len(types), len(token_ids), float(y.double().mean())
+    frac = binom.cdf(math.floor(lo * T), T, p) + binom.sf(math.ceil(hi * T) - 1, T, p)
+    n1 = torch.zeros(T, dtype=torch.float64).index_add_(0, inverse, y.double())
+    ranges2 = float((((2 * n1 - counts) / N) ** 2).sum())
+    mean_agree = p * p + (1 - p) ** 2
+    agree = math.exp(-2 * (0.7 - mean_agree) ** 2 / ranges2)
+    same = math.exp(T * math.log(mean_agree))
+    assert frac + agree + same <= stated, (frac, agree, same)
+    assert f"{lo}, {hi}" in _cell("test_control_task"), "the bound is for these thresholds: update both"
+
+
 def test_control_task_thresholds_hold_for_any_random_stream():
-    # The hidden check's data and thresholds, against 30 seeds of two different random streams.
+    # Both cases' data and thresholds, against 30 seeds of two different random streams (a loop over types in numpy,
+    # a vectorised torch draw).
     import numpy as np
     import torch
 
-    g = torch.Generator().manual_seed(7)
-    token_ids = torch.randint(0, 3000, (30000,), generator=g)
-    y = (torch.rand(30000, generator=g) < 0.3).long()
-    types, inverse = torch.unique(token_ids, return_inverse=True)
-    for seed in range(30):
-        torch_stream = (torch.rand(len(types), generator=torch.Generator().manual_seed(seed)) < y.float().mean()).long()
-        numpy_stream = torch.from_numpy((np.random.default_rng(seed).random(len(types)) < 0.3).astype(np.int64))
-        for per_type in (torch_stream, numpy_stream):
-            assert 0.25 < per_type.float().mean().item() < 0.35
-            assert (per_type[inverse] == y).float().mean().item() < 0.7
+    for hidden in (False, True):
+        token_ids, y, lo, hi = _control_data(hidden)
+        types, inverse = torch.unique(token_ids, return_inverse=True)
+        p = float(y.float().mean())
+        for seed in range(30):
+            torch_stream = (torch.rand(len(types), generator=torch.Generator().manual_seed(seed)) < p).long()
+            rng = np.random.default_rng(seed)
+            numpy_stream = torch.tensor([int(rng.random() < p) for _ in range(len(types))])
+            for per_type in (torch_stream, numpy_stream):
+                assert lo < per_type.float().mean().item() < hi
+                assert (per_type[inverse] == y).float().mean().item() < 0.7
+
+
+def _planted(seed, n, d, shift=6.0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    u = torch.randn(d, generator=g)
+    u = u / u.norm()
+    return torch.randn(n, d, generator=g).double() + shift * y[:, None].double() * u.double(), y, u.double()
+
+
+def _linear_probes(xt, yt):
+    # (w, b) of several correct linear probes: sklearn at three strengths, plain gradient descent on standardised
+    # features (numpy), and the class-mean rule.
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    out = []
+    for c in (0.01, 1.0, 100.0):
+        clf = LogisticRegression(C=c, max_iter=3000).fit(xt, yt)
+        out.append((clf.coef_[0], float(clf.intercept_[0])))
+    mu, sd = xt.mean(0), xt.std(0) + 1e-6
+    z, w, b = (xt - mu) / sd, np.zeros(xt.shape[1]), 0.0
+    for _ in range(300):
+        r = 1 / (1 + np.exp(-(z @ w + b))) - yt
+        w, b = w - 0.1 * z.T @ r / len(yt), b - 0.1 * r.mean()
+    out.append((w / sd, b - (mu / sd) @ w))
+    m1, m0 = xt[yt == 1].mean(0), xt[yt == 0].mean(0)
+    out.append((m1 - m0, float(-(m1 - m0) @ (m1 + m0) / 2)))
+    return out
+
+
+def test_planted_probe_error_rates_behind_the_bound():
+    # The true error of 1[w.x + b > 0] on N(0, I) and N(6u, I) (prior 1/2 each), in closed form:
+    # 1/2 Phi(b / |w|) + 1/2 Phi(-(6 w.u + b) / |w|). Every probe on every training set must stay below 0.015; the
+    # bound beside the check is the binomial tail at twice that.
+    import numpy as np
+    from scipy.stats import binom, norm
+
+    for n, d, n_train, n_seeds in [(400, 20, 300, 150), (500, 30, 350, 60)]:
+        worst = 0.0
+        for seed in range(n_seeds):
+            x, y, u = _planted(1000 + seed, n, d)
+            perm = np.random.default_rng(seed).permutation(n)[:n_train]
+            for w, b in _linear_probes(x[perm].numpy(), y[perm].numpy()):
+                nw = np.linalg.norm(w)
+                worst = max(worst, 0.5 * norm.cdf(b / nw) + 0.5 * norm.cdf(-(6.0 * w @ u.numpy() + b) / nw))
+        assert worst < 0.015, (n, d, worst)
+    assert binom.sf(14, 100, 0.03) <= 3.3e-7 and binom.sf(22, 150, 0.03) <= 1.8e-10
+    assert binom.sf(104, 150, 0.5) <= 5.3e-7 and binom.sf(139, 200, 0.5) <= 7.6e-9
+    src = _cell("test_probe_accuracy")
+    assert src.count("6.0 * ") == 2 and src.count("acc > 0.85") == 2 and src.count("acc_noise < 0.7") == 2, "the bounds are for these thresholds"
 
 
 def test_probe_thresholds_hold_for_other_solvers_and_splits():
-    # The planted-direction and pure-noise checks of the hidden tests, with sklearn at two strengths over 30 seeds.
+    # Both cases of the probe cell, with sklearn at two strengths over 30 seeds of the data.
     import torch
     from sklearn.linear_model import LogisticRegression
 
     for seed in range(30):
-        g = torch.Generator().manual_seed(seed)
-        y = torch.randint(0, 2, (400,), generator=g)
-        direction = torch.randn(20, generator=g)
-        x = torch.randn(400, 20, generator=g) + 4.0 * y[:, None] * direction / direction.norm()
-        perm = torch.randperm(400, generator=g)
-        xn, yn = torch.randn(300, 200, generator=g), torch.randint(0, 2, (300,), generator=g)
-        for c in (0.1, 100.0):
-            clf = LogisticRegression(C=c, max_iter=3000).fit(x[perm[:300]].numpy(), y[perm[:300]].numpy())
-            assert (clf.predict(x[perm[300:]].numpy()) == y[perm[300:]].numpy()).mean() > 0.85
-            clf = LogisticRegression(C=c, max_iter=3000).fit(xn[:150].numpy(), yn[:150].numpy())
-            assert (clf.predict(xn[150:].numpy()) == yn[150:].numpy()).mean() < 0.7
+        for n, d, n_test, nn, dn in [(400, 20, 100, 300, 200), (500, 30, 150, 400, 300)]:
+            x, y, _ = _planted(seed, n, d)
+            g = torch.Generator().manual_seed(seed)
+            perm = torch.randperm(n, generator=g)
+            xn, yn = torch.randn(nn, dn, generator=g), torch.randint(0, 2, (nn,), generator=g)
+            for c in (0.1, 100.0):
+                clf = LogisticRegression(C=c, max_iter=3000).fit(x[perm[n_test:]].numpy(), y[perm[n_test:]].numpy())
+                assert (clf.predict(x[perm[:n_test]].numpy()) == y[perm[:n_test]].numpy()).mean() > 0.85
+                clf = LogisticRegression(C=c, max_iter=3000).fit(xn[: nn // 2].numpy(), yn[: nn // 2].numpy())
+                assert (clf.predict(xn[nn // 2:].numpy()) == yn[nn // 2:].numpy()).mean() < 0.7
+
+
+def _setup_namespace():
+    ns = {}
+    exec(compile(_cell("setup"), "<setup>", "exec"), ns)
+    return ns
+
+
+def test_the_sae_and_lens_tolerances_are_far_above_float32_rounding():
+    # test_sae_step allows 1e-4 on the parameters, test_logit_lens 1e-4 of the largest logit: float32 against
+    # float64, and a per-row loop, stay below 1e-6 of that scale.
+    import copy
+
+    import torch
+
+    ns = _setup_namespace()
+    sae_cls = ns["SparseAutoencoder"]
+
+    def steps(d, f, n, lam, seed_sae, seed_x, n_steps, variant):
+        x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed_x))
+        sae = sae_cls(d, f, seed=seed_sae)
+        if variant == "float64":
+            sae, x = sae.double(), x.double()
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+        for _ in range(n_steps):
+            opt.zero_grad()
+            z = sae.encode(x)
+            if variant == "loop":
+                loss = sum(((x[i] - sae.decode(z[i:i + 1])[0]) ** 2).sum() + lam * z[i].abs().sum() for i in range(n)) / n
+            else:
+                loss = ((x - sae.decode(z)) ** 2).sum(1).mean() + lam * z.abs().sum(1).mean()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                sae.W_dec /= sae.W_dec.norm(dim=0, keepdim=True)
+        return {k: v.detach().double() for k, v in sae.state_dict().items()}
+
+    for cfg in [(12, 40, 128, 0.3, 5, 8, 3), (10, 24, 96, 0.1, 9, 10, 2)]:
+        exact = steps(*cfg, "float64")
+        for variant in ("float32", "loop"):
+            got = steps(*cfg, variant)
+            assert max(float((got[k] - exact[k]).abs().max()) for k in exact) < 1e-6, (cfg, variant)
+    for name in ("llama", "gpt2"):
+        model = ns[name]
+        model64 = copy.deepcopy(model).double()
+        ids = torch.randint(1, ns["VOCAB"], (9,), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            lo, hi = model(ids[None]).logits.double(), model64(ids[None]).logits
+        assert float((lo - hi).abs().max() / hi.abs().max()) < 1e-6, name
+
+
+VISIBLE_ONLY = {
+    "probe": REF_PROBE.replace("def probe_accuracy(x, y, train_idx, test_idx):\n",
+                               "def probe_accuracy(x, y, train_idx, test_idx):\n    if x.shape[1] != 20 and x.shape[1] != 200:\n"
+                               "        return 0.5\n") % ("train_idx", "train_idx", GOOD_CONTROL),
+    "logit_lens": REF_LENS.replace("def logit_lens(", "def _lens(") % "final_norm"
+                  + "\ndef logit_lens(model, input_ids):\n    return _lens(model, input_ids) if len(input_ids) in (6, 9) else "
+                    "torch.zeros(4, len(input_ids), VOCAB)\n",
+}
+
+
+@pytest.mark.parametrize("cell, lost", [("probe", "test_probe_accuracy"), ("logit_lens", "test_logit_lens")])
+def test_an_answer_written_for_the_visible_cases_loses_the_points(cell, lost):
+    res = run_graded(NB, {cell: VISIBLE_ONLY[cell]})
+    assert not res[lost].passed and res[lost].error.startswith("AssertionError"), res[lost].error

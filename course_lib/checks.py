@@ -150,9 +150,13 @@ def eval_mode(model: Any, what: str | None = None, name: str = "model") -> Any:
 
 
 def module(model: Any, name: str = "model", *, what: str | None = None) -> nn.Module:
-    """Refuse anything that is not a torch ``nn.Module``; then require eval mode."""
+    """Refuse anything that is not a torch ``nn.Module``, a model on the meta device; then require eval mode."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{_where(what)}{name} must be a torch nn.Module; got {type(model).__name__} {_show(model)}")
+    first = next(model.parameters(), None)
+    if first is not None and first.device.type == "meta":
+        raise ValueError(f"{_where(what)}{name} is on the meta device: it has shapes but no weights. Load its weights "
+                         f"(e.g. load_model(...)) or build it outside torch.device('meta').")
     return eval_mode(model, what, name)
 
 

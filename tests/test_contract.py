@@ -9,6 +9,8 @@ For each method, on every device this machine has:
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
 import inspect
 import math
@@ -326,8 +328,8 @@ def _bad_values(role: str, good, c: Ctx) -> dict:
                 "string": "indices", "empty": good[:0]}
     if role == "tokens":  # integer token ids without a known vocabulary
         return {"string": "the cat", "float": good.float(), "empty": good[:0], "meta": good.to("meta")}
-    if role == "model":
-        return {"train-mode": "TRAIN"}
+    if role == "model":  # the model itself: in train mode, or (a copy) on the meta device
+        return {"train-mode": "TRAIN", "meta": "META"}
     if role == "callable":
         return {"not-callable": "reconstruct"}
     raise AssertionError(role)
@@ -643,8 +645,11 @@ def _same(a, b) -> bool:
         return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(getattr(a, "values", None), torch.Tensor):
-        return type(a) is type(b) and _same(a.values, b.values)
+    if isinstance(a, torch.nn.Module) and isinstance(b, torch.nn.Module):
+        return _same(list(a.parameters()), list(b.parameters()))
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return type(a) is type(b) and all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
+                                           if not f.name.startswith("seconds") and f.name != "build_seconds")
     if isinstance(a, float) and isinstance(b, float):
         return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
     return a == b
@@ -672,9 +677,11 @@ def test_bad_input_gets_a_clear_error_or_the_right_answer(fn, arg, role, kind, c
     kwargs = spec.kwargs(ctx)
     good = _good(fn, ctx)
     model = None
-    if role == "model":
+    if role == "model" and kind == "train-mode":
         model = kwargs[arg]
         model.train()
+    elif role == "model":
+        kwargs[arg] = copy.deepcopy(kwargs[arg]).to("meta")
     else:
         kwargs[arg] = _bad_values(role, kwargs.get(arg), ctx)[kind]
     clear = (ValueError, TypeError, KeyError) if role == "name" else (ValueError, TypeError)  # hooks: KeyError for a module name
@@ -734,3 +741,99 @@ def test_transform_constructors_refuse_bad_settings():
     x = torch.rand(2, 3, 8, 8)
     assert compose(pad(2), jitter(2))(x, g).shape == (2, 3, 10, 10)  # good settings still work
     assert scale((1.0, 1.0))(x, g).shape == x.shape
+
+
+# ============================================================================= promises for good inputs, every function
+# The same table's good calls, for the promises of CONTRIBUTING ("One API across methods"): the answer
+# comes back on the input's device, the same seed gives the same answer without touching the global
+# random generator, batch_size only chunks, and a float64 model takes float32 inputs.
+
+def _params(fn: str) -> set[str]:
+    return set(inspect.signature(FUNCTIONS[fn]).parameters)
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """The tensors of an answer (a tensor, a tuple, a dict, a result dataclass)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _tensors(o)]
+    values = getattr(out, "values", None)
+    return [values] if isinstance(values, torch.Tensor) else []
+
+
+SEEDED = sorted(f for f in SPECS if "seed" in _params(f))
+# seeded functions whose answer on the table's tiny inputs visibly depends on the seed (the others draw, but e.g.
+# compute_cav keeps no held-out split for 12 rows, and L-BFGS finds the same probe from any start)
+RANDOM = {"attribution.smoothgrad", "attribution.randomize_layers", "attribution.cascading_randomization", "adversarial.pgd",
+          "lime.lime", "lime.sample_masks", "shapley.kernel_shap", "shapley.permutation_shapley", "featurevis.render",
+          "prototypes.prototypes", "lm_lenses.split_indices", "lm_lenses.control_labels", "lm_lenses.train_sae",
+          "training_lens.repeated_tokens", "training_lens.train_induction"}
+CHUNKED = sorted(f for f in SPECS if "batch_size" in _params(f) and f not in {"lm_lenses.train_sae"})
+# train_sae's batch_size is its SGD minibatch, not chunking (it changes the answer by design)
+
+
+def _model_of(answer):
+    return answer if isinstance(answer, torch.nn.Module) else answer[0][1] if isinstance(answer, list) else None
+
+
+@pytest.mark.parametrize("fn", SEEDED)
+def test_same_seed_same_answer_and_the_global_generator_untouched(fn, ctx):
+    kwargs = SPECS[fn].kwargs(ctx)
+    before = torch.random.get_rng_state()
+    a = _call(fn, {**kwargs, "seed": 0})
+    assert torch.equal(torch.random.get_rng_state(), before), f"{fn} drew from (or seeded) torch's global generator"
+    b = _call(fn, {**kwargs, "seed": 0})
+    if _model_of(a) is not None:  # randomize_layers, cascading_randomization: compare the weights
+        a, b = [p for p in _model_of(a).parameters()], [p for p in _model_of(b).parameters()]
+    assert _same(a, b), f"{fn}: the same seed gave another answer"
+    if fn in RANDOM:
+        c = _call(fn, {**kwargs, "seed": 1})
+        c = [p for p in _model_of(c).parameters()] if _model_of(c) is not None else c
+        assert not _same(a, c), f"{fn}: seed 1 gave the very answer of seed 0"
+
+
+@pytest.mark.parametrize("fn", CHUNKED)
+def test_batch_size_only_chunks(fn, ctx):
+    kwargs = SPECS[fn].kwargs(ctx)
+    one, default = _call(fn, {**kwargs, "batch_size": 1}), _good(fn, ctx)
+    assert _same(one, default), f"{fn}: batch_size=1 changed the answer"
+
+
+@pytest.mark.parametrize("fn", sorted(f for f in SPECS if "x" in SPECS[f].roles or "images" in SPECS[f].roles))
+def test_answer_on_the_input_device(fn, ctx):
+    """On this machine the input is on the CPU; with the model on another device (a GPU, where there is one)
+    the answer must still come back on the input's device."""
+    kwargs = SPECS[fn].kwargs(ctx)
+    name = "x" if "x" in SPECS[fn].roles else "images"
+    dev = kwargs[name].device
+    for t in _tensors(_good(fn, ctx)):
+        assert t.device == dev, f"{fn}: the answer is on {t.device}, the input on {dev}"
+    if torch.cuda.is_available() and "model" in kwargs and kwargs["model"] is ctx.model:
+        got = _call(fn, {**kwargs, "model": copy.deepcopy(ctx.model).cuda()})
+        for t in _tensors(got):
+            assert t.device == dev, f"{fn}: with the model on cuda the answer is on {t.device}, the input on {dev}"
+
+
+# methods whose answer is a sign or an argmax of gradients: float64 rounding may flip it where the gradient is ~0
+_SIGN = {"adversarial.fgsm", "adversarial.pgd", "adversarial.accuracy_under_attack", "featurevis.render", "prototypes.prototypes"}
+
+
+@pytest.mark.parametrize("fn", sorted(f for f, s in SPECS.items() if s.roles.get("model") == "model"
+                                      and "model" in s.kwargs.__code__.co_names + ("_img",) and "lm" not in f))
+def test_float64_model_takes_float32_input(fn, ctx):
+    kwargs = SPECS[fn].kwargs(ctx)
+    if kwargs.get("model") is not ctx.model:
+        pytest.skip("not the CNN")
+    got = _call(fn, {**kwargs, "model": copy.deepcopy(ctx.model).double()})
+    good = _good(fn, ctx)
+    if fn in _SIGN:
+        assert len(_tensors(got)) == len(_tensors(good))
+        for a, b in zip(_tensors(got), _tensors(good)):
+            assert a.shape == b.shape and torch.isfinite(a.double()).all()
+    else:
+        for a, b in zip(_tensors(got), _tensors(good)):
+            assert a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-4), \
+                f"{fn}: a float64 model gave another answer (max diff {float((a.double() - b.double()).abs().max()):.3g})"

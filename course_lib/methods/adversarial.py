@@ -69,6 +69,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
     checks.not_meta(x, "x", what="predict")
     checks.finite(x, "x", what="predict")
     bs = len(x) if batch_size is None else checks.positive_int(batch_size, "batch_size", what="predict")
+    checks.n_outputs(model, to_model(x[:1], model), what="predict")  # a clear error if the model cannot take x (one image (C, H, W))
     out = [model(to_model(x[s : s + bs], model)).argmax(1) for s in range(0, len(x), bs)]
     return torch.cat(out).to(x.device)
 

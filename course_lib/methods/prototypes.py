@@ -143,7 +143,7 @@ def entanglement(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, n
     logits = model(to_model(images, model)).cpu()  # (N, K)
     k = logits.shape[1] if n_classes is None else checks.positive_int(n_classes, "n_classes", what=what)
     labels = _labels(labels, k, len(images), what)
-    total = torch.zeros(k, logits.shape[1]).index_add_(0, labels, logits)
+    total = torch.zeros(k, logits.shape[1], dtype=logits.dtype).index_add_(0, labels, logits)
     return total / torch.bincount(labels, minlength=k).clamp_min(1)[:, None]
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ... import checks
-from ...device import require_eval, to_model
+from ...device import to_model
 from ...hooks import get_module, patch
 from .objectives import _RESERVED, INPUT, LOGITS, Objective
 
@@ -60,7 +60,7 @@ def evaluate(model: nn.Module, objective: Objective, images: torch.Tensor, *, ba
 
     Objectives that compare images with each other (:func:`diversity`) see one chunk at a time.
     """
-    require_eval(model, "evaluate")
+    checks.module(model, what="evaluate")
     checks.images(images, "images", what="evaluate", check_range=False)
     batch_size = checks.positive_int(batch_size, "batch_size", what="evaluate")
     out = [objective(_forward(model, objective, to_model(images[s : s + batch_size], model)))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ... import checks
-from ...device import forward_fast, model_device, require_eval
+from ...device import forward_fast, model_device
 from ...progress import progress_bar
 from .objectives import INPUT, LOGITS, Objective
 from .params import Fourier, Pixels
@@ -98,7 +98,7 @@ def render(
     objs = [objectives] if isinstance(objectives, Objective) else list(objectives)
     if not objs or not all(isinstance(o, Objective) for o in objs):
         raise TypeError("objectives should be an Objective or a list of them, e.g. [channel('features', c) for c in range(8)]")
-    require_eval(model, "render")
+    checks.module(model, what="render")
     steps = checks.positive_int(steps, "steps", what="render")
     n = checks.positive_int(n, "n", what="render")
     size = checks.positive_int(size, "size", what="render")

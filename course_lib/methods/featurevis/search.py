@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ... import checks
-from ...device import require_eval, to_model
+from ...device import to_model
 from .objectives import Objective, _spatial
 from .reading import activations, evaluate
 
@@ -46,7 +46,7 @@ def dataset_search(
     corresponding position in the input, stride = image size / activation size).
     Ties are broken by the lower index. Results are on ``images``' device.
     """
-    require_eval(model, "dataset_search")
+    checks.module(model, what="dataset_search")
     checks.images(images, "images", what="dataset_search", check_range=False)
     k = checks.positive_int(k, "k", what="dataset_search")
     if not 1 <= k <= len(images):

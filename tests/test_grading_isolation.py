@@ -483,28 +483,54 @@ def test_a_process_that_stops_answering_cannot_hold_the_checker(tmp_path):
         st.close()
 
 
-def test_many_slow_cells_cannot_hold_a_grading_slot(tmp_path):
-    """The student's own cells share one time budget (the cell limit times the assignment's code cells): extra
-    cells that each stop just short of the limit are not run past it, and the tests after them still run."""
+def _grade_direct(tmp_path, src, sub, timeout=30):
     from course_lib.grader import checker
 
-    def cell(src, **nbg):
-        c = nbformat.v4.new_code_cell(src)
-        if nbg:
-            c.metadata["nbgrader"] = {"schema_version": 3, "locked": False, "solution": False, "grade": False, **nbg}
-        return c
-    answer = "def f(x):\n    return 2 * x"
-    src = nbformat.v4.new_notebook(cells=[cell(answer, grade_id="f", solution=True),
-                                          cell("assert f(3) == 6", grade_id="test_f", grade=True, locked=True, points=1)])
-    sub = nbformat.v4.new_notebook(cells=[src.cells[0]] + [cell("import time\ntime.sleep(4.5)") for _ in range(6)]
-                                   + [src.cells[1]])
     for name, nb in (("source", src), ("submitted", sub)):
         nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))
     (tmp_path / "release").mkdir()
     summary = checker.grade({"submitted": str(tmp_path / "submitted.ipynb"), "source": str(tmp_path / "source.ipynb"),
-                             "release_dir": str(tmp_path / "release"), "out": str(tmp_path / "out.ipynb"), "timeout": 6,
+                             "release_dir": str(tmp_path / "release"), "out": str(tmp_path / "out.ipynb"), "timeout": timeout,
                              "limits": {}, "forbidden": [], "unsafe": False, "cache_dir": None})
-    out = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
+    return summary, nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
+
+
+def _cell(src, **nbg):
+    c = nbformat.v4.new_code_cell(src)
+    if nbg:
+        c.metadata["nbgrader"] = {"schema_version": 3, "locked": False, "solution": False, "grade": False, **nbg}
+    return c
+
+
+def test_names_a_submission_rebinds_stay_the_checkers(tmp_path):
+    """A test reads from the student's process only what the instructor's answer cells define: a submission that
+    imports a module the test uses and patches it, or rebinds the test's data or helpers, changes nothing."""
+    src = nbformat.v4.new_notebook(cells=[
+        _cell("import math\nfrom course_lib.grading import check\nxs = [1.0, 2.0, 3.0]", grade_id="setup", locked=True),
+        _cell("import math\n\ndef f(x):\n    return x * x", grade_id="f", solution=True),
+        _cell("check(all(math.isclose(f(x), x * x) for x in xs), 'f squares')", grade_id="test_f", grade=True, locked=True,
+              points=1)])
+    wrong = ("import math\nmath.isclose = lambda *a, **k: True\nxs = []\ncheck = lambda *a, **k: None\n"
+             "def f(x):\n    return 0.0")
+    sub = nbformat.v4.new_notebook(cells=[src.cells[0], _cell(wrong, grade_id="f", solution=True), src.cells[2]])
+    summary, _ = _grade_direct(tmp_path, src, sub)
+    assert summary["cells"][0]["passed"] is False, summary
+    right = nbformat.v4.new_notebook(cells=[src.cells[0], _cell("def f(x):\n    return x ** 2", grade_id="f",
+                                                                  solution=True), src.cells[2]])
+    (tmp_path / "again").mkdir()
+    summary, _ = _grade_direct(tmp_path / "again", src, right)
+    assert summary["cells"][0]["passed"] is True, summary
+
+
+def test_many_slow_cells_cannot_hold_a_grading_slot(tmp_path):
+    """The student's own cells share one time budget (the cell limit times the assignment's code cells): extra
+    cells that each stop just short of the limit are not run past it, and the tests after them still run."""
+    answer = "def f(x):\n    return 2 * x"
+    src = nbformat.v4.new_notebook(cells=[_cell(answer, grade_id="f", solution=True),
+                                          _cell("assert f(3) == 6", grade_id="test_f", grade=True, locked=True, points=1)])
+    sub = nbformat.v4.new_notebook(cells=[src.cells[0]] + [_cell("import time\ntime.sleep(4.5)") for _ in range(6)]
+                                   + [src.cells[1]])
+    summary, out = _grade_direct(tmp_path, src, sub, timeout=6)
     refused = [any(o.get("ename") == "TimeBudgetExceeded" for o in c.outputs) for c in out.cells]
     assert any(refused), [c.outputs for c in out.cells]
     first = refused.index(True)  # every cell after the budget ran out is refused, none before

@@ -60,8 +60,9 @@ def _parse(src: str):
         return None
 
 
-def bound_names(src: str) -> set[str]:
-    """Names a cell binds at its top level (assignments, defs, imports, for/with targets)."""
+def bound_names(src: str, *, imports: bool = True) -> set[str]:
+    """Names a cell binds at its top level (assignments, defs, imports, for/with targets), not the locals
+    of the functions it defines. ``imports=False`` leaves out names bound by import statements."""
     tree = _parse(src)
     if tree is None:
         return set()
@@ -76,17 +77,27 @@ def bound_names(src: str) -> set[str]:
         elif isinstance(t, ast.Starred):
             targets(t.value)
 
-    for node in ast.walk(tree):
+    def visit(node):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             out.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for a in node.names:
-                out.add(a.asname or a.name.split(".")[0])
-        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For, ast.With, ast.NamedExpr)):
+            return  # its body binds locals
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if imports:
+                for a in node.names:
+                    out.add(a.asname or a.name.split(".")[0])
+            return
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            return
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.With, ast.AsyncWith,
+                             ast.NamedExpr)):
             for t in (node.targets if isinstance(node, ast.Assign) else
-                      [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For, ast.NamedExpr)) else
-                      [i.optional_vars for i in node.items if i.optional_vars is not None]):
+                      [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.NamedExpr))
+                      else [i.optional_vars for i in node.items if i.optional_vars is not None]):
                 targets(t)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
     return out
 
 
@@ -113,10 +124,8 @@ def plan(source_cells: list) -> tuple[list[int], set[str]]:
     for i, c in enumerate(source_cells):
         if c.cell_type != "code" or is_test(c):
             continue
-        if is_answer(c):
-            student |= bound_names(c.source)
-        elif read_names(c.source) & student:
-            student |= bound_names(c.source)
+        if is_answer(c) or read_names(c.source) & student:  # modules a cell imports are never the student's
+            student |= bound_names(c.source, imports=False)
         else:
             independent.append(i)
     needed: set[str] = set()
@@ -254,10 +263,9 @@ def grade(job: dict) -> dict:
     timeout = float(job.get("timeout", 180))
     # every cell's role is the instructor's (a cell the submission marks as a test is not run here)
     restore_roles(sub, src)
+    # the names a test takes from the student's process are those the instructor's answer cells bind (and the
+    # cells that read them); what else a submission binds (torch, a check helper, data) never replaces the checker's
     chosen, theirs = plan(src.cells)
-    for c in sub.cells:
-        if is_answer(c):
-            theirs |= bound_names(c.source)
     tmp = Path(tempfile.mkdtemp(prefix="course-grade-"))
     work, here = tmp / "work", tmp / "checker"
     for d in (work, here):

@@ -373,7 +373,7 @@ SPECS: dict[str, Spec] = {
     "attribution.saliency": Spec(lambda c: _img(c, target=1), IMG),
     "attribution.input_x_gradient": Spec(lambda c: _img(c, target=1), IMG),
     "attribution.smoothgrad": Spec(lambda c: _img(c, target=1, n_samples=2), {**IMG, "n_samples": "count", "noise": "number"}),
-    "attribution.integrated_gradients": Spec(lambda c: _img(c, target=1, n_steps=2), {**IMG, "n_steps": "count"}),
+    "attribution.integrated_gradients": Spec(lambda c: _img(c, target=1, steps=2), {**IMG, "steps": "count", "n_steps": "count"}),
     "attribution.cam": Spec(lambda c: _img(c, target=1), {**IMG, "layer": "name"}),
     "attribution.grad_cam": Spec(lambda c: _img(c, target=1), {**IMG, "layer": "name"}),
     "attribution.occlusion": Spec(lambda c: _img(c, target=1, patch=8), {**IMG, "patch": "count", "output": "option"}),
@@ -495,8 +495,9 @@ SPECS: dict[str, Spec] = {
     "lm_lenses.probe_layers": Spec(lambda c: dict(acts={1: c.acts}, y=c.labels, steps=3), {"acts": "seq", "y": "labels"}),
     "lm_lenses.sae_loss": Spec(lambda c: dict(x=c.acts, x_hat=c.acts.flip(0), f=c.acts.relu(), l1=0.1),
                                {"x": "tensor", "x_hat": "tensor", "f": "tensor", "l1": "number"}),
-    "lm_lenses.train_sae": Spec(lambda c: dict(x=c.acts, n_latents=4, l1=0.1, steps=2, batch_size=8, progress=False),
-                                {"x": "tensor", "n_latents": "count", "l1": "number", "steps": "count", "batch_size": "count"}),
+    "lm_lenses.train_sae": Spec(lambda c: dict(x=c.acts, n_latents=4, l1=0.1, steps=2, minibatch=8, progress=False),
+                                {"x": "tensor", "n_latents": "count", "l1": "number", "steps": "count", "minibatch": "count",
+                                 "batch_size": "count"}),
     "lm_lenses.sae_report": Spec(lambda c: dict(sae=_sae(c), x=c.acts), {"x": "tensor", "dense_threshold": "prob"}),
     "lm_lenses.lm_loss": Spec(lambda c: dict(model=c.lm, tokenizer=c.tok, texts=["the cat", "a dog"], layer=1, replace=lambda h: h),
                               {"model": "lm", "texts": "texts", "layer": "lm-layer", "replace": "callable",
@@ -772,7 +773,7 @@ RANDOM = {"attribution.smoothgrad", "attribution.randomize_layers", "attribution
           "prototypes.prototypes", "lm_lenses.split_indices", "lm_lenses.control_labels", "lm_lenses.train_sae",
           "training_lens.repeated_tokens", "training_lens.train_induction"}
 CHUNKED = sorted(f for f in SPECS if "batch_size" in _params(f) and f not in {"lm_lenses.train_sae"})
-# train_sae's batch_size is its SGD minibatch, not chunking (it changes the answer by design)
+# train_sae's batch_size is the older name of its SGD minibatch, kept for old notebooks: it changes the answer by design
 
 
 def _model_of(answer):
@@ -837,3 +838,17 @@ def test_float64_model_takes_float32_input(fn, ctx):
         for a, b in zip(_tensors(got), _tensors(good)):
             assert a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-4), \
                 f"{fn}: a float64 model gave another answer (max diff {float((a.double() - b.double()).abs().max()):.3g})"
+
+
+def test_old_names_of_counts_still_give_the_same_answer(ctx):
+    """One name per count (CONTRIBUTING, house style 7): integrated_gradients' steps (captum's n_steps) and
+    train_sae's minibatch (it was batch_size, which now means chunking only); the old keywords still work."""
+    from course_lib.methods.attribution import integrated_gradients
+    from course_lib.methods.lm_lenses import train_sae
+
+    assert torch.equal(integrated_gradients(ctx.model, ctx.x, 1, steps=4), integrated_gradients(ctx.model, ctx.x, 1, n_steps=4))
+    with pytest.raises(ValueError, match="not both"):
+        integrated_gradients(ctx.model, ctx.x, 1, steps=4, n_steps=8)
+    new = train_sae(ctx.acts, n_latents=4, l1=0.1, steps=3, minibatch=5, progress=False)
+    old = train_sae(ctx.acts, n_latents=4, l1=0.1, steps=3, batch_size=5, progress=False)
+    assert new[1] == old[1] and _same(new[0], old[0])

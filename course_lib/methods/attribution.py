@@ -169,9 +169,10 @@ def integrated_gradients(
     target,
     baseline: torch.Tensor | float | str = 0.0,
     *,
-    n_steps: int = 64,
+    steps: int = 64,
     batch_size: int | None = None,
     return_delta: bool = False,
+    n_steps: int | None = None,
 ):
     """Integrated gradients along the straight line from ``baseline`` to ``x``:
     (x - b) * integral_0^1 d f(b + a (x - b)) / d x da, by captum's Gauss-Legendre quadrature.
@@ -182,6 +183,8 @@ def integrated_gradients(
     through the model in chunks of ``batch_size`` (captum's ``internal_batch_size``; default: the
     games engine's :func:`~course_lib.games.default_batch_size` for the device: on two CPU cores
     chunks of 32 ran 1.5x faster than 128, on an H200 large chunks were fastest).
+
+    ``steps``: the number of path points (captum's ``n_steps``, still accepted under that name).
     """
     from captum.attr import IntegratedGradients
 
@@ -198,7 +201,11 @@ def integrated_gradients(
         elif base.shape != x.shape:
             raise ValueError(f"integrated_gradients: baseline must be a number, shape {tuple(x.shape[1:])} or {tuple(x.shape)}; "
                              f"got {tuple(base.shape)}")
-    n_steps = checks.positive_int(n_steps, "n_steps", what="integrated_gradients")
+    if n_steps is not None:  # captum's name for steps, kept for older notebooks
+        if steps != 64 and steps != n_steps:
+            raise ValueError(f"integrated_gradients: give steps or n_steps (the same count), not both; got {steps} and {n_steps}")
+        steps = n_steps
+    n_steps = checks.positive_int(steps, "n_steps" if n_steps is not None else "steps", what="integrated_gradients")
     if batch_size is not None:
         checks.positive_int(batch_size, "batch_size", what="integrated_gradients")
     # captum evaluates n_steps * B path points in chunks of internal_batch_size (at least B, or it warns)

@@ -63,17 +63,24 @@ def sae_loss(x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor, l1: float) -
     return ((x_hat - x) ** 2).sum(-1).mean() + l1 * f.abs().sum(-1).mean()
 
 
-def train_sae(x: torch.Tensor, *, n_latents: int, l1: float, steps: int = 1000, batch_size: int = 256,
-              lr: float = 1e-3, seed: int = 0, progress: bool = True) -> tuple[SparseAutoencoder, list[float]]:
+def train_sae(x: torch.Tensor, *, n_latents: int, l1: float, steps: int = 1000, minibatch: int = 256,
+              lr: float = 1e-3, seed: int = 0, progress: bool = True,
+              batch_size: int | None = None) -> tuple[SparseAutoencoder, list[float]]:
     """Adam on minibatches of ``x (N, D)``; the decoder columns are renormalised after every step.
     Returns the SAE and its training curve (the loss of every step). ``x`` is best pre-scaled
-    (see :func:`sae_report`'s ``scale``); the SAE lives on ``x``'s device."""
+    (see :func:`sae_report`'s ``scale``); the SAE lives on ``x``'s device. ``minibatch``: rows drawn per
+    step (the SGD minibatch; ``batch_size``, its older name, is still accepted: in course_lib ``batch_size``
+    means chunking only)."""
     what = "train_sae"
     checks.values(x, "x", what=what, dims=2, shape="(N, D)")
     n_latents = checks.positive_int(n_latents, "n_latents", what=what)
     l1 = checks.positive_number(l1, "l1", what=what, allow_zero=True)
     steps = checks.positive_int(steps, "steps", what=what)
-    batch_size = checks.positive_int(batch_size, "batch_size", what=what)
+    if batch_size is not None:  # the older name of minibatch
+        if minibatch != 256 and minibatch != batch_size:
+            raise ValueError(f"{what}: give minibatch (or its older name batch_size), not both; got {minibatch} and {batch_size}")
+        minibatch = batch_size
+    minibatch = checks.positive_int(minibatch, "minibatch" if batch_size is None else "batch_size", what=what)
     lr = checks.positive_number(lr, "lr", what=what)
     with seeded_cpu_rng(seed):  # the global generator, for the initial weights; the caller's state is put back
         sae = SparseAutoencoder(x.shape[1], n_latents, seed=seed).to(x.device)
@@ -83,7 +90,7 @@ def train_sae(x: torch.Tensor, *, n_latents: int, l1: float, steps: int = 1000, 
         g = torch.Generator().manual_seed(seed)
         curve = []
         for _ in progress_bar(range(steps), total=steps, desc="SAE", enabled=progress):
-            idx = torch.randint(len(x), (batch_size,), generator=g).to(x.device)
+            idx = torch.randint(len(x), (minibatch,), generator=g).to(x.device)
             xb = x[idx]
             x_hat, f = sae(xb)
             loss = sae_loss(xb, x_hat, f, l1)
@@ -199,7 +206,7 @@ class SAEConfig:
     n_latents: int = 512
     l1: float = 2.0
     steps: int = 300
-    batch_size: int = 128
+    batch_size: int = 128  # train_sae's minibatch; the field keeps its name, which is part of cached SAEs' fingerprints
     lr: float = 3e-3
     seed: int = 0
     massive: float = 10.0  # tokens whose norm exceeds this times the median are left out ("massive activations")
@@ -301,7 +308,7 @@ def pretrained_sae(model: nn.Module, tokenizer, corpus: Sequence[str], config: S
     x = x_all[norms <= cutoff]
     scale = float(x.norm(dim=-1).mean())
     x = (x / scale * x.shape[1] ** 0.5).to(device)
-    sae, curve = train_sae(x, n_latents=config.n_latents, l1=config.l1, steps=config.steps, batch_size=config.batch_size,
+    sae, curve = train_sae(x, n_latents=config.n_latents, l1=config.l1, steps=config.steps, minibatch=config.batch_size,
                            lr=config.lr, seed=config.seed, progress=progress)
     seconds = round(time.perf_counter() - t0, 2)  # capture + training
     folder = next((f for f in folders if writable(f)), None)

@@ -522,6 +522,29 @@ def test_names_a_submission_rebinds_stay_the_checkers(tmp_path):
     assert summary["cells"][0]["passed"] is True, summary
 
 
+def test_a_reference_a_test_lent_cannot_answer_a_later_test(tmp_path):
+    """A test that swaps the reference f in to grade g alone lends the student's process a callback; code that
+    keeps it cannot call it once that test is over (the student's f then fails its own test)."""
+    src = nbformat.v4.new_notebook(cells=[
+        _cell("from course_lib.grading import check", grade_id="setup", locked=True),
+        _cell("def f(x):\n    return x * x", grade_id="f", solution=True),
+        _cell("def g(x):\n    return f(x) + 1", grade_id="g", solution=True),
+        _cell("def _ref_f(x):\n    return x * x\n_theirs = globals()['f']\nglobals()['f'] = _ref_f\n"
+              "check(g(3) == 10, 'g adds one to f')\nglobals()['f'] = _theirs", grade_id="test_g", grade=True, locked=True,
+              points=1),
+        _cell("check(f(4) == 16, 'f squares')", grade_id="test_f", grade=True, locked=True, points=1)])
+    keeper = ("import builtins\n\ndef f(x):\n    kept = getattr(builtins, '_kept', None)\n"
+              "    return kept(x) if kept is not None else 0\n")
+    thief = "import builtins\n\ndef g(x):\n    builtins._kept = f\n    return f(x) + 1\n"
+    sub = nbformat.v4.new_notebook(cells=[src.cells[0], _cell(keeper, grade_id="f", solution=True),
+                                          _cell(thief, grade_id="g", solution=True), src.cells[3], src.cells[4]])
+    summary, _ = _grade_direct(tmp_path, src, sub)
+    assert [c["passed"] for c in summary["cells"]] == [True, False], summary
+    (tmp_path / "right").mkdir()
+    summary, _ = _grade_direct(tmp_path / "right", src, src)
+    assert [c["passed"] for c in summary["cells"]] == [True, True], summary
+
+
 def test_many_slow_cells_cannot_hold_a_grading_slot(tmp_path):
     """The student's own cells share one time budget (the cell limit times the assignment's code cells): extra
     cells that each stop just short of the limit are not run past it, and the tests after them still run."""

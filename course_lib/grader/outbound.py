@@ -148,11 +148,15 @@ class Outbound:
 
     def _callback_id(self, obj) -> int:
         k = id(obj)
-        if k not in self._cb_ids or self.callbacks.get(self._cb_ids[k]) is not obj:
-            i = len(self.callbacks) + 1
+        i = self._cb_ids.get(k)
+        if i is None or self.callbacks.get(i) is not obj:
+            self._next_cb += 1
+            i = self._next_cb
             self.callbacks[i] = obj
             self._cb_ids[k] = i
-        return self._cb_ids[k]
+        if self._cb_collect is not None:
+            self._cb_collect.append(i)
+        return i
 
     def _pickler(self, buf, leaves: list | None, cached: bool, refs: bool = False, root=None):
         import cloudpickle
@@ -201,7 +205,12 @@ class Outbound:
             return key
         buf = io.BytesIO()
         refs = _has_torch() and isinstance(obj, torch.optim.Optimizer)
-        self._pickler(buf, None, False, refs=refs, root=obj).dump(obj)  # the object itself, by value
+        outer, self._cb_collect = self._cb_collect, []
+        try:
+            self._pickler(buf, None, False, refs=refs, root=obj).dump(obj)  # the object itself, by value
+        finally:  # the callbacks a kept object holds (a spy's counter) live as long as the object
+            self._persist_cbs.update(self._cb_collect)
+            self._cb_collect = outer
         self.request({"op": "put", "key": key}, [buf.getvalue()])
         self._sent[id(obj)] = (obj, fp)
         if isinstance(obj, torch.nn.Module):

@@ -80,8 +80,15 @@ class Student(Outbound):
         os.set_blocking(sandbox.fd_to, False)  # a student's process that stops reading cannot block the checker
         self.deadline: float | None = None
         self.dead: str | None = None
+        # the test's callables the student's process may call back: valid for the test cell that sent them, or
+        # while a name the test set (globals()[name] = ...) or a kept object (a model, a spy) still holds them
         self.callbacks: dict[int, object] = {}
         self._cb_ids: dict[int, int] = {}
+        self._next_cb = 0
+        self._cb_collect: list | None = None
+        self._persist_cbs: set[int] = set()
+        self._bound_cbs: dict[str, set[int]] = {}
+        self._next_rid = 0
         self._sent: dict[int, tuple] = {}  # id(obj) -> (obj, fingerprint): objects the student's process holds a copy of
         self._param_ref: dict[int, tuple] = {}  # id(tensor) -> (key, name) of a tensor of such an object
         self._gens: dict[int, torch.Generator] = {}  # the student's generators, as the checker's copies
@@ -210,7 +217,8 @@ class Student(Outbound):
             if grads_of:
                 _collect(result, found)
             if found:
-                rid = len(self._cb_results) + 1
+                self._next_rid += 1
+                rid = self._next_rid
                 self._cb_results[rid] = (found, grads_of)
                 head["cbrid"] = rid
                 marks = {id(t): i for i, t in enumerate(found)}
@@ -308,7 +316,24 @@ class Student(Outbound):
         return self._decode(h, self._last_bufs)
 
     def set(self, name: str, value) -> None:
-        self.request({"op": "set", "name": name}, [self.dumps(value)])
+        self._cb_collect = []
+        try:
+            blob = self.dumps(value)
+            ids = set(self._cb_collect)
+        finally:
+            self._cb_collect = None
+        self.request({"op": "set", "name": name}, [blob])
+        self._bound_cbs[name] = ids
+
+    def end_test(self) -> None:
+        """The end of a test cell: its callbacks go (a reference implementation the student's code kept cannot
+        answer a later test), except those a name or a kept object still holds; the student's process drops
+        the cell's objects and gradient graphs."""
+        keep = self._persist_cbs.union(*self._bound_cbs.values())
+        self.callbacks = {i: f for i, f in self.callbacks.items() if i in keep}
+        self._cb_ids = {k: i for k, i in self._cb_ids.items() if i in self.callbacks}
+        self._cb_results.clear()
+        self.request({"op": "forget"})
 
     def run(self, source: str) -> dict:
         return self.request({"op": "run", "source": source}, raw=True)

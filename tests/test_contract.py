@@ -1,6 +1,10 @@
-"""One contract for every method that takes a game or a model (DESIGN.md, "One API across methods").
+"""One contract for every public function of course_lib.methods (CONTRIBUTING.md, "One API across methods").
 
-For each method, on every device this machine has:
+Three parts: the game methods and attacks on the real scenes CNN (below); every public function
+against a table of bad inputs ("bad inputs, every public function"); the same table's good calls
+for the promises on good inputs ("promises for good inputs").
+
+For each game method and attack, on every device this machine has:
 - the result comes back on the device of the input (the game's device, or x's device);
 - the same ``seed`` gives the same answer, and (for a random method) another seed another one;
 - the answer does not depend on ``batch_size`` (chunking only);

@@ -45,6 +45,21 @@ def test_scenes_are_deterministic_and_well_formed():
     assert not torch.equal(load_dataset("scenes", split="train", n=5).images, load_dataset("scenes", split="test", n=5).images)
 
 
+def test_chosen_rows_are_the_rows_of_the_full_set():
+    """make_scenes(indices=...) renders exactly those rows of the full set (lecture 09 reads its model's training
+    images this way), and scene_labels gives the full set's labels without rendering."""
+    from course_lib.zoo.scenes import make_scenes, scene_labels
+
+    full = make_scenes(60, split="train", seed=3, cue=0.7)
+    rows = [5, 0, 59, 17, 5]
+    part = make_scenes(60, split="train", seed=3, cue=0.7, indices=rows)
+    assert torch.equal(part.images, full.images[rows]) and torch.equal(part.labels, full.labels[rows])
+    assert torch.equal(part.masks, full.masks[rows]) and torch.equal(part.cue_classes, full.cue_classes[rows])
+    assert torch.equal(scene_labels(60, split="train", seed=3), full.labels)
+    with pytest.raises(ValueError, match="indices must be rows"):
+        make_scenes(60, split="train", indices=[60])
+
+
 def test_object_masks_mark_the_object():
     """Inside the mask the image differs from what the background generator would draw there:
     the object's colour is far from the background mean by construction."""

@@ -256,3 +256,85 @@ def test_batched_occlusion_gets_the_isolation_points(chunk):
     # float32 rounding differs with the batch size (~1e-3 over the toy's map, where the old check allowed 1e-4)
     res = run_graded(NB, {"isolation_map": _BATCHED_OCCLUSION.format(chunk=chunk)}, stop_after="test_isolation")
     assert res["test_isolation"].passed, res["test_isolation"].error
+
+
+# --- false rejections (issue 24, item 6): the Spearman tolerances against float32 rounding --------------------
+def _float32_spearman(a, b, centred):
+    # a loop over rows; ranks by sorting with ties averaged; the correlation in float32, from centred ranks or from
+    # raw moments (sum r_a r_b - C mean_a mean_b), the two textbook ways
+    import numpy as np
+
+    def ranks(v):
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v), dtype=np.float32)
+        sv = v[order]
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and sv[j + 1] == sv[i]:
+                j += 1
+            r[order[i:j + 1]] = (i + j) / 2 + 1
+            i = j + 1
+        return r
+
+    rb = ranks(b)
+    out = []
+    for row in a:
+        ra = ranks(row)
+        c = np.float32(len(ra))
+        if centred:
+            xa, xb = ra - ra.mean(dtype=np.float32), rb - rb.mean(dtype=np.float32)
+            out.append(np.sum(xa * xb, dtype=np.float32) / np.sqrt(np.sum(xa * xa, dtype=np.float32) * np.sum(xb * xb, dtype=np.float32)))
+        else:
+            ma, mb = ra.mean(dtype=np.float32), rb.mean(dtype=np.float32)
+            num = np.sum(ra * rb, dtype=np.float32) - c * ma * mb
+            va, vb = np.sum(ra * ra, dtype=np.float32) - c * ma * ma, np.sum(rb * rb, dtype=np.float32) - c * mb * mb
+            out.append(num / np.sqrt(va * vb))
+    return np.array(out, dtype=np.float32)
+
+
+def test_float32_spearman_stays_within_the_tolerance_on_every_kind_of_input():
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    kinds = {
+        12: lambda r: (r.standard_normal((5, 12)), r.standard_normal(12)),
+        40: lambda r: (r.integers(0, 4, (6, 40)).astype(float), r.integers(0, 5, 40).astype(float)),
+        96: lambda r: (np.maximum(r.standard_normal((8, 96)), 0), np.maximum(r.standard_normal(96), 0)),
+        192: lambda r: (np.exp(r.standard_normal((3, 192))) * 1e-3, r.standard_normal(192) ** 3),
+    }
+    for c, draw in kinds.items():
+        tol, worst = 8 * c * 2.0**-24, 0.0
+        for seed in range(60):
+            a, b = draw(np.random.default_rng(seed))
+            a, b = a.astype(np.float32), b.astype(np.float32)
+            want = np.array([spearmanr(row, b).statistic for row in a])
+            for centred in (True, False):
+                worst = max(worst, float(np.abs(_float32_spearman(a, b, centred) - want).max()))
+        assert worst < tol / 2, (c, worst, tol)
+    src = next(c.source for c in __import__("gradeutil").cells(NB) if __import__("gradeutil").nbgrader_meta(c).get("grade_id") == "test_spearman")
+    assert "tol = 8 * a.shape[1] * 2.0**-24" in src and "assert err < tol" in src
+
+
+def test_class_means_are_far_enough_apart_for_the_score_check():
+    # test_spearman_score: a float32 mean of n <= 6 pooled vectors moves by <= 6 2^-24 of the largest channel; two
+    # channels closer than twice that could swap ranks. The closest pair must stay wider (stated there: 2.2e-6).
+    import torch
+    import torch.nn.functional as F
+
+    from course_lib import load_dataset, load_model
+
+    net = load_model("scenes-cnn", device="cpu")
+    data = load_dataset("scenes", split="test", n=60, seed=5)
+    for cls, layers in [(0, ["conv1", "conv3", "features"]), (7, ["features", "conv2"])]:
+        x = data.images[data.labels == cls]
+        assert len(x) <= 6
+        with torch.no_grad():
+            h = (x - net.mean) / net.std
+            for name in ["conv1", "conv2", "conv3", "features"]:
+                h = getattr(net, name)(h)
+                if name in layers:
+                    m = h.mean((2, 3)).double().mean(0)
+                    gaps = m.sort().values.diff()
+                    assert float(gaps[gaps > 0].min() / m.abs().max()) > 2e-6 > 2 * 6 * 2.0**-24, (cls, name)
+                h = F.max_pool2d(h, 2) if name != "features" else h

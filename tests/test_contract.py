@@ -282,16 +282,17 @@ def _bad_tensor(good: torch.Tensor) -> dict:
 def _bad_values(role: str, good, c: Ctx) -> dict:
     if role == "image":
         return {**_bad_tensor(good), "no-batch-axis": good[0], "channels-last": good.permute(0, 2, 3, 1).contiguous(),
-                "uint8": (good * 255).round().to(torch.uint8), "float64": good.double(), "empty": good[:0]}
+                "uint8": (good * 255).round().to(torch.uint8), "float64": good.double(), "empty": good[:0],
+                "bool": good > 0.5, "list": good.tolist()}
     if role == "tensor":  # activations, scores, weights: finite numbers
-        return _bad_tensor(good)
+        return {**_bad_tensor(good), "bool": good > 0}
     if role == "mask":  # (n, d) bool coalitions
         return {"string": "masks", "empty": good[:0], "no-batch-axis": good[0], "no-players": good[:, :0]}
     if role == "ids":  # (B, T) token ids
         return {"string": "the cat", "float": good.float(), "negative": good - 100, "out-of-vocabulary": good + VOCAB,
-                "empty": good[:0], "meta": good.to("meta")}
+                "empty": good[:0], "meta": good.to("meta"), "bool": good > 5}
     if role == "target":  # a class index of the CNN (10 classes)
-        return {"out-of-range": 10, "negative": -1, "float": 1.5, "string": "house"}
+        return {"out-of-range": 10, "negative": -1, "float": 1.5, "string": "house", "bool": True}
     if role == "labels":  # class indices, one per input
         return {"out-of-range": torch.full_like(good, 10), "negative": good - 5, "float": good.float() + 0.5,
                 "string": "labels", "wrong-length": good.reshape(-1)[:1].repeat(len(good) + 3)}
@@ -302,11 +303,11 @@ def _bad_values(role: str, good, c: Ctx) -> dict:
     if role == "lm-layer":  # a block index of the LM (2 blocks)
         return {"out-of-range": 99, "negative": -1, "float": 1.5}
     if role == "count":  # an int >= 1
-        return {"zero": 0, "negative": -1, "bool": True, "float": 2.5}
+        return {"zero": 0, "negative": -1, "bool": True, "float": 2.5, "string": "3"}
     if role == "count0":  # an int >= 0
         return {"negative": -1, "bool": True, "float": 2.5}
     if role == "number":  # a finite number > 0
-        return {"negative": -0.5, "nan": NAN, "inf": float("inf"), "string": "0.1"}
+        return {"negative": -0.5, "nan": NAN, "inf": float("inf"), "string": "0.1", "bool": True}
     if role == "real":  # any finite number
         return {"nan": NAN, "inf": float("inf"), "string": "0.5"}
     if role == "prob":  # a number in (0, 1)
@@ -314,7 +315,7 @@ def _bad_values(role: str, good, c: Ctx) -> dict:
     if role == "seq":
         return {"empty": []}
     if role == "texts":
-        return {"empty": [], "one-string": "a single text", "not-strings": [1, 2]}
+        return {"empty": [], "one-string": "a single text", "not-strings": [1, 2], "none": None}
     if role == "string":  # a non-empty text (a target, a prompt)
         return {"empty": "", "not-a-string": 3}
     if role == "name":  # a module (layer) name
@@ -370,6 +371,7 @@ def _img(c: Ctx, **kw) -> dict:
 
 
 IMG = {"x": "image", "target": "target", "model": "model"}
+ZERO_ONE = {"bool": "True/False values are the numbers 1/0 here (binary activations, scores, outcomes)"}
 LM_IDS = lambda c, **kw: dict(model=c.lm, input_ids=c.ids, **kw)  # noqa: E731
 
 SPECS: dict[str, Spec] = {
@@ -408,9 +410,11 @@ SPECS: dict[str, Spec] = {
     "lime.cosine_distance": Spec(lambda c: dict(masks=torch.rand(6, 4) > 0.5), {"masks": "mask"}),
     "lime.exp_kernel": Spec(lambda c: dict(distance=torch.rand(6), kernel_width=0.25), {"distance": "tensor", "kernel_width": "number"}),
     "lime.weighted_ridge": Spec(lambda c: dict(Z=(c.acts > 0).double(), y=c.acts[:, :2], w=c.acts[:, 0].abs()),
-                                {"Z": "tensor", "y": "tensor", "w": "tensor", "alpha": "number"}),
+                                {"Z": "tensor", "y": "tensor", "w": "tensor", "alpha": "number"},
+                                ok={"Z": ZERO_ONE, "y": ZERO_ONE, "w": ZERO_ONE}),
     "lime.fit_surrogate": Spec(lambda c: dict(masks=c.acts > 0, outputs=c.acts[:, 0]),
-                               {"masks": "mask", "outputs": "tensor", "kernel_width": "number", "n_features": "count"}),
+                               {"masks": "mask", "outputs": "tensor", "kernel_width": "number", "n_features": "count"},
+                               ok={"outputs": ZERO_ONE}),
     # shapley
     "shapley.all_masks": Spec(lambda c: dict(d=3), {"d": "count"}),
     "shapley.exact_values": Spec(lambda c: dict(game=c.game), {"game": "game"}),
@@ -427,7 +431,8 @@ SPECS: dict[str, Spec] = {
     "concepts.penultimate_features": Spec(lambda c: _img(c), {"x": "image", "model": "model", "layer": "name",
                                                              "batch_size": "count"}),
     "concepts.compute_cav": Spec(lambda c: dict(concept_acts=c.acts[:12] + 1, random_acts=c.acts[12:]),
-                                 {"concept_acts": "tensor", "random_acts": "tensor", "C": "number"}),
+                                 {"concept_acts": "tensor", "random_acts": "tensor", "C": "number"},
+                                 ok={"concept_acts": ZERO_ONE, "random_acts": ZERO_ONE}),
     "concepts.directional_derivatives": Spec(lambda c: _img(c, cavs=c.cav, target=1),
                                              {**IMG, "cavs": "tensor", "layer": "name", "batch_size": "count"}),
     "concepts.tcav_scores": Spec(lambda c: _img(c, cavs=c.cav, target=1), {**IMG, "cavs": "tensor", "layer": "name"}),
@@ -435,7 +440,8 @@ SPECS: dict[str, Spec] = {
                           {**IMG, "concept": "image", "randoms": "seq", "alpha": "prob", "layer": "name"}),
     "concepts.tcav_significance": Spec(lambda c: dict(concept_scores=torch.tensor([0.9, 0.8, 0.7]),
                                                       random_scores=torch.tensor([0.5, 0.4, 0.6])),
-                                       {"concept_scores": "tensor", "random_scores": "tensor", "alpha": "prob"}),
+                                       {"concept_scores": "tensor", "random_scores": "tensor", "alpha": "prob"},
+                                       ok={"concept_scores": ZERO_ONE, "random_scores": ZERO_ONE}),
     "concepts.data_attribution": Spec(lambda c: dict(model=c.model, x_test=c.x, train_x=c.x.flip(0), train_y=c.y,
                                                      method="representer"),
                                       {"model": "model", "x_test": "image", "train_x": "image", "train_y": "labels",
@@ -469,7 +475,8 @@ SPECS: dict[str, Spec] = {
                                   {"model": "model", "steps": "count", "n": "count", "classes": "classes"}),
     "prototypes.pooled_activations": Spec(lambda c: dict(model=c.model, images=c.x),
                                           {"model": "model", "images": "image", "layers": "seq", "batch_size": "count"}),
-    "prototypes.spearman": Spec(lambda c: dict(a=c.acts[0], b=c.acts[1]), {"a": "tensor", "b": "tensor"}),
+    "prototypes.spearman": Spec(lambda c: dict(a=c.acts[0], b=c.acts[1]), {"a": "tensor", "b": "tensor"},
+                                ok={"a": ZERO_ONE, "b": ZERO_ONE}),
     "prototypes.spearman_score": Spec(lambda c: dict(model=c.model, images=c.x, class_images=c.x.flip(0)),
                                       {"model": "model", "images": "image", "class_images": "image", "layers": "seq"}),
     "prototypes.entanglement": Spec(lambda c: dict(model=c.model, images=c.x, labels=c.y),

@@ -153,10 +153,13 @@ def weighted_ridge(Z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, alpha: 
     Z (n, p), y (n, K), w (n,) -> coef (p, K), intercept (K,), fidelity (K,), std_err (p, K).
     """
     what = "weighted_ridge"
-    checks.values(Z if not isinstance(Z, torch.Tensor) or Z.is_floating_point() else Z.double(), "Z", what=what, dims=2,
-                  shape="(n, p)")
-    checks.values(y, "y", what=what, dims=(1, 2), shape="(n, K)")
-    checks.values(w, "w", what=what, dims=1, shape="(n,)")
+
+    def numbers(t, name, dims, shape):  # bool and integer tensors (0/1 masks, counts) are numbers too
+        checks.tensor(t, name, what=what)
+        checks.not_meta(t, name, what=what)
+        return checks.values(t if t.is_floating_point() else t.double(), name, what=what, dims=dims, shape=shape)
+
+    Z, y, w = numbers(Z, "Z", 2, "(n, p)"), numbers(y, "y", (1, 2), "(n, K)"), numbers(w, "w", 1, "(n,)")
     if not Z.shape[0] == y.shape[0] == w.shape[0]:
         raise ValueError(f"{what}: Z {tuple(Z.shape)}, y {tuple(y.shape)} and w {tuple(w.shape)} must have the same n rows")
     if bool((w < 0).any()) or not bool((w > 0).any()):

@@ -298,3 +298,69 @@ def test_a_different_correct_solution_gets_full_marks():
 def test_plausible_mistakes_lose_points(mistake):
     cell, code = WRONG[mistake]
     assert_loses_points(NB, {cell: code}, mistake, stop_after=LAST_TEST[cell], only=POINTS[cell])  # later exercises cannot be affected
+
+
+# --- false rejections (issue 24, item 6) -------------------------------------------------------------------
+def _cell(grade_id):
+    from gradeutil import cells, nbgrader_meta
+
+    return next(c.source for c in cells(NB) if nbgrader_meta(c).get("grade_id") == grade_id)
+
+
+def test_the_jitter_bounds_written_beside_the_check():
+    assert 25 * (24 / 25) ** 500 <= 3.5e-8 < 1e-6 < 25 * (24 / 25) ** 400  # 400 images were not enough
+    assert 9 * (8 / 9) ** 300 <= 4.1e-15
+    src = _cell("test_jitter")
+    assert "torch.rand(500, 3, 8, 8" in src and "torch.rand(300, 2, 6, 9" in src, "the bounds are for 500 and 300 images"
+
+
+def _numpy_jitter(x, d, g):
+    # a correct jitter written differently: shifts from numpy seeded by the torch generator, a loop over images
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    b, _, h, w = x.shape
+    out = torch.full_like(x, 0.5)
+    for i, (dy, dx) in enumerate(rng.integers(-d, d + 1, size=(b, 2))):
+        out[i, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = x[i, :, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_a_correct_jitter_passes_the_jitter_cell_on_many_seeds():
+    import torch
+    import torch.nn.functional as F
+
+    src = _cell("test_jitter")
+    for offset in range(40):
+        def jitter(x, d, g, offset=offset):
+            g.manual_seed(g.initial_seed() + 7919 * offset)
+            return _numpy_jitter(x, d, g)
+
+        ns = {"torch": torch, "F": F, "jitter": jitter}
+        exec(compile(src, "<test_jitter>", "exec"), ns)
+
+
+def test_the_ascend_check_has_room_for_any_generator_seed():
+    # The logit gains that test_ascend needs above 3, with the cell's starts and other generator seeds.
+    import torch
+
+    from course_lib import load_model
+
+    net = load_model("scenes-cnn", device="cpu")
+
+    def gain(c, steps, seed, gseed):
+        p = (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 0.1).requires_grad_(True)
+        p0 = p.detach().clone()
+        opt, g = torch.optim.Adam([p], lr=0.05), torch.Generator().manual_seed(gseed)
+        for _ in range(steps):
+            s = torch.randint(-2, 3, (2,), generator=g).tolist()
+            loss = -net(torch.roll(torch.sigmoid(p), s, dims=(2, 3)))[:, c].sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return float((net(torch.sigmoid(p))[:, c] - net(torch.sigmoid(p0))[:, c]).min())
+
+    for c, steps, seed in [(3, 15, 0), (7, 12, 4)]:
+        assert min(gain(c, steps, seed, s) for s in [seed] + list(range(100, 110))) > 6.0, c

@@ -137,8 +137,10 @@ def smoothgrad(
     x = x.detach()
     B = x.shape[0]
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    std = torch.full((B * n_samples,) + tuple(x.shape[1:]), float(noise), dtype=x.dtype, device=x.device)
-    noisy = x.repeat_interleave(n_samples, 0) + torch.normal(0.0, std, generator=gen)  # (B * n, ...), image-major
+    # the noise is drawn in float32 for a float64 model too, so that its answer is the float32 one up to rounding
+    noise_dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
+    std = torch.full((B * n_samples,) + tuple(x.shape[1:]), float(noise), dtype=noise_dtype, device=x.device)
+    noisy = x.repeat_interleave(n_samples, 0) + torch.normal(0.0, std, generator=gen).to(x.dtype)  # (B * n, ...), image-major
     del std
     t = target if isinstance(target, int) else target.repeat_interleave(n_samples)
     bs = batch_size or default_batch_size(x[0].numel() * x.element_size(), device=x.device)

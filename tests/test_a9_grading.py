@@ -146,15 +146,15 @@ def test_plausible_mistakes_lose_points(mistake):
 
 
 def test_cav_thresholds_hold_for_any_linear_classifier():
-    # The planted check's data and thresholds (cosine > 0.6 with the planted direction, > 88% on new
-    # samples), over 30 seeds, for five different linear classifiers; the concept-mean mistake fails.
+    # The planted check's data and thresholds (cosine > 0.6 with the planted direction, > 85% on new
+    # samples), over 30 seeds, for eight different linear classifiers; the concept-mean mistake fails.
     import numpy as np
     import torch
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression, RidgeClassifier
     from sklearn.svm import LinearSVC
 
-    def planted(seed, n=100, D=30, shift=4.0, offset=10.0):  # the same construction as the hidden test
+    def planted(seed, n=500, D=30, shift=4.0, offset=10.0):  # the same construction as the test cell
         g = torch.Generator().manual_seed(1000 + seed)
         u = torch.nn.functional.normalize(torch.randn(D, generator=g), dim=0)
         m = torch.randn(D, generator=g)
@@ -175,6 +175,8 @@ def test_cav_thresholds_hold_for_any_linear_classifier():
     solvers = {
         "logistic C=1": fit(LogisticRegression(C=1.0, max_iter=5000)),
         "logistic C=0.01": fit(LogisticRegression(C=0.01, max_iter=5000)),
+        "logistic C=100": fit(LogisticRegression(C=100.0, max_iter=5000)),
+        "linear SVM C=1": fit(LinearSVC(C=1.0, max_iter=20000)),
         "linear SVM": fit(LinearSVC(C=0.1, max_iter=20000)),
         "ridge classifier": fit(RidgeClassifier(alpha=1.0)),
         "LDA, shrinkage": fit(LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")),
@@ -188,10 +190,64 @@ def test_cav_thresholds_hold_for_any_linear_classifier():
             v, pc, pr = -v, -pc, -pr
         thr = (pc.mean() + pr.mean()) / 2
         acc = float(((pc > thr).sum() + (pr <= thr).sum()) / (len(pc) + len(pr)))
-        return float(v @ u.double()) > 0.6 and acc > 0.88
+        return float(v @ u.double()) > 0.6 and acc > 0.85
 
     for seed in range(30):
         u, c, r, cn, rn = planted(seed)
         for name, cav in solvers.items():
             assert passes(cav(c, r), u, cn, rn), (name, seed)
         assert not passes(c.double().mean(0), u, cn, rn), seed
+
+
+def test_cav_bound_written_beside_the_check():
+    # The bound of test_compute_cav's planted check: min cos(v, u) over 100 training sets of 500 per class must stay
+    # above the 0.8 the bound assumes (stated: >= 0.887), then the exact tails.
+    import numpy as np
+    import torch
+    from scipy.stats import binom, norm
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    worst = 1.0
+    for seed in range(100):
+        g = torch.Generator().manual_seed(5000 + seed)
+        u = torch.nn.functional.normalize(torch.randn(30, generator=g), dim=0).double().numpy()
+        m = np.random.default_rng(seed).standard_normal(30)
+        m = (m - (m @ u) * u) / np.linalg.norm(m - (m @ u) * u)
+        c = np.random.default_rng(10_000 + seed).standard_normal((500, 30)) + 10 * m + 4 * u
+        r = np.random.default_rng(20_000 + seed).standard_normal((500, 30)) + 10 * m
+        X, y = np.r_[c, r], np.r_[np.ones(500), np.zeros(500)]
+        for w in (LogisticRegression(C=100.0, max_iter=5000).fit(X, y).coef_[0], LinearSVC(C=1.0, max_iter=20000).fit(X, y).coef_[0],
+                  LogisticRegression(C=1.0, max_iter=5000).fit(X, y).coef_[0], c.mean(0) - r.mean(0)):
+            worst = min(worst, float(w @ u / np.linalg.norm(w)))
+    assert worst > 0.85, worst
+    eps = 0.5 * norm.cdf(-(1.6 - 0.3)) + 0.5 * norm.cdf(-(1.6 + 0.3))
+    assert abs(eps - 0.063) < 5e-4
+    assert binom.sf(59, 400, eps) <= 4.7e-10 and 2 * norm.sf(0.3 / 0.05) <= 2.0e-9
+    src = next(c.source for c in __import__("gradeutil").cells(NB) if __import__("gradeutil").nbgrader_meta(c).get("grade_id") == "test_compute_cav")
+    assert "_planted(seed, 500)" in src and "acc > 0.85" in src
+
+
+def test_the_real_cav_check_passes_for_several_linear_classifiers():
+    # _check_cav_real is deterministic for a given classifier: it passes with room for each of these.
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    from course_lib import load_model
+    from course_lib.methods.concepts import concept_images, layer_activations
+
+    model = load_model("scenes-cnn-spurious", device="cpu")
+    with torch.no_grad():
+        c = layer_activations(model, concept_images("cue", 40, cue_class=0, seed=0), "conv3").double()
+        r = layer_activations(model, concept_images("random", 40, seed=0), "conv3").double()
+    X, y = torch.cat([c[:25], r[:25]]).numpy(), np.r_[np.ones(25), np.zeros(25)]
+    ws = [LogisticRegression(C=k, max_iter=5000).fit(X, y).coef_[0] for k in (0.01, 1.0, 100.0)]
+    ws += [LinearSVC(C=1.0, max_iter=20000).fit(X, y).coef_[0], (c[:25].mean(0) - r[:25].mean(0)).numpy()]
+    for w in ws:
+        v = torch.from_numpy(w / np.linalg.norm(w))
+        pc, pr = c[25:] @ v, r[25:] @ v
+        thr = (pc.mean() + pr.mean()) / 2
+        acc = float(((pc > thr).sum() + (pr <= thr).sum()) / 30)
+        assert acc >= 0.9, acc

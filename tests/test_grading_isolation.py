@@ -545,6 +545,30 @@ def test_a_reference_a_test_lent_cannot_answer_a_later_test(tmp_path):
     assert [c["passed"] for c in summary["cells"]] == [True, True], summary
 
 
+def test_a_model_the_student_changed_is_the_instructors_again_in_the_next_test(tmp_path):
+    """In place, the student's code changes the checker's model within a test (an optimiser step must show);
+    the next test cell sees the instructor's model again, so zeroing it cannot make later checks agree."""
+    src = nbformat.v4.new_notebook(cells=[
+        _cell("import torch\nfrom course_lib.grading import check\nmodel = torch.nn.Linear(3, 4)\n"
+              "with torch.no_grad():\n    model.weight.copy_(torch.arange(12.).reshape(4, 3) / 10 - 0.5)\n    model.bias.zero_()\n"
+              "x = torch.tensor([[1., 0., 0.], [0., 1., 0.], [0., 0., 1.], [1., 1., 1.]])", grade_id="setup", locked=True),
+        _cell("def predict(model, x):\n    with torch.no_grad():\n        return model(x).argmax(1)", grade_id="predict",
+              solution=True),
+        _cell("check(predict(model, x).shape == (4,), 'one class per row')", grade_id="test_shape", grade=True,
+              locked=True, points=1),
+        _cell("with torch.no_grad():\n    want = model(x).argmax(1)  # [3, 3, 3, 3]; a zeroed model gives [0, 0, 0, 0]\n"
+              "check(torch.equal(predict(model, x), want), 'the argmax of the logits')", grade_id="test_argmax",
+              grade=True, locked=True, points=1)])
+    zeroing = ("def predict(model, x):\n    with torch.no_grad():\n        for p in model.parameters():\n"
+               "            p.zero_()\n    return torch.zeros(len(x), dtype=torch.long)")
+    sub = nbformat.v4.new_notebook(cells=[src.cells[0], _cell(zeroing, grade_id="predict", solution=True), *src.cells[2:]])
+    summary, _ = _grade_direct(tmp_path, src, sub)
+    assert [c["passed"] for c in summary["cells"]] == [True, False], summary
+    (tmp_path / "right").mkdir()
+    summary, _ = _grade_direct(tmp_path / "right", src, src)
+    assert [c["passed"] for c in summary["cells"]] == [True, True], summary
+
+
 def test_many_slow_cells_cannot_hold_a_grading_slot(tmp_path):
     """The student's own cells share one time budget (the cell limit times the assignment's code cells): extra
     cells that each stop just short of the limit are not run past it, and the tests after them still run."""

@@ -342,11 +342,10 @@ def grade(job: dict) -> dict:
                 for name in fetched:
                     if ns.get(name) is not None and isinstance(ns.get(name), remote.Remote):
                         ns.pop(name, None)
-                if student.dead is None:
-                    try:
-                        student.end_test()
-                    except Exception:  # noqa: BLE001
-                        pass
+                try:  # also when the student's process ended: the checker's own objects are put back
+                    student.end_test()
+                except Exception:  # noqa: BLE001
+                    pass
                 if student.dead and not ok:
                     outputs.append(_error_output("StudentProcessEnded", student.dead))
                 cell.outputs = outputs

@@ -143,6 +143,9 @@ def _fingerprint(obj):
     return None
 
 
+_MISSING = object()
+
+
 class Outbound:
     """The sending half of :class:`remote.Student` (it needs ``request``, ``_handle`` and the tables)."""
 
@@ -236,6 +239,7 @@ class Outbound:
             if not isinstance(obj, torch.nn.Module):
                 continue
             tensors = obj.state_dict(keep_vars=True)
+            self._remember(int(key), obj, tensors, ch)
             with torch.no_grad():
                 for name, t in ch.get("tensors", {}).items():
                     if name in tensors and tuple(tensors[name].shape) == tuple(t.shape):
@@ -252,6 +256,45 @@ class Outbound:
                             object.__setattr__(m, a, v)
             obj.train(bool(ch.get("training", obj.training)))
             self._sent[int(key)] = (obj, _fingerprint(obj))
+
+    def _remember(self, key: int, obj, tensors: dict, ch: dict) -> None:
+        """Before a change from the student's code lands in one of the checker's models, keep what it replaces:
+        :meth:`restore_kept` puts it back when the test cell ends."""
+        u = self._undo.setdefault(key, {"obj": obj, "tensors": {}, "grads": {}, "attrs": {}, "training": obj.training})
+        for name in ch.get("tensors", {}):
+            if name in tensors and name not in u["tensors"]:
+                u["tensors"][name] = tensors[name].detach().clone()
+        for name in ch.get("grads", {}):
+            if name in tensors and name not in u["grads"]:
+                u["grads"][name] = tensors[name].grad
+        mods = dict(obj.named_modules())
+        for path, attrs in ch.get("attrs", {}).items():
+            for a in attrs:
+                if path in mods and (path, a) not in u["attrs"]:
+                    u["attrs"][(path, a)] = vars(mods[path]).get(a, _MISSING)
+
+    def restore_kept(self) -> None:
+        """The end of a test cell: the checker's models are as they were before the student's code changed them
+        (a submission that zeroes the model it is handed cannot change what a later test computes with it).
+        The student's process gets a fresh copy when a test next hands it one."""
+        for key, u in self._undo.items():
+            obj = u["obj"]
+            tensors = obj.state_dict(keep_vars=True)
+            with torch.no_grad():
+                for name, old in u["tensors"].items():
+                    tensors[name].copy_(old)
+            for name, g in u["grads"].items():
+                tensors[name].grad = g
+            mods = dict(obj.named_modules())
+            for (path, a), v in u["attrs"].items():
+                if path in mods:
+                    if v is _MISSING:
+                        vars(mods[path]).pop(a, None)
+                    else:
+                        object.__setattr__(mods[path], a, v)
+            obj.train(u["training"])
+            self._sent.pop(key, None)
+        self._undo.clear()
 
     def _plain_dumps(self, value, marks: dict | None = None) -> bytes:
         """A callback's result whose tensors carry the checker's graph: those travel as marks."""

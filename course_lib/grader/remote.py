@@ -89,6 +89,7 @@ class Student(Outbound):
         self._persist_cbs: set[int] = set()
         self._bound_cbs: dict[str, set[int]] = {}
         self._next_rid = 0
+        self._undo: dict[int, dict] = {}  # what the student's code changed in the checker's models, this test cell
         self._sent: dict[int, tuple] = {}  # id(obj) -> (obj, fingerprint): objects the student's process holds a copy of
         self._param_ref: dict[int, tuple] = {}  # id(tensor) -> (key, name) of a tensor of such an object
         self._gens: dict[int, torch.Generator] = {}  # the student's generators, as the checker's copies
@@ -327,13 +328,15 @@ class Student(Outbound):
 
     def end_test(self) -> None:
         """The end of a test cell: its callbacks go (a reference implementation the student's code kept cannot
-        answer a later test), except those a name or a kept object still holds; the student's process drops
-        the cell's objects and gradient graphs."""
+        answer a later test), except those a name or a kept object still holds; the checker's models are as
+        before the cell; the student's process drops the cell's objects and gradient graphs."""
         keep = self._persist_cbs.union(*self._bound_cbs.values())
         self.callbacks = {i: f for i, f in self.callbacks.items() if i in keep}
         self._cb_ids = {k: i for k, i in self._cb_ids.items() if i in self.callbacks}
         self._cb_results.clear()
-        self.request({"op": "forget"})
+        self.restore_kept()
+        if self.dead is None:
+            self.request({"op": "forget"})
 
     def run(self, source: str) -> dict:
         return self.request({"op": "run", "source": source}, raw=True)

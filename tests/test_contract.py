@@ -379,10 +379,12 @@ SPECS: dict[str, Spec] = {
     "attribution.saliency": Spec(lambda c: _img(c, target=1), IMG),
     "attribution.input_x_gradient": Spec(lambda c: _img(c, target=1), IMG),
     "attribution.smoothgrad": Spec(lambda c: _img(c, target=1, n_samples=2), {**IMG, "n_samples": "count", "noise": "number"}),
-    "attribution.integrated_gradients": Spec(lambda c: _img(c, target=1, steps=2), {**IMG, "steps": "count", "n_steps": "count"}),
+    "attribution.integrated_gradients": Spec(lambda c: _img(c, target=1, steps=2),
+                                             {**IMG, "steps": "count", "n_steps": "count", "baseline": "real", "batch_size": "count"}),
     "attribution.cam": Spec(lambda c: _img(c, target=1), {**IMG, "layer": "name"}),
     "attribution.grad_cam": Spec(lambda c: _img(c, target=1), {**IMG, "layer": "name"}),
-    "attribution.occlusion": Spec(lambda c: _img(c, target=1, patch=8), {**IMG, "patch": "count", "output": "option"}),
+    "attribution.occlusion": Spec(lambda c: _img(c, target=1, patch=8), {**IMG, "patch": "count", "output": "option", "stride": "count",
+                                                                        "baseline": "real", "batch_size": "count"}),
     "attribution.blurred": Spec(lambda c: dict(x=c.x, sigma=1.0), {"x": "image", "sigma": "number"},
                                ok={"x": {"no-batch-axis": "blurred takes one image (C, H, W) as well as a batch"}}),
     "attribution.leave_one_out": Spec(lambda c: dict(game=c.game, players=[0, 3]), {"game": "game", "players": "classes"}),
@@ -392,7 +394,8 @@ SPECS: dict[str, Spec] = {
     # adversarial
     "adversarial.fgsm": Spec(lambda c: _img(c, y=c.y, eps=0.01), {"x": "image", "y": "labels", "model": "model", "eps": "number"}),
     "adversarial.pgd": Spec(lambda c: _img(c, target=1, eps=0.01, steps=1),
-                            {**IMG, "steps": "count", "eps": "number", "norm": "option"}),
+                            {**IMG, "steps": "count", "eps": "number", "norm": "option", "alpha": "number", "loss": "option",
+                             "batch_size": "count"}),
     "adversarial.predict": Spec(lambda c: _img(c), {"x": "image", "model": "model", "batch_size": "count"}),
     "adversarial.accuracy_under_attack": Spec(lambda c: _img(c, y=c.y, eps_values=[0.01], attack="fgsm", progress=False),
                                               {"x": "image", "y": "labels", "model": "model", "eps_values": "seq",
@@ -402,7 +405,8 @@ SPECS: dict[str, Spec] = {
     "adversarial.project_to_ball": Spec(lambda c: dict(x_adv=c.x.flip(0), x=c.x, eps=0.1),
                                         {"x_adv": "image", "x": "image", "eps": "number", "norm": "option"}),
     # lime
-    "lime.lime": Spec(lambda c: dict(game=c.game, n_samples=20), {"game": "game", "n_samples": "count", "kernel_width": "number"}),
+    "lime.lime": Spec(lambda c: dict(game=c.game, n_samples=20), {"game": "game", "n_samples": "count", "kernel_width": "number",
+                                                                               "n_features": "count", "sampler": "option"}),
     "lime.lime_sweep": Spec(lambda c: dict(game=c.game, sample_sizes=[20], seeds=[0]),
                             {"game": "game", "sample_sizes": "seq", "seeds": "seq"}),
     "lime.sample_masks": Spec(lambda c: dict(n_players=4, n_samples=5), {"n_players": "count", "n_samples": "count",
@@ -445,12 +449,12 @@ SPECS: dict[str, Spec] = {
     "concepts.data_attribution": Spec(lambda c: dict(model=c.model, x_test=c.x, train_x=c.x.flip(0), train_y=c.y,
                                                      method="representer"),
                                       {"model": "model", "x_test": "image", "train_x": "image", "train_y": "labels",
-                                       "method": "option", "layer": "name"},
+                                       "method": "option", "layer": "name", "target": "target", "batch_size": "count"},
                                       ok={"x_test": {"no-batch-axis": "one test image (3, H, W) gives values (N_train,)"}}),
     # feature visualisation
     "featurevis.class_logit": Spec(lambda c: dict(c=1), {"c": "index"}),
     "featurevis.channel": Spec(lambda c: dict(layer="features", c=1), {"c": "index"}),
-    "featurevis.neuron": Spec(lambda c: dict(layer="features", c=1), {"c": "index", "y": "index"}),
+    "featurevis.neuron": Spec(lambda c: dict(layer="features", c=1), {"c": "index", "y": "index", "x": "index"}),
     "featurevis.direction": Spec(lambda c: dict(layer="features", v=torch.ones(32)), {"v": "tensor"}),
     "featurevis.l1": Spec(lambda c: dict(centre=0.5), {"centre": "real"}),
     "featurevis.l2": Spec(lambda c: dict(centre=0.5), {"centre": "real"}),
@@ -461,7 +465,8 @@ SPECS: dict[str, Spec] = {
     "featurevis.evaluate": Spec(lambda c: dict(model=c.model, objective=_fv().channel("features", 1), images=c.x),
                                 {"model": "model", "images": "image", "batch_size": "count"}),
     "featurevis.dataset_search": Spec(lambda c: dict(model=c.model, objective=_fv().channel("features", 1), images=c.x, k=1),
-                                      {"model": "model", "images": "image", "k": "count"}),
+                                      {"model": "model", "images": "image", "k": "count",
+                                                                                         "batch_size": "count", "patch_size": "count"}),
     "featurevis.activations": Spec(lambda c: dict(model=c.model, layers=["conv1"]), {"layers": "seq"}, call=_enter),
     "featurevis.colour_basis": Spec(lambda c: dict(images=c.x), {"images": "image"}),
     "featurevis.opponent_colours": Spec(lambda c: dict(scales=[1.0, 0.5, 0.25]), {"scales": "seq"}),
@@ -472,7 +477,8 @@ SPECS: dict[str, Spec] = {
     "featurevis.one_resample": Spec(lambda c: dict(p=2), {"p": "count0", "d1": "count0", "d2": "count0", "degrees": "real"}),
     # prototypes
     "prototypes.prototypes": Spec(lambda c: dict(model=c.model, classes=[1], steps=1, size=16, progress=False),
-                                  {"model": "model", "steps": "count", "n": "count", "classes": "classes"}),
+                                  {"model": "model", "steps": "count", "n": "count", "classes": "classes",
+                                   "tv": "real", "l1": "real"}),
     "prototypes.pooled_activations": Spec(lambda c: dict(model=c.model, images=c.x),
                                           {"model": "model", "images": "image", "layers": "seq", "batch_size": "count"}),
     "prototypes.spearman": Spec(lambda c: dict(a=c.acts[0], b=c.acts[1]), {"a": "tensor", "b": "tensor"},
@@ -489,7 +495,7 @@ SPECS: dict[str, Spec] = {
     # lm_lenses
     "lm_lenses.find_layers": Spec(lambda c: dict(model=c.lm), {"model": "lm"}),
     "lm_lenses.residual_stream": Spec(lambda c: LM_IDS(c), {"model": "lm", "input_ids": "ids", "up_to": "count0"}),
-    "lm_lenses.logit_lens": Spec(lambda c: LM_IDS(c), {"model": "lm", "input_ids": "ids"}),
+    "lm_lenses.logit_lens": Spec(lambda c: LM_IDS(c, positions=[0, -1]), {"model": "lm", "input_ids": "ids", "positions": "seq"}),
     "lm_lenses.attention_patterns": Spec(lambda c: LM_IDS(c), {"model": "lm", "input_ids": "ids"}),
     "lm_lenses.capture_activations": Spec(lambda c: dict(model=c.lm, tokenizer=c.tok, texts=["the cat", "a dog"], layers=[1],
                                                          progress=False),
@@ -540,14 +546,14 @@ SPECS: dict[str, Spec] = {
     "prompts.soft_prompt": Spec(lambda c: dict(model=c.lm, tokenizer=c.tok, target=" the", n_tokens=2, n_restarts=1, steps=1,
                                                eval_every=1, progress=False),
                                 {"model": "model", "target": "string", "n_tokens": "count", "n_restarts": "count",
-                                 "steps": "count", "lr": "number"}),
+                                 "steps": "count", "lr": "number", "eval_every": "count", "seed": "count0"}),
     "prompts.pez": Spec(lambda c: dict(model=c.lm, tokenizer=c.tok, target=" the", n_tokens=2, n_restarts=1, steps=1, progress=False),
                         {"model": "model", "target": "string", "n_tokens": "count", "n_restarts": "count", "steps": "count",
                          "lr": "number"}),
     "prompts.gcg": Spec(lambda c: dict(model=c.lm, tokenizer=c.tok, target=" the", n_tokens=2, steps=1, search_width=4, topk=4,
                                        progress=False),
                         {"model": "model", "target": "string", "n_tokens": "count", "n_restarts": "count", "steps": "count",
-                         "search_width": "count", "topk": "count", "batch_size": "count"}),
+                         "search_width": "count", "topk": "count", "batch_size": "count", "n_replace": "count"}),
     "prompts.sample_candidates": Spec(lambda c: dict(ids=c.ids[0], grad=c.acts[:7, :VOCAB // 8].repeat(1, 8), search_width=4,
                                                      topk=3),
                                       {"ids": "ids", "grad": "tensor", "search_width": "count", "topk": "count",
@@ -814,12 +820,12 @@ def test_batch_size_only_chunks(fn, ctx):
     assert _same(one, default), f"{fn}: batch_size=1 changed the answer"
 
 
-@pytest.mark.parametrize("fn", sorted(f for f in SPECS if "x" in SPECS[f].roles or "images" in SPECS[f].roles))
+@pytest.mark.parametrize("fn", sorted(f for f in SPECS if "image" in (SPECS[f].roles.get("x"), SPECS[f].roles.get("images"))))
 def test_answer_on_the_input_device(fn, ctx):
     """On this machine the input is on the CPU; with the model on another device (a GPU, where there is one)
     the answer must still come back on the input's device."""
     kwargs = SPECS[fn].kwargs(ctx)
-    name = "x" if "x" in SPECS[fn].roles else "images"
+    name = "x" if SPECS[fn].roles.get("x") == "image" else "images"
     dev = kwargs[name].device
     for t in _tensors(_good(fn, ctx)):
         assert t.device == dev, f"{fn}: the answer is on {t.device}, the input on {dev}"

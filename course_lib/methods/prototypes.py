@@ -54,6 +54,8 @@ def prototypes(
     """
     what = "prototypes"
     checks.module(model, what=what)
+    tv, l1 = checks.positive_number(tv, "tv", what=what, allow_zero=True), checks.positive_number(l1, "l1", what=what, allow_zero=True)
+    diversity = checks.real(diversity, "diversity", what=what)
     n_classes = checks.n_outputs(model, torch.full((1, 3, 64, 64), 0.5, device=model_device(model)), what=what)
     if classes is None:
         classes = range(n_classes)

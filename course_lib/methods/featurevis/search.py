@@ -49,6 +49,9 @@ def dataset_search(
     checks.module(model, what="dataset_search")
     checks.images(images, "images", what="dataset_search", check_range=False)
     k = checks.positive_int(k, "k", what="dataset_search")
+    patch_size = checks.positive_int(patch_size, "patch_size", what="dataset_search")
+    if region is not None and patch_size > min(images.shape[-2:]):  # the patch is cut only for a region
+        raise ValueError(f"dataset_search: patch_size={patch_size} is larger than the images {tuple(images.shape[-2:])}")
     if not 1 <= k <= len(images):
         raise ValueError(f"dataset_search: k should be between 1 and the number of images ({len(images)}); got {k}")
     vals = evaluate(model, objective, images, batch_size=batch_size).cpu()  # (N,)

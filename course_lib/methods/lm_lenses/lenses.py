@@ -181,7 +181,15 @@ def logit_lens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
     store, logits = _record(model, names, input_ids, attention_mask, range(n + 1), logits=return_model_logits)
     resid = torch.stack([store[l] for l in range(n + 1)])  # (L+1, B, T, D)
     if positions is not None:
-        pos = torch.as_tensor([positions] if isinstance(positions, int) else list(positions), device=resid.device)
+        T = input_ids.shape[1]
+        wanted = [positions] if not isinstance(positions, (list, tuple, range, torch.Tensor)) else list(positions)
+        wanted = list(checks.non_empty(wanted, "positions", what="logit_lens"))
+        for p in wanted:  # -1 is the last position here, as in Python
+            whole = isinstance(p, int) and not isinstance(p, bool) or (
+                isinstance(p, torch.Tensor) and p.dim() == 0 and not p.is_floating_point() and p.dtype != torch.bool)
+            if not whole or not -T <= int(p) < T:
+                raise ValueError(f"logit_lens: positions must be token positions in -{T}..{T - 1} (-1 = the last); got {p!r}")
+        pos = torch.as_tensor([int(p) for p in wanted], device=resid.device)
         resid = resid[:, :, pos]
         logits = None if logits is None else logits[:, pos]
     lens = get_module(model, names.unembed)(get_module(model, names.final_norm)(resid))  # (L+1, B, T, V)

@@ -268,6 +268,23 @@ def test_default_jobs_follow_the_cpu_budget():
         assert both.stdout.split() == ["2", "1"], both.stderr[-500:]
 
 
+def test_a_linked_or_huge_notebook_is_not_graded(tmp_path, monkeypatch):
+    """A submitted notebook that is a link (it could point at solutions/) or larger than the cap is reported, not graded."""
+    from course_lib.grader import classroom
+
+    root = tmp_path / "c"
+    (root / "solutions" / "t1").mkdir(parents=True)
+    (root / "solutions" / "t1" / "t1.ipynb").write_text("{}")
+    for student in ("linked", "huge", "plain"):
+        (root / "submitted" / student / "t1").mkdir(parents=True)
+    (root / "submitted" / "linked" / "t1" / "t1.ipynb").symlink_to(root / "solutions" / "t1" / "t1.ipynb")
+    (root / "submitted" / "huge" / "t1" / "t1.ipynb").write_text("x" * 2000)
+    (root / "submitted" / "plain" / "t1" / "t1.ipynb").write_text("{}")
+    monkeypatch.setattr(classroom, "MAX_SUBMISSION_BYTES", 1000)
+    why = {s.student: classroom.submission_problem(root, s) for s in classroom.find(root)}
+    assert "a link" in why["linked"] and "over the" in why["huge"] and why["plain"] is None, why
+
+
 def test_without_bubblewrap_grading_stops_with_the_install_command(tmp_path, monkeypatch):
     from course_lib.grader import classroom, sandbox
 

@@ -64,6 +64,23 @@ def find(root: Path, assignments=None, students=None) -> list[Submission]:
     return out
 
 
+MAX_SUBMISSION_BYTES = 64 << 20  # a notebook with a few plots is well under 10 MiB
+
+
+def submission_problem(root: Path, s: Submission) -> str | None:
+    """Why a submitted notebook is not graded, or None: it must be a plain file of the submission's own folder
+    (a link could point at solutions/), and not larger than MAX_SUBMISSION_BYTES."""
+    folder = root / "submitted" / s.student / s.assignment
+    p = folder / s.notebook
+    if any(q.is_symlink() for q in (folder.parent, folder, p)) or not p.is_file():
+        return f"{p.relative_to(root)} is a link or not a plain file: not graded"
+    size = p.stat().st_size
+    if size > MAX_SUBMISSION_BYTES:
+        return (f"{p.relative_to(root)} has {size / 2**20:.0f} MiB, over the {MAX_SUBMISSION_BYTES >> 20} MiB a notebook "
+                "may have: not graded")
+    return None
+
+
 def forbidden_modules(source_nb: Path) -> list[str]:
     """Modules the tests of this notebook forbid (``forbid(globals(), "mod", ...)``): absent from its sandbox."""
     import nbformat
@@ -242,6 +259,10 @@ def execute(root: Path, subs: list[Submission], *, jobs: int, scheduler: str | N
     cfg = settings(root)
     todo, errors = [], {}
     for s in subs:
+        why = submission_problem(root, s)
+        if why:
+            errors[s] = why
+            continue
         job = make_job(root, s, unsafe=unsafe, cfg=cfg)
         if force or stored_key(root, s) != job["key"]:
             todo.append((s, job))

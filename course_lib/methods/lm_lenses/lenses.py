@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,10 +183,11 @@ def logit_lens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
     resid = torch.stack([store[l] for l in range(n + 1)])  # (L+1, B, T, D)
     if positions is not None:
         T = input_ids.shape[1]
-        wanted = [positions] if not isinstance(positions, (list, tuple, range, torch.Tensor)) else list(positions)
+        wanted = list(positions) if isinstance(positions, (list, tuple, range)) or (
+            isinstance(positions, torch.Tensor) and positions.dim() == 1) else [positions]
         wanted = list(checks.non_empty(wanted, "positions", what="logit_lens"))
         for p in wanted:  # -1 is the last position here, as in Python
-            whole = isinstance(p, int) and not isinstance(p, bool) or (
+            whole = isinstance(p, numbers.Integral) and not isinstance(p, bool) or (
                 isinstance(p, torch.Tensor) and p.dim() == 0 and not p.is_floating_point() and p.dtype != torch.bool)
             if not whole or not -T <= int(p) < T:
                 raise ValueError(f"logit_lens: positions must be token positions in -{T}..{T - 1} (-1 = the last); got {p!r}")

@@ -110,6 +110,14 @@ def attack_curves(model, x, y, targets, eps_list):
         succ.append(accuracy(model, targeted_pgd(model, x, targets, eps, alpha=eps / 4, steps=10), y))
     return acc, succ
 """,
+    "PGD with 5 steps": """
+def attack_curves(model, x, y, targets, eps_list):
+    acc, succ = [], []
+    for eps in eps_list:
+        acc.append(accuracy(model, fgsm(model, x, y, eps), y))
+        succ.append(accuracy(model, targeted_pgd(model, x, targets, eps, alpha=eps / 4, steps=5), targets))
+    return acc, succ
+""",
     "PGD with alpha = eps": """
 def attack_curves(model, x, y, targets, eps_list):
     acc, succ = [], []
@@ -181,4 +189,130 @@ def test_a_crashing_fgsm_cell_does_not_cost_the_curve_points():
     crash = "raise RuntimeError('unfinished')\ndef fgsm(model, x, y, eps):\n    pass\n"
     res = run_graded(A3, {"fgsm": crash})
     assert not res["test_fgsm"].passed
+    assert res["test_curves"].passed, res["test_curves"].error
+
+
+# --- false rejections of the randomised and numerical checks (issue 24, item 6) --------------------------
+def _cell(grade_id):
+    from gradeutil import cells, nbgrader_meta
+
+    return next(c.source for c in cells(A3) if nbgrader_meta(c).get("grade_id") == grade_id)
+
+
+# A correct PGD written differently again: the start drawn with numpy, the loss summed image by image (one
+# forward pass per step: the test's spy judges the random start on the batch it is shown), the box as lower and
+# upper bounds computed once.
+PGD_NUMPY_START = '''
+def targeted_pgd(model, x, target, eps, alpha, steps, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed + {offset})
+    x = x.detach()
+    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+    z = torch.from_numpy(rng.uniform(-eps, eps, size=tuple(x.shape))).to(x) + x
+    z = torch.minimum(torch.maximum(z, lo), hi)
+    for _ in range(steps):
+        z.requires_grad_(True)
+        logits = model(z)
+        loss = torch.stack([F.cross_entropy(logits[i:i + 1], target[i:i + 1]) for i in range(len(z))]).sum()
+        (g,) = torch.autograd.grad(loss, z)
+        z = torch.minimum(torch.maximum(z.detach() - alpha * g.sign(), lo), hi)
+    return z
+'''
+
+
+def test_the_pgd_success_bound_written_beside_it():
+    from scipy.stats import binom
+
+    q = 1 - 1e-6 ** (1 / 80)  # the largest per-image failure rate compatible with 0 failures in 80 starts
+    assert abs(q - 0.159) < 5e-4
+    visible, hidden = binom.sf(15, 21, q), binom.sf(18, 24, q)  # P(>= 16 of 21), P(>= 19 of 24)
+    assert visible <= 1.5e-9 and hidden <= 1.3e-11, (visible, hidden)
+    src = _cell("test_pgd_success")
+    assert "ours >= 0.25" in src and "1.5e-9" in src and "1.3e-11" in src, "the bound above is for success >= 0.25: update both"
+
+
+def _pgd_from_numpy_starts(net, x, target, eps, alpha, steps, seed):
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    x = x.detach()
+    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+    z = (x + torch.from_numpy(np.random.default_rng(seed).uniform(-eps, eps, size=tuple(x.shape))).float()).clamp(lo, hi)
+    for _ in range(steps):
+        z.requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(net(z), target, reduction="sum"), z)
+        z = (z.detach() - alpha * g.sign()).clamp(lo, hi)
+    return z
+
+
+def test_a_correct_pgd_succeeds_on_every_kept_image_from_other_starts():
+    # The measurement behind the bound, repeated on a few more starts: with 80 starts per image no image of
+    # either case failed (so q <= 0.159); here 6 more starts per case, all of whose kept images must succeed.
+    import torch
+
+    from course_lib import load_dataset, load_model
+
+    torch.set_num_threads(1)
+    net = load_model("scenes-cnn", device="cpu")
+    held = load_dataset("scenes", split="test", n=24, seed=21)
+    x, y = held.images, held.labels
+    volcano = held.class_names.index("volcano")
+    g = torch.Generator().manual_seed(4)
+    cases = [(torch.full_like(y, volcano), 8 / 255, 2 / 255, 10), ((y + torch.randint(1, 10, y.shape, generator=g)) % 10, 6 / 255, 1.5 / 255, 12)]
+    with torch.no_grad():
+        keeps = [net(x).argmax(1) != t for t, *_ in cases]
+    assert [int(k.sum()) for k in keeps] == [21, 24], "the counts of kept images in the bound changed"
+    for seed in range(6):
+        for (t, eps, alpha, steps), keep in zip(cases, keeps):
+            z = _pgd_from_numpy_starts(net, x[keep], t[keep], eps, alpha, steps, seed=100 + seed)
+            with torch.no_grad():
+                failed = int((net(z).argmax(1) != t[keep]).sum())
+            assert failed == 0, f"{failed} images failed from the numpy starts with seed {100 + seed} (eps = {eps:.4f})"
+
+
+@pytest.mark.parametrize("offset", [1, 2])
+def test_a_correct_pgd_from_other_random_starts_gets_the_pgd_points(offset):
+    res = run_graded(A3, {"targeted_pgd": PGD_NUMPY_START.format(offset=977 * offset)}, stop_after="test_pgd_success")
+    for gid in ("test_pgd_valid", "test_pgd_success"):
+        assert res[gid].passed, (offset, res[gid].error)
+
+
+def test_gradient_signs_survive_float32_rounding_across_batch_sizes():
+    # test_pgd_valid judges only pixels with |grad| > 1e-2 of the image's largest, and test_fgsm allows 1% of the pixels
+    # to differ: rounding across batch sizes, reductions, layouts and float64 stays far below both.
+    import torch
+    import torch.nn.functional as F
+
+    from course_lib import load_dataset, load_model
+
+    data = load_dataset("scenes", split="test", n=200, seed=0)
+    x, t = data.images[:12], (data.labels[:12] + 3) % 10
+    for name in ("scenes-cnn", "scenes-cnn-spurious"):
+        net = load_model(name, device="cpu")
+        for seed in range(3):
+            z = (x + torch.empty_like(x).uniform_(-8 / 255, 8 / 255, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+
+            def grad(z, t, reduction="sum", net=net):
+                z = z.clone().requires_grad_(True)
+                return torch.autograd.grad(F.cross_entropy(net(z), t, reduction=reduction), z)[0]
+
+            g = grad(z, t)
+            scale = g.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
+            variants = [torch.cat([grad(z[i:i + 1], t[i:i + 1]) for i in range(len(z))]), grad(z, t, "mean") * len(z),
+                        grad(z.contiguous(memory_format=torch.channels_last), t)]
+            for other in variants:
+                assert float(((other - g).abs() / scale).max()) < 1e-5
+            near_zero = ((g.abs() < 1e-5 * scale) & (g != 0)).float().mean()
+            assert float(near_zero) < 1e-3, f"{name}: {float(near_zero):.2%} of the pixels have a gradient within 1e-5 of the largest"
+
+
+def test_curves_with_any_seed_get_the_curve_points():
+    other_seed = """
+def attack_curves(model, x, y, targets, eps_list):
+    acc = [accuracy(model, fgsm(model, x, y, e), y) for e in eps_list]
+    succ = [accuracy(model, targeted_pgd(model, x, targets, e, e / 4, 10, seed=12345), targets) for e in eps_list]
+    return acc, succ
+"""
+    res = run_graded(A3, {"curves": other_seed})
     assert res["test_curves"].passed, res["test_curves"].error

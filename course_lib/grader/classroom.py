@@ -333,6 +333,10 @@ def _api(root: Path):
 def record(root: Path, subs: list[Submission], *, log=print) -> list[str]:
     """nbgrader autograde (with the stored results), feedback and grades.csv; this process only."""
     os.environ.pop("NBGRADER_EXECUTION", None)
+    # nbgrader runs `alembic` from PATH: `course-lib grade` must work from a shell where the venv is not active
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     from nbgrader.api import Gradebook, MissingEntry
 
     api, problems = _api(root), []

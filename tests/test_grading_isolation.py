@@ -495,6 +495,11 @@ def _grade_direct(tmp_path, src, sub, timeout=30):
     return summary, nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
 
 
+def _passed(folder, src, sub):
+    folder.mkdir()
+    return [c["passed"] for c in _grade_direct(folder, src, sub)[0]["cells"]]
+
+
 def _cell(src, **nbg):
     c = nbformat.v4.new_code_cell(src)
     if nbg:
@@ -538,11 +543,8 @@ def test_a_reference_a_test_lent_cannot_answer_a_later_test(tmp_path):
     thief = "import builtins\n\ndef g(x):\n    builtins._kept = f\n    return f(x) + 1\n"
     sub = nbformat.v4.new_notebook(cells=[src.cells[0], _cell(keeper, grade_id="f", solution=True),
                                           _cell(thief, grade_id="g", solution=True), src.cells[3], src.cells[4]])
-    summary, _ = _grade_direct(tmp_path, src, sub)
-    assert [c["passed"] for c in summary["cells"]] == [True, False], summary
-    (tmp_path / "right").mkdir()
-    summary, _ = _grade_direct(tmp_path / "right", src, src)
-    assert [c["passed"] for c in summary["cells"]] == [True, True], summary
+    assert _passed(tmp_path / "wrong", src, sub) == [True, False]
+    assert _passed(tmp_path / "right", src, src) == [True, True]
 
 
 def test_a_model_the_student_changed_is_the_instructors_again_in_the_next_test(tmp_path):
@@ -562,11 +564,8 @@ def test_a_model_the_student_changed_is_the_instructors_again_in_the_next_test(t
     zeroing = ("def predict(model, x):\n    with torch.no_grad():\n        for p in model.parameters():\n"
                "            p.zero_()\n    return torch.zeros(len(x), dtype=torch.long)")
     sub = nbformat.v4.new_notebook(cells=[src.cells[0], _cell(zeroing, grade_id="predict", solution=True), *src.cells[2:]])
-    summary, _ = _grade_direct(tmp_path, src, sub)
-    assert [c["passed"] for c in summary["cells"]] == [True, False], summary
-    (tmp_path / "right").mkdir()
-    summary, _ = _grade_direct(tmp_path / "right", src, src)
-    assert [c["passed"] for c in summary["cells"]] == [True, True], summary
+    assert _passed(tmp_path / "wrong", src, sub) == [True, False]
+    assert _passed(tmp_path / "right", src, src) == [True, True]
 
 
 def test_many_slow_cells_cannot_hold_a_grading_slot(tmp_path):

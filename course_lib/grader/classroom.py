@@ -115,11 +115,10 @@ def tree_hash(path: Path, patterns=("*",)) -> dict[str, str]:
 
 
 def fingerprints(root: Path) -> dict[str, dict]:
-    lib = LIB
     return {
         "solutions": tree_hash(root / "solutions"),
         "release": tree_hash(root / "assignments"),
-        "course_lib": tree_hash(lib, ("*.py", "*.json", "*.safetensors")),
+        "course_lib": tree_hash(LIB, ("*.py", "*.json", "*.safetensors")),
         "nbgrader_config.py": tree_hash(root / "nbgrader_config.py") if (root / "nbgrader_config.py").is_file() else {},
     }
 
@@ -135,8 +134,7 @@ def changed(before: dict, after: dict) -> list[str]:
 
 
 def grader_hash() -> str:
-    lib = LIB / "grader"
-    return _sha(json.dumps(tree_hash(lib, ("*.py",)), sort_keys=True).encode())[:16]
+    return _sha(json.dumps(tree_hash(LIB / "grader", ("*.py",)), sort_keys=True).encode())[:16]
 
 
 def settings(root: Path) -> dict:

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -359,7 +360,7 @@ c.Authenticator.admin_users = {{cfg["admin"]}}
 c.JupyterHub.spawner_class = "localprocess"
 c.Spawner.cmd = [cfg["cmd"]]
 c.Spawner.default_url = "/lab"
-c.Spawner.args = ["--LabApp.app_settings_dir=" + cfg["lab_settings"]]
+c.Spawner.args = ["--LabApp.app_settings_dir=" + cfg["lab_settings"], "--LabApp.expose_app_in_browser=True"]
 c.Spawner.environment = {{"COURSE_LIB_HOME": cfg["cache"], "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                           "COURSE_LIB_NO_PROGRESS": "1"}}
 c.Spawner.start_timeout = 150
@@ -723,18 +724,54 @@ STALE_METADATA = {
 }
 
 
-def _open_and_watch(page, url: str, filename: str, seconds: float = 5) -> float | None:
-    """Open a notebook, wait for its kernel, then watch its tab: seconds until it showed unsaved changes, or None."""
+def _open_and_watch(page, url: str, filename: str, on_disk: dict, seconds: float = 5) -> dict:
+    """Open a notebook, wait for its kernel, then watch its tab for ``seconds``.
+
+    Returns ``dirty_s`` (seconds until the tab showed unsaved changes, or None) and ``changed``: where the notebook
+    JupyterLab then holds differs from the file it opened (notebook metadata keys, cells), read from the app
+    (``expose_app_in_browser``)."""
     page.goto(url)
     page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell", timeout=120_000)
     page.wait_for_selector(IDLE, timeout=120_000)
     tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text=filename).first
-    t0 = time.monotonic()
+    t0, dirty_s = time.monotonic(), None
     while time.monotonic() - t0 < seconds:
         if "jp-mod-dirty" in (tab.get_attribute("class") or ""):
-            return round(time.monotonic() - t0, 1)
+            dirty_s = round(time.monotonic() - t0, 1)
+            break
         page.wait_for_timeout(250)
-    return None
+    held = page.evaluate(
+        "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        " return w && w.context ? w.context.model.toJSON() : null; }"
+    )
+    return {"dirty_s": dirty_s, "changed": _held_differs(held, on_disk)}
+
+
+def _held_differs(held: dict | None, on_disk: dict) -> list[str]:
+    """Where the notebook held in the browser differs from the file it opened."""
+    if held is None:
+        return ["(the open notebook could not be read from the app)"]
+    out = [
+        f"metadata.{k}: file {on_disk['metadata'].get(k)!r}, held {held['metadata'].get(k)!r}"
+        for k in sorted(set(on_disk["metadata"]) | set(held["metadata"]))
+        if on_disk["metadata"].get(k) != held["metadata"].get(k)
+    ]
+    text = lambda src: "".join(src) if isinstance(src, list) else src  # noqa: E731
+    pairs = list(zip(on_disk["cells"], held["cells"]))
+    if len(on_disk["cells"]) != len(held["cells"]):
+        out.append(f"cells: file {len(on_disk['cells'])}, held {len(held['cells'])}")
+    for a, b in pairs:
+        # JupyterLab keeps each code cell's trust in its metadata; the server drops "trusted" when it saves
+        b = dict(b, metadata={k: v for k, v in b.get("metadata", {}).items() if k != "trusted"})
+        for key in ("cell_type", "id", "metadata", "outputs", "execution_count"):
+            if a.get(key) != b.get(key):
+                out.append(f"cell {a.get('id')}.{key}: file {a.get(key)!r}, held {b.get(key)!r}")
+        if text(a["source"]) != text(b["source"]):
+            out.append(f"cell {a.get('id')}.source")
+    for key in ("nbformat", "nbformat_minor"):
+        if on_disk.get(key) != held.get(key):
+            out.append(f"{key}: file {on_disk.get(key)}, held {held.get(key)}")
+    return out
 
 
 def _code_cells_before(nb: dict, n_code: int) -> int:
@@ -791,9 +828,7 @@ def lab(hub):
             page.click("#login_submit")
             page.wait_for_url(re.compile(rf"/user/{name}/lab"), timeout=120_000)
             # a student who only opened the lecture has changed nothing: its tab must not show unsaved changes
-            seen["dirty_after_open_s"] = _open_and_watch(
-                page, f"{hub.url}/user/{name}/lab/tree/lectures/{LECTURE.name}", LECTURE.name
-            )
+            seen["opened"] = _open_and_watch(page, f"{hub.url}/user/{name}/lab/tree/lectures/{LECTURE.name}", LECTURE.name, nb)
             page.screenshot(path=str(REPORTS / "hub_lecture00_opened.png"))
 
             # run the first cells top to bottom, as a student does with Shift+Enter. Right after opening, JupyterLab may
@@ -844,8 +879,8 @@ def lab(hub):
             label.scroll_into_view_if_needed()
             page.screenshot(path=str(REPORTS / "hub_widget.png"))
             # the check can see a dirty tab: the same lecture with its old metadata is marked modified on opening
-            seen["stale_dirty_after_open_s"] = _open_and_watch(
-                page, f"{hub.url}/user/{name}/lab/tree/lectures/{stale.name}", stale.name
+            seen["stale_opened"] = _open_and_watch(
+                page, f"{hub.url}/user/{name}/lab/tree/lectures/{stale.name}", stale.name, json.loads(stale.read_text())
             )
         except Exception:
             if "page" in locals():
@@ -856,8 +891,8 @@ def lab(hub):
     seen["seconds"] = time.monotonic() - t0
     _record(
         browser_seconds=round(seen["seconds"], 1),
-        lecture_dirty_after_open_s=seen["dirty_after_open_s"],
-        stale_metadata_dirty_after_open_s=seen["stale_dirty_after_open_s"],
+        lecture_opened=seen["opened"],
+        stale_metadata_opened=seen["stale_opened"],
     )
     print(f"\nbrowser: lecture 00 and a widget in {seen['seconds']:.0f} s")
     return seen
@@ -873,13 +908,22 @@ def test_student_runs_lecture_00_and_a_widget_in_the_browser(lab):
 
 
 def test_lecture_opens_without_unsaved_changes(lab):
-    assert lab["dirty_after_open_s"] is None, (
-        f"the lecture's tab showed unsaved changes {lab['dirty_after_open_s']} s after its kernel was idle, before anything "
-        "ran: its committed kernelspec/language_info differ from what the kernel reports (python -m course_lib.nbmeta)"
+    opened, stale = lab["opened"], lab["stale_opened"]
+    assert not opened["changed"], (
+        f"opening the lecture changed it in JupyterLab ({opened['dirty_s']} s after its kernel was idle, before anything "
+        f"ran): {opened['changed']}. If kernelspec/language_info differ, set them to what the kernel reports "
+        "(python -m course_lib.nbmeta)"
     )
-    assert lab["stale_dirty_after_open_s"] is not None, (
-        "the same lecture with the old metadata ('Python 3', bare language_info) did not show unsaved changes either: "
-        "the check cannot see a dirty tab"
+    if opened["dirty_s"] is not None:
+        # seen once in CI under load: the tab was marked dirty though the notebook JupyterLab held equalled the file
+        warnings.warn(
+            f"the lecture's tab showed unsaved changes {opened['dirty_s']} s after opening, with its content "
+            "unchanged (a JupyterLab state, not the lecture's metadata)",
+            stacklevel=1,
+        )
+    assert stale["dirty_s"] is not None and any("language_info" in c or "kernelspec" in c for c in stale["changed"]), (
+        "the same lecture with the old metadata ('Python 3', bare language_info) was not seen to change on opening: "
+        f"the check cannot see a changed notebook ({stale})"
     )
 
 

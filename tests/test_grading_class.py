@@ -268,6 +268,18 @@ def test_default_jobs_follow_the_cpu_budget():
         assert both.stdout.split() == ["2", "1"], both.stderr[-500:]
 
 
+def test_nbformat_imports_without_compiling_grammars():
+    """Every checker, nbgrader run and Jupyter server imports nbformat, hence jsonschema. With rfc3987-syntax installed
+    (jsonschema's format extra) that import compiled 39 lark grammars: 3.3 s instead of 0.4 s per process, measured
+    here; the Makefile removes it."""
+    code = "import sys, nbformat; print('rfc3987_syntax' in sys.modules, 'lark' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert out.stdout.split() == ["False", "False"], (
+        f"importing nbformat loaded rfc3987_syntax/lark ({out.stdout.strip()} {out.stderr[-300:]}): "
+        "run `pip uninstall rfc3987-syntax` (the Makefile's install step does)"
+    )
+
+
 def test_a_linked_or_huge_notebook_is_not_graded(tmp_path, monkeypatch):
     """A submitted notebook that is a link (it could point at solutions/) or larger than the cap is reported, not graded."""
     from course_lib.grader import classroom

@@ -68,7 +68,7 @@ hub:
 ## make test: the same set-up, then the whole test suite (library, notebooks, nbgrader round trip, website, hub)
 test: fetch browser hub sandbox
 	$(BIN)/course-lib doctor
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 ## make lint: ruff on course_lib/ and tests/ (pyproject.toml's [tool.ruff]; tests/test_lint.py runs it in make test)
 lint: install

@@ -14,7 +14,7 @@ from ...device import model_device, require_unit_range, to_model
 from ...hooks import capture, get_module
 from ...progress import progress_bar
 from .._checks import module_name
-from ..results import PerturbationResult
+from ..results import PerturbationResult, Result
 
 
 
@@ -49,9 +49,10 @@ def layer_activations(model: nn.Module, x: torch.Tensor, layer: str = "conv3", *
 
 
 @dataclass(kw_only=True, repr=False)
-class CAV:
+class CAV(Result):
     """A concept activation vector: the unit normal of a linear boundary between concept and random
-    activations, pointing towards the concept. ``accuracy`` is measured on a held-out split."""
+    activations, pointing towards the concept. ``accuracy`` is measured on a held-out split.
+    ``values`` is ``direction`` (the same tensor, set when it is built)."""
 
     direction: torch.Tensor  # (D,), unit norm, float32 on the CPU
     accuracy: float  # held-out accuracy of the linear classifier
@@ -59,6 +60,10 @@ class CAV:
     seed: int
     concept: str = "concept"
     layer: str | None = None
+    values: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.values = self.direction
 
     def __repr__(self) -> str:
         where = f" at {self.layer!r}" if self.layer else ""

@@ -10,6 +10,7 @@ from torch import nn
 from ... import checks
 from ...device import forward_fast, model_device
 from ...progress import progress_bar
+from ..results import Result
 from .objectives import INPUT, LOGITS, Objective
 from .params import Fourier, Pixels
 from .plan import _plan
@@ -18,8 +19,8 @@ from .transforms import _NAMED_TRANSFORMS, DEFAULT_TRANSFORMS, Transform
 
 # ============================================================================ render
 
-@dataclass
-class RenderResult:
+@dataclass(kw_only=True, repr=False)
+class RenderResult(Result):
     """What :func:`render` returns. ``images`` (K*n, 3, H, W) in [0, 1], objective-major
     (objective k's images are ``images[k*n:(k+1)*n]``); ``values`` (K*n,) each image's objective
     without transformations; ``history`` (steps, K*n) the objective at every step (with the
@@ -30,10 +31,6 @@ class RenderResult:
     history: torch.Tensor
     params: torch.Tensor = field(repr=False)
     n_per_objective: int = 1
-
-    def __repr__(self) -> str:
-        return (f"RenderResult(images={tuple(self.images.shape)}, steps={self.history.shape[0]}, "
-                f"final values={[round(v, 3) for v in self.values.tolist()[:8]]}{'...' if len(self.values) > 8 else ''})")
 
 
 def _param(param, size) -> Pixels | Fourier:
@@ -140,4 +137,5 @@ def render(
         images = par(params).contiguous()
         acts = _forward(model, sum(objs[1:], objs[0]), images)
         final = values_of(acts)
-    return RenderResult(images.detach().to(out_dev), final.to(out_dev), history.cpu(), params.detach().to(out_dev), n)
+    return RenderResult(images=images.detach().to(out_dev), values=final.to(out_dev), history=history.cpu(),
+                        params=params.detach().to(out_dev), n_per_objective=n)

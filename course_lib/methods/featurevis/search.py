@@ -8,13 +8,14 @@ from torch import nn
 
 from ... import checks
 from ...device import to_model
+from ..results import Result
 from .objectives import Objective, _spatial
 from .reading import activations, evaluate
 
 # ============================================================================ dataset search
 
-@dataclass
-class SearchResult:
+@dataclass(kw_only=True, repr=False)
+class SearchResult(Result):
     """What :func:`dataset_search` returns: ``indices`` (k,) into the searched images and their
     ``values`` (k,), best first; ``images`` (k, 3, H, W); with a spatial unit, ``boxes`` (k, 4)
     ``(top, left, bottom, right)`` in pixels around the strongest position and ``patches``
@@ -57,7 +58,7 @@ def dataset_search(
     vals = evaluate(model, objective, images, batch_size=batch_size).cpu()  # (N,)
     idx = torch.sort(vals, descending=largest, stable=True).indices[:k]  # stable: ties keep the lower index first
     top = images[idx.to(images.device)]
-    res = SearchResult(idx.to(images.device), vals[idx].to(images.device), top)
+    res = SearchResult(indices=idx.to(images.device), values=vals[idx].to(images.device), images=top)
     if region is not None:
         layer, c = region
         with activations(model, [layer]) as acts:

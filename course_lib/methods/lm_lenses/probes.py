@@ -7,12 +7,14 @@ import torch
 from torch import nn
 
 from ... import checks
+from ..results import Result
 
 
 # ----------------------------------------------------------------------------- probes
-@dataclass
-class ProbeResult:
-    """A linear probe: ``logits = x @ weight.T + bias``, fitted on the train rows only."""
+@dataclass(kw_only=True, repr=False)
+class ProbeResult(Result):
+    """A linear probe: ``logits = x @ weight.T + bias``, fitted on the train rows only.
+    ``values`` (2,): ``[train_acc, test_acc]``, on the device of ``weight`` (set from them when built)."""
 
     train_acc: float
     test_acc: float
@@ -20,6 +22,10 @@ class ProbeResult:
     bias: torch.Tensor = field(repr=False)  # (C,)
     mean: torch.Tensor = field(repr=False)  # (D,) of the train rows
     std: torch.Tensor = field(repr=False)
+    values: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.values = torch.tensor([float(self.train_acc), float(self.test_acc)], device=self.weight.device)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return (((x - self.mean) / self.std) @ self.weight.T + self.bias).argmax(-1)
@@ -67,7 +73,7 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, *, train_idx: torch.Tensor | N
         opt.step(closure)
     w, b = w.detach(), b.detach()
     acc = lambda idx: ((z[idx] @ w.T + b).argmax(-1) == y[idx]).float().mean().item()
-    return ProbeResult(acc(train_idx), acc(test_idx), w, b, mean, std)
+    return ProbeResult(train_acc=acc(train_idx), test_acc=acc(test_idx), weight=w, bias=b, mean=mean, std=std)
 
 
 def control_labels(token_ids: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> torch.Tensor:

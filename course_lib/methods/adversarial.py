@@ -141,14 +141,17 @@ def _input_grad(model: nn.Module, x_adv: torch.Tensor, labels: torch.Tensor, tar
 
 
 def _random_start(x: torch.Tensor, eps: float, norm: str, g: torch.Generator) -> torch.Tensor:
-    """A random point of the eps-ball around x, clipped to [0, 1] (B, C, H, W)."""
+    """A random point of the eps-ball around x, clipped to [0, 1] (B, C, H, W). The noise is drawn on the
+    generator's device (pgd's own generator is on the model's device, as x is; a caller's generator may
+    be elsewhere, e.g. a CPU one with a model on a GPU) and moved to x's."""
+    dev = g.device
     if norm == "linf":
-        delta = torch.empty_like(x).uniform_(-eps, eps, generator=g)
+        delta = torch.empty_like(x, device=dev).uniform_(-eps, eps, generator=g)
     else:  # uniform direction, radius uniform in [0, eps] (as torchattacks.PGDL2)
-        delta = torch.empty_like(x).normal_(generator=g)
-        r = torch.zeros(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype).uniform_(0, 1, generator=g)
+        delta = torch.empty_like(x, device=dev).normal_(generator=g)
+        r = torch.zeros(x.shape[0], *([1] * (x.dim() - 1)), device=dev, dtype=x.dtype).uniform_(0, 1, generator=g)
         delta = delta * r / _per_image_norm(delta).clamp_min(_TINY) * eps
-    return (x + delta).clamp(0, 1)
+    return (x + delta.to(x.device)).clamp(0, 1)
 
 
 def _targets(model, x, y, target, dev, what: str) -> tuple[torch.Tensor, bool]:
@@ -215,8 +218,9 @@ def pgd(
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) in the L-infinity or L2 ball.
 
-    Start at ``x`` plus uniform noise from the ball (``random_start``; drawn from ``generator``,
-    or a fresh one seeded with ``seed``), then ``steps`` times::
+    Start at ``x`` plus uniform noise from the ball (``random_start``; drawn for the whole batch at once, so
+    ``batch_size`` cannot change it, from ``generator`` (on any device) or else from a fresh generator on the
+    model's device seeded with ``seed``), then ``steps`` times::
 
         x_adv <- x_adv + s * alpha * d          d = sign(g) (linf) or g / ||g||_2 (l2), g = grad_x L
         x_adv <- clip(x + Proj_eps(x_adv - x), 0, 1)

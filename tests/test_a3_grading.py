@@ -82,6 +82,14 @@ PGD_WRONG = {
 
 
 PGD_WRONG.update({
+    "no projection onto the eps-ball": _PGD.format(**{**_OK, "project": "x_adv = x_adv.clamp(0, 1)"}),
+    # passed test_pgd_valid before it judged the size of each step (issue 24): a plain or normalised gradient step,
+    # and a fixed number of steps
+    "no sign (a plain gradient step)": _PGD.format(**_OK).replace("alpha * grad.sign()", "alpha * grad"),
+    "the gradient normalised instead of its sign": _PGD.format(**_OK).replace(
+        "alpha * grad.sign()", "alpha * grad / grad.abs().amax()"),
+    "steps ignored (always 10)": _PGD.format(**_OK).replace("range(steps)", "range(10)"),
+    "steps ignored (one step)": _PGD.format(**_OK).replace("range(steps)", "range(1)"),
     "no random start": _PGD.format(**{**_OK, "start": "x.clone()"}),
     "steps of eps instead of alpha": _PGD.format(**{**_OK, "sign": "- eps / alpha *"}),
     "no-op": """
@@ -277,6 +285,76 @@ def test_a_correct_pgd_from_other_random_starts_gets_the_pgd_points(offset):
     res = run_graded(A3, {"targeted_pgd": PGD_NUMPY_START.format(offset=977 * offset)}, stop_after="test_pgd_success")
     for gid in ("test_pgd_valid", "test_pgd_success"):
         assert res[gid].passed, (offset, res[gid].error)
+
+
+# Correct PGDs that run the model differently or project in the other valid order (issue 24): test_pgd_valid judged
+# only full-batch calls, so the per-image and chunked ones failed it ("did not start at a random point").
+PGD_PER_IMAGE = '''
+def targeted_pgd(model, x, target, eps, alpha, steps, seed=0):
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    x = x.detach()
+    start = (x + torch.empty_like(x).uniform_(-eps, eps, generator=g)).clamp(0, 1)
+    out = []
+    for i in range(len(x)):                      # one image at a time
+        xi, zi, ti = x[i:i + 1], start[i:i + 1], target[i:i + 1]
+        for _ in range(steps):
+            zi = zi.clone().requires_grad_(True)
+            (gr,) = torch.autograd.grad(F.cross_entropy(model(zi), ti), zi)
+            zi = zi.detach() - alpha * gr.sign()
+            zi = torch.min(torch.max(zi, xi - eps), xi + eps).clamp(0, 1)
+        out.append(zi)
+    return torch.cat(out).detach()
+'''
+PGD_CHUNKED = '''
+def targeted_pgd(model, x, target, eps, alpha, steps, seed=0):
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    x = x.detach()
+    z = (x + torch.empty_like(x).uniform_(-eps, eps, generator=g)).clamp(0, 1)
+    for _ in range(steps):
+        grads = []
+        for lo in range(0, len(x), 5):          # the batch in chunks of 5
+            part = z[lo:lo + 5].clone().requires_grad_(True)
+            grads.append(torch.autograd.grad(F.cross_entropy(model(part), target[lo:lo + 5]), part)[0])
+        z = z - alpha * torch.cat(grads).sign()
+        z = torch.clamp(torch.clamp(z, x - eps, x + eps), 0, 1)
+    return z.detach()
+'''
+PGD_CLAMP_THEN_PROJECT = '''
+def targeted_pgd(model, x, target, eps, alpha, steps, seed=0):
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    x = x.detach()
+    z = x + torch.empty_like(x).uniform_(-eps, eps, generator=g)
+    z = x + (z.clamp(0, 1) - x).clamp(-eps, eps)
+    for _ in range(steps):
+        z.requires_grad_(True)
+        F.cross_entropy(model(z), target, reduction="sum").backward()
+        z = (z - alpha * z.grad.sign()).detach().clamp(0, 1)   # [0, 1] first, then the eps-ball
+        z = x + (z - x).clamp(-eps, eps)
+    with torch.no_grad():
+        model(z)                                   # a last look without a gradient is not a step
+    return z
+'''
+
+
+@pytest.mark.parametrize("code", [PGD_PER_IMAGE, PGD_CHUNKED, PGD_CLAMP_THEN_PROJECT],
+                         ids=["one-image-at-a-time", "chunks-of-5", "clamp-then-project"])
+def test_a_correct_pgd_that_runs_the_model_differently_gets_the_pgd_points(code):
+    res = run_graded(A3, {"targeted_pgd": code}, stop_after="test_fish_volcano")
+    for gid in PGD_TESTS:
+        assert res[gid].passed, (gid, res[gid].error)
+
+
+def test_the_originals_are_far_enough_apart_for_the_spy_to_match_images_to_them():
+    # The spy matches each image it is shown to the nearest original (max-norm): unambiguous when every two originals
+    # are more than 2 eps apart (an image within eps of one is then more than eps from every other).
+    import torch
+
+    from course_lib import load_dataset
+
+    x = load_dataset("scenes", split="test", n=200, seed=0).images[:64]
+    for part, eps in ((x[:12], 8 / 255), (x[12:20], 0.05)):
+        d = (part[:, None] - part[None]).abs().flatten(2).amax(2) + 10 * torch.eye(len(part))
+        assert float(d.min()) > 2 * eps + 0.1, float(d.min())
 
 
 def test_gradient_signs_survive_float32_rounding_across_batch_sizes():

@@ -203,11 +203,11 @@ def test_dask_cluster_with_a_killed_worker_gives_the_same(baseline, course, tmp_
         grader = subprocess.Popen([str(BIN / "course-lib"), "grade", str(root), "--no-progress", "--scheduler",
                                    f"tcp://127.0.0.1:{port}"], cwd=root, env=ENV, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
-        # kill the first worker while it grades a submission (a checker process of its own is running)
+        # kill the first worker while it grades a submission (a sandboxed student process of its own is running)
         victim, deadline = procs[1], time.time() + 300
         while time.time() < deadline:
-            checkers = subprocess.run(["pgrep", "-f", "grader/checker.py"], capture_output=True, text=True).stdout.split()
-            if any(_ancestor(int(c), victim.pid) for c in checkers):
+            agents = subprocess.run(["pgrep", "-f", "grader/agent.py"], capture_output=True, text=True).stdout.split()
+            if any(_ancestor(int(c), victim.pid) for c in agents):
                 break
             time.sleep(0.2)
         else:
@@ -321,3 +321,31 @@ def test_unsafe_grading_says_so(baseline, course, tmp_path):
     assert "WITHOUT a sandbox" in report and "graded WITHOUT a sandbox (--unsafe)" in report, report
     want = [g for g in baseline[1]["grades"] if g[1] in ("s01-correct", "s05-wrong")]
     assert _outcome(root)["grades"] == want
+
+
+@pytest.mark.slow
+def test_an_unsafe_setting_left_in_the_environment_never_unsandboxes(course, tmp_path, monkeypatch):
+    """COURSE_LIB_GRADE_UNSAFE=1, left in the process by an earlier --unsafe run (or exported in the shell), made the
+    record phase execute every submission again without the sandbox (a submission then wrote into course_lib).
+    A run that did not ask for --unsafe sandboxes everything; an --unsafe run leaves no setting behind."""
+    from course_lib.grader import classroom
+
+    root = course(tmp_path / "env")
+    _keep_only(root, ("s01-correct",))
+    path = root / "submitted" / "s01-correct" / "t1_square" / "t1_square.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    ans = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "square")
+    ans.source = f"try:\n    open({str(root / 'ESCAPED')!r}, 'w').write('x')\nexcept OSError:\n    pass\n" + ans.source
+    nbformat.write(nb, str(path))
+    monkeypatch.setenv("COURSE_LIB_GRADE_UNSAFE", "1")
+    lines = []
+    classroom.grade_class(root, jobs=1, progress=False, out=lines.append)
+    assert not (root / "ESCAPED").exists(), "the submission ran outside its sandbox:\n" + "\n".join(lines)
+    assert "WITHOUT a sandbox" not in "\n".join(lines)
+    assert os.environ.get("COURSE_LIB_GRADE_UNSAFE") == "1"  # the caller's own setting is given back
+    monkeypatch.delenv("COURSE_LIB_GRADE_UNSAFE")
+    other = course(tmp_path / "unsafe-then")
+    _keep_only(other, ("s05-wrong",))
+    classroom.grade_class(other, unsafe=True, jobs=1, progress=False, out=lambda *a: None)
+    assert "COURSE_LIB_GRADE_UNSAFE" not in os.environ, "an --unsafe run left its setting for later runs"
+

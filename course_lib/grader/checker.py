@@ -11,7 +11,8 @@ each test cell runs here, in a namespace that holds
 
 ``globals()`` in a test cell is a view that forwards writes of the student's names to the student's
 process, so a test that swaps a reference function in for the student's helper still does so.
-Run as ``python .../course_lib/grader/checker.py JOB.json`` (a fresh process per submission).
+Run as ``python .../course_lib/grader/checker.py JOB.json`` (a fresh process per submission), or forked from
+:mod:`zygote`, which imports this module the same way and calls :func:`main` in each child.
 """
 from __future__ import annotations
 

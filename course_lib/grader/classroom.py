@@ -5,7 +5,8 @@
 1. fingerprints what no submission may change (``solutions/``, the release, ``course_lib``,
    ``nbgrader_config.py``);
 2. *executes* every submission that has no up-to-date result: each in a fresh checker process with
-   its own sandbox (:mod:`checker`), ``jobs`` at a time on this machine, or on the workers of a
+   its own sandbox (:mod:`checker`; forked from a template that has imported torch and course_lib once,
+   :mod:`zygote`), ``jobs`` at a time on this machine, or on the workers of a
    Dask scheduler. A result is the executed notebook and a summary, stored under ``.grading/``
    with a key (the hashes of the submission, the instructor's notebook and the grader), so a run
    that was interrupted grades only what is missing when started again;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from ..cache import home as cache_home
 from ..threads import cpu_budget
-from . import sandbox
+from . import sandbox, warmstart
 from .cells import is_test_cell
 from .report import grade_report
 
@@ -168,7 +170,8 @@ def make_job(root: Path, s: Submission, *, unsafe: bool, cfg: dict) -> dict:
 # --------------------------------------------------------------------------------- execution
 
 def run_job(job: dict) -> dict:
-    """Execute one submission in a fresh checker process (sandboxed student process inside).
+    """Execute one submission in a fresh checker process (sandboxed student process inside), forked from this
+    process's warm template (:mod:`zygote`; ``COURSE_LIB_GRADER_ZYGOTE=0`` starts ``python checker.py`` instead).
     Importable by Dask workers: it needs only the course environment."""
     with tempfile.TemporaryDirectory(prefix="course-job-") as tmp:
         tmp = Path(tmp)
@@ -193,16 +196,22 @@ def run_job(job: dict) -> dict:
         env = dict(os.environ, PYTHONHASHSEED="0")
         env.pop("NBGRADER_EXECUTION", None)
         t0 = time.monotonic()
-        try:
-            checker = Path(__file__).resolve().parent / "checker.py"
-            out = subprocess.run([sys.executable, str(checker), str(tmp / "job.json")], env=env,
-                                 capture_output=True, text=True, timeout=limit, start_new_session=True,
-                                 preexec_fn=_die_with_parent)
-        except subprocess.TimeoutExpired:
+        ended = warmstart.run(tmp / "job.json", env, limit, tmp / "checker.log")
+        if ended is None:  # no warm checker to fork from: a fresh process
+            try:
+                checker = Path(__file__).resolve().parent / "checker.py"
+                out = subprocess.run([sys.executable, str(checker), str(tmp / "job.json")], env=env,
+                                     capture_output=True, text=True, timeout=limit, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+                ended = (out.returncode, out.stderr)
+            except subprocess.TimeoutExpired:
+                ended = ("timeout", "")
+        code, stderr = ended
+        if code == "timeout":
             return {"key": job["key"], "submission": job["submission"], "error": f"the checker ran past {limit:.0f} s"}
-        if out.returncode != 0 or not (tmp / "out.ipynb").is_file():
+        if code != 0 or not (tmp / "out.ipynb").is_file():
             return {"key": job["key"], "submission": job["submission"],
-                    "error": f"the checker failed (exit {out.returncode}): {out.stderr[-2000:]}"}
+                    "error": f"the checker failed (exit {code}): {stderr[-2000:]}"}
         summary = json.loads((tmp / "out.ipynb.json").read_text())
         summary["wall_seconds"] = round(time.monotonic() - t0, 2)
         return {"key": job["key"], "submission": job["submission"], "notebook": (tmp / "out.ipynb").read_text(),
@@ -409,6 +418,22 @@ def stored_tests_differ(root: Path, assignments) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def _unsafe_env(unsafe: bool):
+    """COURSE_LIB_GRADE_UNSAFE (read by nbgrader's step, :class:`course_lib.autograde.IsolatedExecute`) says exactly
+    what this run was asked for, and only while it runs: a value left in the environment by an earlier unsafe run in
+    the same process, or exported in the shell, must never take the sandbox away from a run that did not ask."""
+    old = os.environ.pop("COURSE_LIB_GRADE_UNSAFE", None)
+    if unsafe:
+        os.environ["COURSE_LIB_GRADE_UNSAFE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("COURSE_LIB_GRADE_UNSAFE", None)
+        if old is not None:
+            os.environ["COURSE_LIB_GRADE_UNSAFE"] = old
+
+
 def grade_class(root: Path, *, jobs: int | None = None, scheduler: str | None = None, unsafe: bool = False,
                 assignments=None, students=None, force: bool = False, progress: bool = True, out=print) -> int:
     """``course-lib grade``: execute, record, report, check. Returns a process exit status."""
@@ -425,15 +450,14 @@ def grade_class(root: Path, *, jobs: int | None = None, scheduler: str | None = 
     jobs = jobs or default_jobs(cfg["limits"]["threads"])
     where = f"on the Dask scheduler {scheduler}" if scheduler else f"{jobs} at a time"
     out(f"Grading {len(subs)} submission(s), {where}{' WITHOUT a sandbox (--unsafe)' if unsafe else ', each in its own sandbox'}.")
-    if unsafe:
-        os.environ["COURSE_LIB_GRADE_UNSAFE"] = "1"
-    t0 = time.monotonic()
-    errors = execute(root, subs, jobs=jobs, scheduler=scheduler, unsafe=unsafe, force=force, progress=progress)
-    t1 = time.monotonic()
-    for s, why in errors.items():
-        out(f"  ! {s.assignment}/{s.student}: could not be executed: {why[:300]}")
-    problems = record(root, [s for s in subs if s not in errors], log=out)
-    t2 = time.monotonic()
+    with _unsafe_env(unsafe):
+        t0 = time.monotonic()
+        errors = execute(root, subs, jobs=jobs, scheduler=scheduler, unsafe=unsafe, force=force, progress=progress)
+        t1 = time.monotonic()
+        for s, why in errors.items():
+            out(f"  ! {s.assignment}/{s.student}: could not be executed: {why[:300]}")
+        problems = record(root, [s for s in subs if s not in errors], log=out)
+        t2 = time.monotonic()
     for p in problems:
         out("  ! " + p)
     grade_report(root, out=out)

@@ -1,0 +1,131 @@
+"""The warm checker template (course_lib.grader.zygote, warmstart): a checker forked from it grades as a fresh
+``python checker.py`` does, only without importing torch again; past its time limit it is killed with its sandbox;
+and nothing it started outlives the process that asked for it."""
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = [pytest.mark.xdist_group("grading_isolation"),
+              pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (make sandbox)")]
+
+
+def _cell(src, **nbg):
+    c = nbformat.v4.new_code_cell(src)
+    c.metadata["nbgrader"] = {"schema_version": 3, "locked": False, "solution": False, "grade": False, **nbg}
+    return c
+
+
+def _job(tmp: Path, answer: str, test: str, timeout: float = 30) -> Path:
+    """A job file as classroom.run_job writes it: one answer cell and one test cell."""
+    src = nbformat.v4.new_notebook(cells=[
+        _cell("def f(x):\n    return x + 1", grade_id="f", solution=True),
+        _cell(test, grade_id="test_f", grade=True, points=1, locked=True),
+    ])
+    sub = nbformat.from_dict(json.loads(json.dumps(src)))
+    sub.cells[0].source = answer
+    tmp.mkdir(parents=True, exist_ok=True)
+    nbformat.write(src, str(tmp / "source.ipynb"))
+    nbformat.write(sub, str(tmp / "submitted.ipynb"))
+    (tmp / "release").mkdir(exist_ok=True)
+    spec = {"submitted": str(tmp / "submitted.ipynb"), "source": str(tmp / "source.ipynb"),
+            "release_dir": str(tmp / "release"), "out": str(tmp / "out.ipynb"), "timeout": timeout, "limits": {},
+            "forbidden": [], "unsafe": False, "cache_dir": None}
+    (tmp / "job.json").write_text(json.dumps(spec))
+    return tmp / "job.json"
+
+
+# the test cell says whether torch was in memory before it imported anything, then checks the answer
+PROBE = "import sys\nprint('torch loaded before the test:', 'torch' in sys.modules)\nassert f(2) == 3"
+
+
+def _env():
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    env.pop("NBGRADER_EXECUTION", None)
+    return env
+
+
+def test_a_forked_checker_grades_as_a_fresh_one(tmp_path):
+    from course_lib.grader import warmstart
+
+    outcomes = {}
+    for how in ("fresh", "forked"):
+        for answer in ("def f(x):\n    return x + 1", "def f(x):\n    return x - 1"):
+            job = _job(tmp_path / how / str(len(outcomes)), answer, PROBE)
+            if how == "forked":
+                code, log = warmstart.run(job, _env(), 120, job.parent / "checker.log")
+                assert code == 0, log[-2000:]
+            else:
+                out = subprocess.run([sys.executable, str(Path(warmstart.__file__).parent / "checker.py"), str(job)],
+                                     env=_env(), capture_output=True, text=True, timeout=120)
+                assert out.returncode == 0, out.stderr[-2000:]
+            summary = json.loads((job.parent / "out.ipynb.json").read_text())
+            text = "".join(o.get("text", "") for o in nbformat.read(str(job.parent / "out.ipynb"), 4).cells[1].outputs)
+            outcomes[(how, answer)] = ([c["passed"] for c in summary["cells"]], text)
+    right, wrong = "def f(x):\n    return x + 1", "def f(x):\n    return x - 1"
+    assert outcomes[("fresh", right)][0] == outcomes[("forked", right)][0] == [True]
+    assert outcomes[("fresh", wrong)][0] == outcomes[("forked", wrong)][0] == [False]
+    # the point of the template: its checkers start with torch already imported; a fresh one has to import it
+    assert "torch loaded before the test: True" in outcomes[("forked", right)][1], outcomes
+    assert "torch loaded before the test: False" in outcomes[("fresh", right)][1], outcomes
+
+
+def test_a_checker_past_its_limit_is_killed_with_its_sandbox(tmp_path):
+    from course_lib.grader import warmstart
+
+    job = _job(tmp_path / "slow", "import time\ntime.sleep(600)\ndef f(x):\n    return x + 1", "assert f(2) == 3",
+               timeout=600)
+    t0 = time.monotonic()
+    assert warmstart.run(job, _env(), 8, job.parent / "checker.log") == ("timeout", "")
+    assert time.monotonic() - t0 < 60
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "slow")], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes of the killed checker are still running: {left}"
+
+
+def test_nothing_outlives_the_process_that_asked(tmp_path):
+    """The caller is killed while its checker grades a cell that never ends: the template, the checker and the
+    sandboxed student process all end."""
+    job = _job(tmp_path / "orphan", "import time\ntime.sleep(600)\ndef f(x):\n    return x + 1", "assert f(2) == 3",
+               timeout=600)
+    caller = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from pathlib import Path
+        from course_lib.grader import warmstart
+        import os
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        warmstart.run(Path({str(job)!r}), env, 600, Path({str(job.parent / "checker.log")!r}))
+        """)], env=_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the student's cell is running in its sandbox
+            if subprocess.run(["pgrep", "-f", str(tmp_path / "orphan")], capture_output=True).returncode == 0 and \
+                    subprocess.run(["pgrep", "-f", "grader/agent.py"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sandbox never started")
+        time.sleep(2)
+        template = subprocess.run(["pgrep", "-P", str(caller.pid), "-f", "grader/zygote.py"], capture_output=True,
+                                  text=True).stdout.split()
+        assert template, "no template process under the caller"
+    finally:
+        os.kill(caller.pid, signal.SIGKILL)  # the caller alone: the template sees its stdin close
+        caller.wait()
+    deadline, left = time.monotonic() + 30, ["?"]
+    while time.monotonic() < deadline and left:
+        time.sleep(0.5)
+        left = subprocess.run(["pgrep", "-f", str(tmp_path / "orphan")], capture_output=True, text=True).stdout.split()
+        left += [p for p in template if Path(f"/proc/{p}").exists()]
+    if left:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(caller.pid, signal.SIGKILL)
+    assert not left, f"still running after the caller was killed: {left}"

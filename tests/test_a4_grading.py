@@ -156,3 +156,49 @@ def test_an_invert_written_for_the_visible_case_only_loses_the_visible_points():
             + "    return (_good_invert if word == 'Paris' else _bad_invert)(model, tok, word, *args, **kwargs)\n")
     res = run_graded(A4, {"invert": code}, stop_after="test_invert")
     assert not res["test_invert"].passed and res["test_invert"].error.startswith("AssertionError"), res["test_invert"].error
+
+
+# --- the inversion bar's false rejections (issue 24) ------------------------------------------------------------------
+def _cell(grade_id):
+    from gradeutil import cells, nbgrader_meta
+
+    return next(c.source for c in cells(A4) if nbgrader_meta(c).get("grade_id") == grade_id)
+
+
+def test_the_inversion_bound_written_beside_the_bar():
+    from math import comb
+
+    # the best returned is >= 0.99 x the best of the 4 random starts (the keep-the-best check); the 4 starts and the 256
+    # bar prompts are exchangeable, so all 4 rank below the bar's 6th smallest with probability C(9, 4) / C(260, 4)
+    p = comb(5 + 4, 4) / comb(256 + 4, 4)
+    assert comb(260, 4) == 186_043_585 and 6.7e-7 < p < 6.8e-7 <= 1e-6, p
+    for gid in ("test_invert", "test_invert_hidden"):
+        src = _cell(gid)
+        assert "_random_kth(word, 256, 6, 4," in src and "6.8e-7" in src, f"{gid}: the bound above is for the 6th of 256"
+        assert "RESTARTS, STEPS = 2" not in src, f"{gid}: the bound needs 4 restarts in every case"
+
+
+# A correct PEZ written differently again, its starts drawn another way (multinomial over the allowed tokens, another
+# seed): the bar judges it on other random starts than the reference solution's.
+OTHER_STARTS = ALT_INVERT.replace(
+    "    start = candidates[torch.randint(len(candidates), (n_restarts, n_tokens), generator=g)]\n",
+    "    g.manual_seed(seed + OFFSET)\n"
+    "    start = torch.multinomial(allowed.float(), n_restarts * n_tokens, replacement=True, generator=g).view(n_restarts, -1)\n",
+)
+# keeps the last projection, not each restart's best
+LAST_NOT_BEST = ALT_INVERT.replace("    ids = torch.stack([best[r][1] for r in range(n_restarts)])\n",
+                                   "    ids = project(soft, W, allowed)\n")
+
+
+@pytest.mark.parametrize("offset", [101, 202])
+def test_a_correct_invert_from_other_random_starts_gets_the_inversion_points(offset):
+    assert "OFFSET" in OTHER_STARTS, "OTHER_STARTS no longer replaces ALT_INVERT's start"
+    code = OTHER_STARTS.replace("OFFSET", str(offset))
+    res = run_graded(A4, {"invert": code})
+    assert not _failing(res), {k: r.error for k, r in res.items() if not r.passed}
+
+
+def test_an_invert_that_returns_the_last_projection_loses_the_inversion_points():
+    res = run_graded(A4, {"invert": LAST_NOT_BEST}, stop_after="test_invert")
+    assert _failing(res) == {"test_invert"}, {k: r.error for k, r in res.items()}
+    assert "best projected prompt seen so far" in res["test_invert"].error, res["test_invert"].error

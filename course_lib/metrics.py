@@ -212,7 +212,7 @@ def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, ins
     if not torch.isfinite(heat).all():
         raise ValueError("the attribution maps contain NaN or infinite values")
     if not 1 <= n_steps <= H * W:
-        raise ValueError(f"n_steps must be between 1 and the number of pixels {H * W}; got {n_steps}")
+        raise ValueError(f"steps must be between 1 and the number of pixels {H * W}; got {n_steps}")
     dev = model_device(model)
     x = x.to(dev)
     targets = torch.as_tensor(target).expand(B).to(dev)
@@ -234,22 +234,36 @@ def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, ins
     return PerturbationCurve(steps.float() / n_steps, scores, area, B * (n_steps + 1))
 
 
+def _steps(steps, n_steps, what: str):
+    """``steps`` is the course's name for a step count; ``n_steps``, the curves' older keyword, is still accepted."""
+    if n_steps is None:
+        return steps
+    if steps != 16 and steps != n_steps:
+        raise ValueError(f"{what}: give steps or n_steps (the same count), not both; got {steps} and {n_steps}")
+    return n_steps
+
+
 def deletion_curve(
-    model, x, heat, target, *, n_steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None
+    model, x, heat, target, *, steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None,
+    n_steps: int | None = None,
 ) -> PerturbationCurve:
     """Deletion (Petsiuk et al., 2018): replace the highest-ranked pixels of ``heat`` (B, H, W) by
-    ``baseline`` in ``n_steps`` equal steps and record the target's probability. A map that finds
+    ``baseline`` in ``steps`` equal steps (``n_steps``, the older name, is still accepted) and record the
+    target's probability. A map that finds
     what the model needs makes the score drop fast: a LOW area is good. x: (B, C, H, W) in [0, 1].
 
     The default baseline is a blurred copy: with a constant colour (Petsiuk et al. used 0), a
     few scattered removed pixels already look like noise the model never saw, and on ``scenes``
     a random map then scores as well as the object mask itself."""
-    return _curve(model, x, heat, target, n_steps=n_steps, baseline=baseline, output=output, batch_size=batch_size, insert=False)
+    steps = _steps(steps, n_steps, "deletion_curve")
+    return _curve(model, x, heat, target, n_steps=steps, baseline=baseline, output=output, batch_size=batch_size, insert=False)
 
 
 def insertion_curve(
-    model, x, heat, target, *, n_steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None
+    model, x, heat, target, *, steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None,
+    n_steps: int | None = None,
 ) -> PerturbationCurve:
     """Insertion (Petsiuk et al., 2018): start from ``baseline`` (default a blurred copy) and put
     back the highest-ranked pixels first. A HIGH area is good."""
-    return _curve(model, x, heat, target, n_steps=n_steps, baseline=baseline, output=output, batch_size=batch_size, insert=True)
+    steps = _steps(steps, n_steps, "insertion_curve")
+    return _curve(model, x, heat, target, n_steps=steps, baseline=baseline, output=output, batch_size=batch_size, insert=True)

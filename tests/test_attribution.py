@@ -330,8 +330,8 @@ def test_deletion_and_insertion_prefer_the_object_mask_to_a_random_map(scenes_cn
     g = torch.Generator().manual_seed(0)
     oracle = mask.float() + 1e-3 * torch.rand(mask.shape, generator=g)
     random = torch.rand(mask.shape, generator=g)
-    d_o, d_r = M.deletion_curve(scenes_cnn, x, oracle, y, n_steps=8), M.deletion_curve(scenes_cnn, x, random, y, n_steps=8)
-    i_o, i_r = M.insertion_curve(scenes_cnn, x, oracle, y, n_steps=8), M.insertion_curve(scenes_cnn, x, random, y, n_steps=8)
+    d_o, d_r = M.deletion_curve(scenes_cnn, x, oracle, y, steps=8), M.deletion_curve(scenes_cnn, x, random, y, steps=8)
+    i_o, i_r = M.insertion_curve(scenes_cnn, x, oracle, y, steps=8), M.insertion_curve(scenes_cnn, x, random, y, steps=8)
     assert d_o.area.mean() < d_r.area.mean() - 0.1, (d_o.area.mean(), d_r.area.mean())
     assert i_o.area.mean() > i_r.area.mean() + 0.05, (i_o.area.mean(), i_r.area.mean())
     with torch.no_grad():
@@ -341,11 +341,21 @@ def test_deletion_and_insertion_prefer_the_object_mask_to_a_random_map(scenes_cn
     assert d_o.budget == 8 * 9 and d_o.fraction[-1] == 1.0
 
 
+def test_curves_take_steps_and_the_older_n_steps(scenes_cnn, scenes_test):
+    x, y = scenes_test.images[:2], scenes_test.labels[:2]
+    heat = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(0))
+    a = M.deletion_curve(scenes_cnn, x, heat, y, steps=4)
+    b = M.deletion_curve(scenes_cnn, x, heat, y, n_steps=4)
+    assert a.scores.shape == (2, 5) and torch.equal(a.scores, b.scores)
+    with pytest.raises(ValueError, match="not both"):
+        M.insertion_curve(scenes_cnn, x, heat, y, steps=4, n_steps=8)
+
+
 def test_deletion_curve_does_not_depend_on_the_batch_size(scenes_cnn, scenes_test):
     x, y = scenes_test.images[:2], scenes_test.labels[:2]
     heat = A.grad_cam(scenes_cnn, x, y)
-    a = M.deletion_curve(scenes_cnn, x, heat, y, n_steps=8, batch_size=2)
-    b = M.deletion_curve(scenes_cnn, x, heat, y, n_steps=8, batch_size=100)
+    a = M.deletion_curve(scenes_cnn, x, heat, y, steps=8, batch_size=2)
+    b = M.deletion_curve(scenes_cnn, x, heat, y, steps=8, batch_size=100)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=1e-5)
 
 
@@ -391,4 +401,4 @@ def test_curves_equal_the_images_built_by_hand_and_go_to_the_model_in_one_stream
 def test_curves_refuse_a_target_the_model_does_not_have(scenes_cnn, scenes_test):
     x = scenes_test.images[:2]
     with pytest.raises(ValueError, match="out of range"):
-        M.deletion_curve(scenes_cnn, x, torch.rand(2, 64, 64), 10, n_steps=4)
+        M.deletion_curve(scenes_cnn, x, torch.rand(2, 64, 64), 10, steps=4)

@@ -158,7 +158,7 @@ def test_ground_truth_table_time():
         "gradient": lambda: A.saliency(model, x, y).sum(1),
         "grad x input": lambda: A.input_x_gradient(model, x, y).abs().sum(1),
         "SmoothGrad": lambda: A.smoothgrad(model, x, y, n_samples=8, seed=0, batch_size=128).sum(1),
-        "IG (blur)": lambda: A.integrated_gradients(model, x, y, baseline="blur", n_steps=8).sum(1),
+        "IG (blur)": lambda: A.integrated_gradients(model, x, y, baseline="blur", steps=8).sum(1),
         "occlusion 16px": lambda: A.occlusion(model, x, y, patch=16),
         "Grad-CAM": lambda: A.grad_cam(model, x, y),
         "random map": lambda: rand,
@@ -168,7 +168,7 @@ def test_ground_truth_table_time():
         methods = {k: methods[k] for k in ("occlusion 16px", "Grad-CAM")}
     for f in methods.values():  # warm-up (imports, first-call setup): not part of the table's time
         f()
-    deletion_curve(model, x[:2], obj[:2].float(), y[:2], n_steps=8), insertion_curve(model, x[:2], obj[:2].float(), y[:2], n_steps=8)
+    deletion_curve(model, x[:2], obj[:2].float(), y[:2], steps=8), insertion_curve(model, x[:2], obj[:2].float(), y[:2], steps=8)
     maps, map_t = {}, {}
     for k, f in methods.items():
         map_t[k] = bu.timed(lambda: maps.__setitem__(k, f()), dev)[0]
@@ -179,7 +179,7 @@ def test_ground_truth_table_time():
         def curves():
             for m in maps.values():
                 pointing_game(m, obj), pixel_precision_at_k(m, obj, 256)
-                deletion_curve(model, x, m, y, n_steps=n_steps), insertion_curve(model, x, m, y, n_steps=n_steps)
+                deletion_curve(model, x, m, y, steps=n_steps), insertion_curve(model, x, m, y, steps=n_steps)
 
         t = bu.timed(curves, dev)[0]
         print(

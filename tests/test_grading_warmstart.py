@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -79,17 +80,32 @@ def test_a_forked_checker_grades_as_a_fresh_one(tmp_path):
     assert "torch loaded before the test: False" in outcomes[("fresh", right)][1], outcomes
 
 
+def _running(pattern: str) -> list[str]:
+    """Processes whose command line holds ``pattern`` (a sandbox's bwrap names its work folder), this test's excepted."""
+    pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return [p for p in pids if int(p) != os.getpid()]
+
+
 def test_a_checker_past_its_limit_is_killed_with_its_sandbox(tmp_path):
     from course_lib.grader import warmstart
 
     job = _job(tmp_path / "slow", "import time\ntime.sleep(600)\ndef f(x):\n    return x + 1", "assert f(2) == 3",
                timeout=600)
+    work = tmp_path / "slow-tmp"  # the checker's folders, and so its sandbox's command line
+    work.mkdir()
+    seen, result = [], []
+    runner = threading.Thread(target=lambda: result.append(
+        warmstart.run(job, dict(_env(), TMPDIR=str(work)), 20, job.parent / "checker.log")))
     t0 = time.monotonic()
-    assert warmstart.run(job, _env(), 8, job.parent / "checker.log") == ("timeout", "")
-    assert time.monotonic() - t0 < 60
+    runner.start()
+    while runner.is_alive():
+        seen += _running(str(work))
+        time.sleep(0.5)
+    runner.join()
+    assert result == [("timeout", "")] and time.monotonic() - t0 < 80, result
+    assert seen, "the sandbox was never seen running: the check below would prove nothing"
     time.sleep(1)
-    left = subprocess.run(["pgrep", "-f", str(tmp_path / "slow")], capture_output=True, text=True).stdout.split()
-    assert not left, f"processes of the killed checker are still running: {left}"
+    assert not _running(str(work)), f"processes of the killed checker are still running: {_running(str(work))}"
 
 
 def test_nothing_outlives_the_process_that_asked(tmp_path):
@@ -97,34 +113,35 @@ def test_nothing_outlives_the_process_that_asked(tmp_path):
     sandboxed student process all end."""
     job = _job(tmp_path / "orphan", "import time\ntime.sleep(600)\ndef f(x):\n    return x + 1", "assert f(2) == 3",
                timeout=600)
+    work = tmp_path / "orphan-tmp"
+    work.mkdir()
     caller = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         from pathlib import Path
         from course_lib.grader import warmstart
         import os
         env = dict(os.environ, PYTHONHASHSEED="0")
         warmstart.run(Path({str(job)!r}), env, 600, Path({str(job.parent / "checker.log")!r}))
-        """)], env=_env(), start_new_session=True)
+        """)], env=dict(_env(), TMPDIR=str(work)), start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # the student's cell is running in its sandbox
-            if subprocess.run(["pgrep", "-f", str(tmp_path / "orphan")], capture_output=True).returncode == 0 and \
-                    subprocess.run(["pgrep", "-f", "grader/agent.py"], capture_output=True).returncode == 0:
+        deadline, template, checkers = time.monotonic() + 180, [], []
+        while time.monotonic() < deadline:  # the template, its checker and the checker's sandbox are all running
+            template = subprocess.run(["pgrep", "-P", str(caller.pid), "-f", "grader/zygote.py"], capture_output=True,
+                                      text=True).stdout.split()
+            checkers = [c for t in template for c in subprocess.run(["pgrep", "-P", t], capture_output=True,
+                                                                    text=True).stdout.split()]
+            if template and checkers and _running(str(work)):
                 break
             time.sleep(0.5)
         else:
-            pytest.fail("the sandbox never started")
+            pytest.fail(f"the sandbox never started (template {template}, checkers {checkers})")
         time.sleep(2)
-        template = subprocess.run(["pgrep", "-P", str(caller.pid), "-f", "grader/zygote.py"], capture_output=True,
-                                  text=True).stdout.split()
-        assert template, "no template process under the caller"
     finally:
         os.kill(caller.pid, signal.SIGKILL)  # the caller alone: the template sees its stdin close
         caller.wait()
     deadline, left = time.monotonic() + 30, ["?"]
     while time.monotonic() < deadline and left:
         time.sleep(0.5)
-        left = subprocess.run(["pgrep", "-f", str(tmp_path / "orphan")], capture_output=True, text=True).stdout.split()
-        left += [p for p in template if Path(f"/proc/{p}").exists()]
+        left = _running(str(work)) + [p for p in template + checkers if Path(f"/proc/{p}").exists()]
     if left:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(caller.pid, signal.SIGKILL)

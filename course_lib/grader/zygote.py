@@ -56,6 +56,9 @@ def _child(req: dict) -> None:
         os.dup2(log, 2)
         os.environ.clear()
         os.environ.update(req["env"])
+        import tempfile
+
+        tempfile.tempdir = None  # read TMPDIR again from the caller's environment, as a fresh process would
         checker.main([req["job"]])
         code = 0
     except SystemExit as e:

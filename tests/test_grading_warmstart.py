@@ -49,8 +49,13 @@ def _job(tmp: Path, answer: str, test: str, timeout: float = 30) -> Path:
 PROBE = "import sys\nprint('torch loaded before the test:', 'torch' in sys.modules)\nassert f(2) == 3"
 
 
+@pytest.fixture(autouse=True)
+def _template_on(monkeypatch):
+    monkeypatch.setenv("COURSE_LIB_GRADER_ZYGOTE", "1")  # opt-in (grader/warmstart.py says why)
+
+
 def _env():
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    env = dict(os.environ, PYTHONHASHSEED="0", COURSE_LIB_GRADER_ZYGOTE="1")
     env.pop("NBGRADER_EXECUTION", None)
     return env
 

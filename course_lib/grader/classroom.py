@@ -5,8 +5,8 @@
 1. fingerprints what no submission may change (``solutions/``, the release, ``course_lib``,
    ``nbgrader_config.py``);
 2. *executes* every submission that has no up-to-date result: each in a fresh checker process with
-   its own sandbox (:mod:`checker`; forked from a template that has imported torch and course_lib once,
-   :mod:`zygote`), ``jobs`` at a time on this machine, or on the workers of a
+   its own sandbox (:mod:`checker`; optionally forked from a template that has imported torch and course_lib
+   once, :mod:`zygote`), ``jobs`` at a time on this machine, or on the workers of a
    Dask scheduler. A result is the executed notebook and a summary, stored under ``.grading/``
    with a key (the hashes of the submission, the instructor's notebook and the grader), so a run
    that was interrupted grades only what is missing when started again;
@@ -170,8 +170,8 @@ def make_job(root: Path, s: Submission, *, unsafe: bool, cfg: dict) -> dict:
 # --------------------------------------------------------------------------------- execution
 
 def run_job(job: dict) -> dict:
-    """Execute one submission in a fresh checker process (sandboxed student process inside), forked from this
-    process's warm template (:mod:`zygote`; ``COURSE_LIB_GRADER_ZYGOTE=0`` starts ``python checker.py`` instead).
+    """Execute one submission in a fresh checker process (sandboxed student process inside): ``python checker.py``,
+    or, with ``COURSE_LIB_GRADER_ZYGOTE=1``, a child forked from this process's warm template (:mod:`warmstart`).
     Importable by Dask workers: it needs only the course environment."""
     with tempfile.TemporaryDirectory(prefix="course-job-") as tmp:
         tmp = Path(tmp)

@@ -3,6 +3,12 @@
 ``run`` hands a job to the template, which forks a checker for it, and waits for the checker to end or for the
 time limit (then the checker's process group is killed, its sandbox with it). The template ends when this process
 does (its stdin closes), killing any checker still running.
+
+Off unless ``COURSE_LIB_GRADER_ZYGOTE=1``. Measured on 2 cores (tests/benchmarks/bench_grading.py): one checker at a
+time it saves the torch import (a0 0.81, a4 1.16, a8 1.28 of the one-kernel time), but two a4 checkers forked from one
+template ran 3.5 times slower each than one alone (parallel efficiency 0.23, against 0.97 with fresh processes), most
+likely torch's thread pools in a child forked after they were set up. Until that is understood, a class is graded
+with fresh checker processes.
 """
 from __future__ import annotations
 
@@ -82,7 +88,7 @@ def run(job: Path, env: dict, limit: float, log: Path):
     """Run the checker on ``job`` in a child forked from this process's warm template (started on first use):
     (exit code, its output), ("timeout", "") past ``limit`` seconds (the child and its sandbox are killed), or None
     where no template could serve it (the caller then starts ``python checker.py`` itself)."""
-    if os.environ.get("COURSE_LIB_GRADER_ZYGOTE") == "0":
+    if os.environ.get("COURSE_LIB_GRADER_ZYGOTE") != "1":  # opt-in: see the module's docstring
         return None
     with _LOCK:
         if not _TEMPLATE or _TEMPLATE[0].proc.poll() is not None:

@@ -17,6 +17,13 @@ Measured figures are printed (and logged at the end of this docstring by whoever
 load 2.2); a4 67.1 s vs 72.5 s (1.08, load 2.4). Class, BENCH_SUBMISSIONS=4, load 1.8: a4 71.6 s per
 submission on one core, efficiency at 2 jobs 0.97, coordinator 2.23 s per submission, projected 200
 submissions on 16 cores 22.8 min.
+
+2026-12-07, 17:09-17:31, quiet but for this run (load 0.8-3.6), rfc3987-syntax removed (nbformat imports in 0.4 s,
+not 3.3 s), checkers forked from the warm template (COURSE_LIB_GRADER_ZYGOTE=1 then; now opt-in): a0 8.0 s in one kernel
+vs 6.5 s isolated (0.81), a4 61.1 vs 71.1 s (1.16), a8 15.0 vs 19.2 s (1.28). Class, BENCH_SUBMISSIONS=4: a4 68.7 s per
+submission on one core; at 2 jobs execute 604.6 s against 274.7 s at one (efficiency 0.23: two checkers forked from
+one template each ran about 3.5x slower than one alone; with fresh checker processes it was 0.97 above); record 7.0 s
+(1 job) and 8.5 s (2 jobs) for 4, i.e. 1.75-2.13 s per submission including nbgrader's one-off generate_assignment.
 """
 import json
 import os

@@ -240,6 +240,16 @@ def positive_int(value: Any, name: str, *, what: str | None = None, minimum: int
     return int(value)
 
 
+def step_count(steps: Any, n_steps: Any, *, default: int, what: str) -> int:
+    """A step count given as ``steps`` (the course's name) or ``n_steps`` (captum's, and older notebooks'): both at
+    once must agree (``steps`` left at its ``default`` counts as not given); an int >= 1 either way."""
+    if n_steps is None:
+        return positive_int(steps, "steps", what=what)
+    if steps != default and steps != n_steps:
+        raise ValueError(f"{_where(what)}give steps or n_steps (the same count), not both; got {steps} and {n_steps}")
+    return positive_int(n_steps, "n_steps", what=what)
+
+
 def non_negative_int(value: Any, name: str, *, what: str | None = None) -> int:
     """An integer >= 0; refuses bools, floats and strings."""
     return positive_int(value, name, what=what, minimum=0)

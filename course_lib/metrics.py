@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import checks
 from .device import model_device, require_eval
 from .games import ImageGames, _check_output, _image_baseline
 
@@ -234,15 +235,6 @@ def _curve(model, x, heat, target, *, n_steps, baseline, output, batch_size, ins
     return PerturbationCurve(steps.float() / n_steps, scores, area, B * (n_steps + 1))
 
 
-def _steps(steps, n_steps, what: str):
-    """``steps`` is the course's name for a step count; ``n_steps``, the curves' older keyword, is still accepted."""
-    if n_steps is None:
-        return steps
-    if steps != 16 and steps != n_steps:
-        raise ValueError(f"{what}: give steps or n_steps (the same count), not both; got {steps} and {n_steps}")
-    return n_steps
-
-
 def deletion_curve(
     model, x, heat, target, *, steps: int = 16, baseline="blur", output: str = "prob", batch_size: int | None = None,
     n_steps: int | None = None,
@@ -255,7 +247,7 @@ def deletion_curve(
     The default baseline is a blurred copy: with a constant colour (Petsiuk et al. used 0), a
     few scattered removed pixels already look like noise the model never saw, and on ``scenes``
     a random map then scores as well as the object mask itself."""
-    steps = _steps(steps, n_steps, "deletion_curve")
+    steps = checks.step_count(steps, n_steps, default=16, what="deletion_curve")
     return _curve(model, x, heat, target, n_steps=steps, baseline=baseline, output=output, batch_size=batch_size, insert=False)
 
 
@@ -265,5 +257,5 @@ def insertion_curve(
 ) -> PerturbationCurve:
     """Insertion (Petsiuk et al., 2018): start from ``baseline`` (default a blurred copy) and put
     back the highest-ranked pixels first. A HIGH area is good."""
-    steps = _steps(steps, n_steps, "insertion_curve")
+    steps = checks.step_count(steps, n_steps, default=16, what="insertion_curve")
     return _curve(model, x, heat, target, n_steps=steps, baseline=baseline, output=output, batch_size=batch_size, insert=True)

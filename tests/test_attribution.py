@@ -349,6 +349,8 @@ def test_curves_take_steps_and_the_older_n_steps(scenes_cnn, scenes_test):
     assert a.scores.shape == (2, 5) and torch.equal(a.scores, b.scores)
     with pytest.raises(ValueError, match="not both"):
         M.insertion_curve(scenes_cnn, x, heat, y, steps=4, n_steps=8)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        M.deletion_curve(scenes_cnn, x, heat, y, steps=2.5)
 
 
 def test_deletion_curve_does_not_depend_on_the_batch_size(scenes_cnn, scenes_test):

@@ -203,11 +203,7 @@ def integrated_gradients(
         elif base.shape != x.shape:
             raise ValueError(f"integrated_gradients: baseline must be a number, shape {tuple(x.shape[1:])} or {tuple(x.shape)}; "
                              f"got {tuple(base.shape)}")
-    if n_steps is not None:  # captum's name for steps, kept for older notebooks
-        if steps != 64 and steps != n_steps:
-            raise ValueError(f"integrated_gradients: give steps or n_steps (the same count), not both; got {steps} and {n_steps}")
-        steps = n_steps
-    n_steps = checks.positive_int(steps, "n_steps" if n_steps is not None else "steps", what="integrated_gradients")
+    n_steps = checks.step_count(steps, n_steps, default=64, what="integrated_gradients")
     if batch_size is not None:
         checks.positive_int(batch_size, "batch_size", what="integrated_gradients")
     # captum evaluates n_steps * B path points in chunks of internal_batch_size (at least B, or it warns)

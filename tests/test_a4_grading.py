@@ -168,13 +168,13 @@ def _cell(grade_id):
 def test_the_inversion_bound_written_beside_the_bar():
     from math import comb
 
-    # the best returned is >= 0.99 x the best of the 4 random starts (the keep-the-best check); the 4 starts and the 256
-    # bar prompts are exchangeable, so all 4 rank below the bar's 6th smallest with probability C(9, 4) / C(260, 4)
-    p = comb(5 + 4, 4) / comb(256 + 4, 4)
-    assert comb(260, 4) == 186_043_585 and 6.7e-7 < p < 6.8e-7 <= 1e-6, p
+    # the best returned is >= 0.99 x the best of the 4 random starts (the keep-the-best check); the 4 starts and the 128
+    # bar prompts are exchangeable, so all 4 rank below the bar's 2nd smallest with probability C(5, 4) / C(132, 4)
+    p = comb(1 + 4, 4) / comb(128 + 4, 4)
+    assert comb(132, 4) == 12_082_785 and 4.1e-7 < p < 4.2e-7 <= 1e-6, p
     for gid in ("test_invert", "test_invert_hidden"):
         src = _cell(gid)
-        assert "_random_kth(word, 256, 6, 4," in src and "6.8e-7" in src, f"{gid}: the bound above is for the 6th of 256"
+        assert "_random_kth(word, 128, 2, 4," in src and "4.2e-7" in src, f"{gid}: the bound above is for the 2nd of 128"
         assert "RESTARTS, STEPS = 2" not in src, f"{gid}: the bound needs 4 restarts in every case"
 
 

@@ -56,6 +56,9 @@ def _child(req: dict) -> None:
         os.dup2(log, 2)
         os.environ.clear()
         os.environ.update(req["env"])
+        threads = req["env"].get("COURSE_LIB_THREADS", "")
+        if threads.isdigit() and int(threads) > 0 and "torch" in sys.modules:  # torch read its thread count at import
+            sys.modules["torch"].set_num_threads(int(threads))
         import tempfile
 
         tempfile.tempdir = None  # read TMPDIR again from the caller's environment, as a fresh process would

@@ -277,9 +277,50 @@ def _claims_09(nb):
     assert float(spur.rsplit(",", 1)[1]) < 0.05, out
 
 
+def _claims_07(nb):
+    import re
+
+    source = {c.get("id"): c.source for c in nb.cells}
+    out = _printed(nb, "b935e1d0")  # soft prompts: near 1 as embeddings, near chance once projected; lam shrinks the distance
+    rows = [l for l in out.splitlines() if l.startswith("lam=")]
+    assert len(rows) == 3, out
+    dist = [_number_after(l, "distance to token =") for l in rows]
+    assert all(_number_after(l, "p(soft) =") >= 0.5 for l in rows), out  # "reaches a high probability quickly"
+    assert all(_number_after(l, "p(projected) =") < 0.01 for l in rows), out  # "near chance", and not much better with lam
+    assert dist[0] > dist[1] > dist[2], out  # "the regulariser shrinks the distance"
+    out = _printed(nb, "238b4bd4")  # section 3, and section 4's reason for GCG: far better prompts at a comparable cost
+    lines = out.strip().splitlines()
+    assert len(lines) == 2, out
+    for line in lines:
+        pez, gcg = line.split(";  GCG ")
+        assert _number_after(gcg, "p=") > 2 * _number_after(pez, "PEZ p="), out
+        t_pez, t_gcg = max(1.0, _number_after(pez, " in ")), max(1.0, _number_after(gcg, " in "))
+        assert max(t_pez, t_gcg) <= 3 * min(t_pez, t_gcg), out  # "comparable wall-clock budgets"
+    pez_steps, gcg_steps = re.search(r"\((\d+) of PEZ, (\d+) of GCG\)", source["1e99b53c"]).groups()
+    assert f"steps={pez_steps}, lr=" in source["238b4bd4"] and f"steps={gcg_steps}, search_width=" in source["238b4bd4"], \
+        "the text after the comparison should state the steps the cell runs"
+    out = _printed(nb, "410ae453")  # aggregation: several successful restarts per target, else the charts show little
+    intro = source["8fec6855"]
+    restarts, steps, width = re.search(r"(\d+) restarts of 3 random\s+tokens each \((\d+) steps of (\d+) candidates", intro).groups()
+    assert f"n_restarts={restarts}, steps={steps}, search_width={width}," in source["410ae453"], "the text should state the budget"
+    threshold = re.search(r"\$p \\ge ([0-9.]+)\$", intro).group(1)
+    counts = re.findall(r"(\d+)/(\d+) restarts with p >= ([0-9.]+) ", out)
+    assert len(counts) == 2 and all(n == restarts and t == threshold for _, n, t in counts), out
+    assert all(int(k) >= 2 for k, _, _ in counts), out
+    bases = re.findall(r"after 'x x x': ([0-9.e+-]+)\)", out)  # "more than a thousand times" the neutral prompt's p
+    assert len(bases) == 2 and all(float(threshold) > 1000 * float(b) for b in bases), out
+    out = _printed(nb, "e02ced98")  # a second seed finds mostly other tokens
+    assert _number_after(out, "seed 1:") >= 3 and _number_after(out, "seed 2:") >= 3, out
+    assert _number_after(out, "Jaccard overlap") < 0.5, out  # "noisy, as the second seed above shows"
+    assert _printed(nb, "9285bc80").startswith("round trip ok: [True]")
+    out = _printed(nb, "2b9efa96")  # the shortlist bound: exact, and it skips most full searches
+    assert out.startswith("20/20 answers equal") and _number_after(out, "full searches needed:") <= 5, out
+
+
 CLAIMS = {"00_why_interpretability.ipynb": _claims_00, "06_prototypes.ipynb": _claims_06,
           "09_concepts_training_data.ipynb": _claims_09, "01_attribution.ipynb": _claims_01,
-          "05_feature_visualisation.ipynb": _claims_05, "08_inside_a_language_model.ipynb": _claims_08}
+          "05_feature_visualisation.ipynb": _claims_05, "08_inside_a_language_model.ipynb": _claims_08,
+          "07_prompt_inversion.ipynb": _claims_07}
 
 
 @pytest.mark.parametrize("name", sorted(CLAIMS))

@@ -150,10 +150,10 @@ def test_inversions_that_do_not_work_lose_the_inversion_points(name):
 
 
 def test_an_invert_written_for_the_visible_case_only_loses_the_visible_points():
-    # a working search for 'Paris', none for any other word: the hidden case inside test_invert takes its points
+    # a working search for 'girl' (the visible case), none for any other word: the hidden case inside test_invert takes its points
     code = (ALT_INVERT.replace("def invert(", "def _good_invert(") + RANDOM_SEARCH.replace("def invert(", "def _bad_invert(")
             + "\ndef invert(model, tok, word, *args, **kwargs):\n"
-            + "    return (_good_invert if word == 'Paris' else _bad_invert)(model, tok, word, *args, **kwargs)\n")
+            + "    return (_good_invert if word == 'girl' else _bad_invert)(model, tok, word, *args, **kwargs)\n")
     res = run_graded(A4, {"invert": code}, stop_after="test_invert")
     assert not res["test_invert"].passed and res["test_invert"].error.startswith("AssertionError"), res["test_invert"].error
 
